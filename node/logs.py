@@ -1,0 +1,44 @@
+"""Structured logging: one line per event on stderr, ``key=value`` text for people or
+JSON for machines. stdout is kept for command output (tables or ``--json``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+
+def configure_logging(level: str = "info", fmt: str = "text") -> None:
+    numeric = LEVELS.get(level.lower())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
+    renderer: structlog.types.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    elif fmt == "text":
+        renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
+    else:
+        raise ValueError(f"unknown log format {fmt!r} (text or json)")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Third-party libraries (libp2p, hypercorn) log through stdlib logging; keep
+    # their chatter at warning unless the operator asked for debug.
+    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name)  # type: ignore[no-any-return]

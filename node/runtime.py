@@ -1,0 +1,299 @@
+"""The running node: one trio task tree that owns the data dir lock, the LMDB
+environment, the libp2p host and the HTTP API.
+
+Task tree (every task belongs to a nursery; cancelling ``Node.run`` stops all)::
+
+    Node.run
+    ├── data dir lock (flock) ─ LMDB environment (closed last)
+    └── nursery
+        ├── libp2p host (listeners, swarm, identify/ping handlers)
+        ├── HTTP API (hypercorn trio worker)
+        └── bootstrap dials
+    later issues add here: gossipsub + discovery, federation protocol handlers,
+    agent workers (inference in a worker thread), and the aiortc bridge (its own
+    thread running an asyncio loop, talked to through trio memory channels)
+
+Stopping: the owner cancels the scope that runs :meth:`Node.run` (the CLI does so
+on SIGINT/SIGTERM). Cancellation unwinds every task, the run file is removed, LMDB
+is closed and the lock released; nothing here ignores cancellation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import __version__, host as p2p
+from .api import ApiProblem, ApiRoute, build_app, read_json, require_str
+from .config import DataDir, NodeConfig
+from .errors import AddressError, NodeError
+from .logs import get_logger
+from .storage import open_environment
+
+log = get_logger("n3xus.node")
+
+# Bootstrap peers that do not answer in this long are logged and skipped, so a dead
+# bootstrap entry never holds up start-up.
+BOOTSTRAP_DIAL_TIMEOUT_S = 10.0
+# Hypercorn waits this long for in-flight requests when the API shuts down; the
+# node must be gone within 5 s of SIGTERM, so keep well under that.
+API_GRACEFUL_TIMEOUT_S = 1.0
+
+
+@dataclass
+class NodeCounters:
+    """Counters shown by ``node status`` and exported at ``/metrics``."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.dials = Counter("n3xus_dials", "Outbound dials attempted", registry=self.registry)
+        self.dial_failures = Counter(
+            "n3xus_dial_failures", "Outbound dials that failed", registry=self.registry
+        )
+        self.api_requests = Counter(
+            "n3xus_api_requests", "HTTP API requests served", registry=self.registry
+        )
+        self.peers = Gauge("n3xus_peers_connected", "Connected peers", registry=self.registry)
+        self.uptime = Gauge("n3xus_uptime_seconds", "Seconds since start", registry=self.registry)
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "dials": int(self.dials._value.get()),
+            "dial_failures": int(self.dial_failures._value.get()),
+            "api_requests": int(self.api_requests._value.get()),
+        }
+
+
+def parse_api_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port). ``:0`` picks a free port."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise AddressError(f"invalid API address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8741")
+    host = host.strip("[]") or "127.0.0.1"
+    port = int(port_text)
+    if port > 65535:
+        raise AddressError(f"invalid API address {text!r}: port {port} is out of range")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise AddressError(
+                f"invalid API address {text!r}: host must be an IP address or localhost"
+            ) from None
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    return ipaddress.ip_address(host).is_loopback
+
+
+class Node:
+    """One n3xus node. Construct, then run ``await nursery.start(node.run)``."""
+
+    def __init__(
+        self,
+        data_dir: DataDir,
+        config: NodeConfig,
+        *,
+        allow_remote_api: bool = False,
+    ) -> None:
+        if not is_loopback(config.api_host) and not allow_remote_api:
+            raise AddressError(
+                f"refusing to serve the API on non-loopback address {config.api_host}; "
+                "pass --api-allow-remote to do so deliberately"
+            )
+        self.data_dir = data_dir
+        self.config = config
+        self.counters = NodeCounters()
+        self.peer_id = ""
+        self.listen_addrs: list[str] = []
+        self.api_url = ""
+        self._started_monotonic = 0.0
+        self._host: Any = None
+        self.env: Any = None
+
+    # -- lifecycle -------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. ``task_status.started(self)`` once fully serving."""
+        seed = self.data_dir.read_identity_seed()
+        token = self.data_dir.read_token()
+        key_pair = p2p.keypair_from_seed(seed)
+        with self.data_dir.lock():
+            self.env = open_environment(self.data_dir.lmdb_path, self.config.map_size_mib)
+            try:
+                await self._serve(key_pair, token, task_status)
+            finally:
+                self.env.close()
+                log.info("node stopped", peer_id=self.peer_id)
+
+    async def _serve(self, key_pair: Any, token: str, task_status: Any) -> None:
+        self._host = p2p.make_host(key_pair)
+        self.peer_id = p2p.peer_id_of(self._host)
+        self._started_monotonic = time.monotonic()
+        async with p2p.running_host(self._host, list(self.config.listen)) as addrs:
+            self.listen_addrs = list(addrs)
+            async with trio.open_nursery() as nursery:
+                self.api_url = await nursery.start(self._serve_api, token)
+                self.data_dir.write_run_file(self.api_url, self.peer_id)
+                for addr in self.config.bootstrap:
+                    nursery.start_soon(self._bootstrap, addr)
+                log.info(
+                    "node started",
+                    peer_id=self.peer_id,
+                    listen=self.listen_addrs,
+                    api=self.api_url,
+                    data_dir=str(self.data_dir.path),
+                )
+                task_status.started(self)
+                await trio.sleep_forever()
+
+    async def _serve_api(self, token: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = HypercornConfig()
+        host = self.config.api_host
+        cfg.bind = [f"[{host}]:{self.config.api_port}" if ":" in host else f"{host}:{self.config.api_port}"]
+        cfg.graceful_timeout = API_GRACEFUL_TIMEOUT_S
+        cfg.accesslog = None
+        cfg.errorlog = None  # errors surface through our own logging
+        app = build_app(self.routes(), token=token, registry=self.counters.registry,
+                        version=__version__)
+        counted = _CountingApp(app, self.counters.api_requests)
+        if not is_loopback(host):
+            log.warning("HTTP API bound to a non-loopback address", host=host)
+        try:
+            async with trio.open_nursery() as nursery:
+                urls: list[str] = await nursery.start(_serve_hypercorn, counted, cfg)
+                task_status.started(urls[0])
+        except OSError as exc:
+            raise AddressError(
+                f"cannot serve the API on {cfg.bind[0]}: {exc.strerror or exc}"
+            ) from exc
+
+    async def _bootstrap(self, addr: str) -> None:
+        try:
+            with trio.fail_after(BOOTSTRAP_DIAL_TIMEOUT_S):
+                await self.connect(addr)
+        except (NodeError, trio.TooSlowError, OSError) as exc:
+            log.warning("bootstrap peer unreachable", addr=addr, error=str(exc))
+
+    # -- operations used by the API (and tests) --------------------------------
+    async def connect(self, multiaddr: str) -> str:
+        self.counters.dials.inc()
+        try:
+            peer = await p2p.connect(self._host, multiaddr)
+        except Exception:
+            self.counters.dial_failures.inc()
+            raise
+        log.info("peer connected", peer_id=peer, addr=multiaddr)
+        return peer
+
+    def peers(self) -> list[dict[str, Any]]:
+        peers = p2p.connected_peers(self._host)
+        self.counters.peers.set(len(peers))
+        return [{"peer_id": pid, "addrs": addrs} for pid, addrs in peers]
+
+    async def ping(self, peer_id: str) -> float:
+        return await p2p.ping(self._host, peer_id)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_monotonic
+
+    def status(self) -> dict[str, Any]:
+        peers = self.peers()
+        self.counters.uptime.set(self.uptime())
+        return {
+            "peer_id": self.peer_id,
+            "version": __version__,
+            "listen_addrs": self.listen_addrs,
+            "api_url": self.api_url,
+            "uptime_s": round(self.uptime(), 3),
+            "peers": peers,
+            "peer_count": len(peers),
+            "counters": self.counters.snapshot(),
+            "data_dir": str(self.data_dir.path),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "public_key": p2p.public_key_hex(self._host),
+            "listen_addrs": self.listen_addrs,
+        }
+
+    # -- HTTP routes -----------------------------------------------------------
+    def routes(self) -> Sequence[ApiRoute]:
+        async def get_id(_r: Request) -> Response:
+            return JSONResponse(self.identity())
+
+        async def get_status(_r: Request) -> Response:
+            return JSONResponse(self.status())
+
+        async def get_peers(_r: Request) -> Response:
+            return JSONResponse({"peers": self.peers()})
+
+        async def post_connect(request: Request) -> Response:
+            addr = require_str(await read_json(request), "multiaddr")
+            try:
+                peer = await self.connect(addr)
+            except AddressError as exc:
+                raise ApiProblem(400, "bad_multiaddr", str(exc)) from exc
+            except (NodeError, OSError) as exc:
+                raise ApiProblem(502, "dial_failed", str(exc)) from exc
+            return JSONResponse({"peer_id": peer})
+
+        async def post_ping(request: Request) -> Response:
+            peer = require_str(await read_json(request), "peer_id")
+            try:
+                rtt = await self.ping(peer)
+            except (NodeError, OSError) as exc:
+                raise ApiProblem(502, "ping_failed", str(exc)) from exc
+            return JSONResponse({"peer_id": peer, "rtt_ms": round(rtt * 1000, 3)})
+
+        peer_schema = {
+            "type": "object",
+            "properties": {"peer_id": {"type": "string"},
+                           "addrs": {"type": "array", "items": {"type": "string"}}},
+        }
+        return [
+            ApiRoute("GET", "/id", get_id, "The node's peer ID, public key and addresses", auth=False),
+            ApiRoute("GET", "/status", get_status, "Peer ID, addresses, uptime, peers, counters"),
+            ApiRoute("GET", "/peers", get_peers, "Connected peers",
+                     response_schema={"type": "object", "properties": {
+                         "peers": {"type": "array", "items": peer_schema}}}),
+            ApiRoute("POST", "/peers/connect", post_connect, "Dial a peer by multiaddr",
+                     request_schema={"type": "object", "required": ["multiaddr"],
+                                     "properties": {"multiaddr": {"type": "string"}}}),
+            ApiRoute("POST", "/peers/ping", post_ping, "Ping a connected peer",
+                     request_schema={"type": "object", "required": ["peer_id"],
+                                     "properties": {"peer_id": {"type": "string"}}}),
+        ]
+
+
+async def _serve_hypercorn(app: Any, cfg: HypercornConfig, *,
+                           task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    await hypercorn_serve(app, cfg, task_status=task_status)
+
+
+class _CountingApp:
+    """ASGI middleware counting HTTP requests for the metrics."""
+
+    def __init__(self, app: Any, counter: Counter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.counter.inc()
+        await self.app(scope, receive, send)
