@@ -67,11 +67,11 @@ def node() -> None:
 @json_option
 def node_init(data_dir: str | None, as_json: bool) -> None:
     """Create the data dir, identity key, API token and config (idempotent)."""
-    from .host import peer_id_from_seed
+    from .host import keypair_from_seed, peer_id_of
 
     dd = _data_dir(data_dir)
     result = dd.init()
-    peer_id = peer_id_from_seed(dd.read_identity_seed())
+    peer_id = peer_id_of(keypair_from_seed(dd.read_identity_seed()))
     data = {"data_dir": str(dd.path), "created": list(result.created),
             "changed": result.changed, "peer_id": peer_id}
 
@@ -181,9 +181,9 @@ def peers() -> None:
 @json_option
 def peers_connect(multiaddr: str, data_dir: str | None, as_json: bool) -> None:
     """Dial a peer: /ip4/HOST/tcp/PORT/p2p/PEER_ID."""
-    from .host import validate_dial_multiaddr
+    from .host import parse_peer_addr
 
-    validate_dial_multiaddr(multiaddr)  # a clear error before bothering the node
+    parse_peer_addr(multiaddr)  # a clear error before bothering the node
     result = ApiClient(_data_dir(data_dir)).post("/peers/connect", json={"multiaddr": multiaddr})
     emit(as_json, result, lambda: stdout.print(f"connected to {result['peer_id']}"))
 
@@ -214,15 +214,16 @@ def peers_list(data_dir: str | None, as_json: bool) -> None:
 def identity(data_dir: str | None, as_json: bool) -> None:
     """The node's peer ID (and addresses, when it runs)."""
     from .errors import NodeNotRunningError
-    from .host import peer_id_from_seed, public_key_hex_from_seed
+    from .host import keypair_from_seed, peer_id_of
 
     dd = _data_dir(data_dir)
     try:
         data = ApiClient(dd).get("/id")
         data["running"] = True
     except NodeNotRunningError:
-        seed = dd.read_identity_seed()
-        data = {"peer_id": peer_id_from_seed(seed), "public_key": public_key_hex_from_seed(seed),
+        key_pair = keypair_from_seed(dd.read_identity_seed())
+        data = {"peer_id": peer_id_of(key_pair),
+                "public_key": key_pair.public_key.to_bytes().hex(),
                 "listen_addrs": [], "running": False}
 
     def human() -> None:
@@ -237,34 +238,59 @@ def _register_feature_commands() -> None:
     """Feature packages add their command groups here (canon, ledger, audit)."""
 
 
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one real error inside (nested) trio exception groups, if there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def _classify(error: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) for errors an operator can act on; None for
+    anything else, which is a bug and keeps its traceback."""
+    if isinstance(error, click.exceptions.NoArgsIsHelpError):
+        return EXIT_USAGE, error.format_message()
+    if isinstance(error, click.UsageError):
+        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+        return EXIT_USAGE, f"error: {error.format_message()}{hint}"
+    if isinstance(error, click.Abort):
+        return EXIT_FAILURE, "error: aborted"
+    if isinstance(error, click.ClickException):
+        return error.exit_code, f"error: {error.format_message()}"
+    # NodeError covers config, address and API errors; codec and parse errors of
+    # the feature packages subclass ValueError.
+    if isinstance(error, NodeError | ValueError):
+        return EXIT_FAILURE, f"error: {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return 130, "error: interrupted"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, meaningful exit codes."""
+    """Entry point: one-line errors on stderr, meaningful exit codes."""
     _register_feature_commands()
     try:
         cli.main(args=argv, prog_name="n3xus", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.format_message() if hasattr(exc, "format_message") else str(exc))
-        sys.exit(EXIT_USAGE)
-    except click.UsageError as exc:
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
-        sys.exit(EXIT_USAGE)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(EXIT_FAILURE)
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except NodeError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
-    except ValueError as exc:
-        # Codec and parse errors of the feature packages subclass ValueError.
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        # Errors raised inside the node's nurseries arrive wrapped in exception
+        # groups; the operator should see the one error, not the task tree.
+        error = _sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        verdict = None if error is None else _classify(error)
+        if verdict is None:
+            raise
+        code, message = verdict
+        click.echo(message, err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ is closed and the lock released; nothing here ignores cancellation.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,21 +133,29 @@ class Node:
         token = self.data_dir.read_token()
         key_pair = p2p.keypair_from_seed(seed)
         with self.data_dir.lock():
-            self.env = open_environment(self.data_dir.lmdb_path, self.config.map_size_mib)
+            # Bound before anything starts: a port in use is a clear error at once,
+            # and ":0" tells us the port hypercorn will serve on.
+            api_socket = bind_api_socket(self.config.api_host, self.config.api_port)
             try:
-                await self._serve(key_pair, token, task_status)
+                self.env = open_environment(self.data_dir.lmdb_path, self.config.map_size_mib)
+                try:
+                    await self._serve(key_pair, token, api_socket, task_status)
+                finally:
+                    self.env.close()
+                    log.info("node stopped", peer_id=self.peer_id)
             finally:
-                self.env.close()
-                log.info("node stopped", peer_id=self.peer_id)
+                if api_socket.fileno() != -1:
+                    api_socket.close()
 
-    async def _serve(self, key_pair: Any, token: str, task_status: Any) -> None:
+    async def _serve(self, key_pair: Any, token: str, api_socket: socket.socket,
+                     task_status: Any) -> None:
         self._host = p2p.make_host(key_pair)
         self.peer_id = p2p.peer_id_of(self._host)
         self._started_monotonic = time.monotonic()
         async with p2p.running_host(self._host, list(self.config.listen)) as addrs:
             self.listen_addrs = list(addrs)
             async with trio.open_nursery() as nursery:
-                self.api_url = await nursery.start(self._serve_api, token)
+                self.api_url = await nursery.start(self._serve_api, token, api_socket)
                 self.data_dir.write_run_file(self.api_url, self.peer_id)
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._bootstrap, addr)
@@ -160,26 +169,20 @@ class Node:
                 task_status.started(self)
                 await trio.sleep_forever()
 
-    async def _serve_api(self, token: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve_api(self, token: str, api_socket: socket.socket, *,
+                         task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = HypercornConfig()
-        host = self.config.api_host
-        cfg.bind = [f"[{host}]:{self.config.api_port}" if ":" in host else f"{host}:{self.config.api_port}"]
+        # Hypercorn takes over the already-bound socket (its documented fd:// bind).
+        cfg.bind = [f"fd://{api_socket.detach()}"]
         cfg.graceful_timeout = API_GRACEFUL_TIMEOUT_S
         cfg.accesslog = None
         cfg.errorlog = None  # errors surface through our own logging
         app = build_app(self.routes(), token=token, registry=self.counters.registry,
                         version=__version__)
-        counted = _CountingApp(app, self.counters.api_requests)
-        if not is_loopback(host):
-            log.warning("HTTP API bound to a non-loopback address", host=host)
-        try:
-            async with trio.open_nursery() as nursery:
-                urls: list[str] = await nursery.start(_serve_hypercorn, counted, cfg)
-                task_status.started(urls[0])
-        except OSError as exc:
-            raise AddressError(
-                f"cannot serve the API on {cfg.bind[0]}: {exc.strerror or exc}"
-            ) from exc
+        if not is_loopback(self.config.api_host):
+            log.warning("HTTP API bound to a non-loopback address", host=self.config.api_host)
+        await hypercorn_serve(_CountingApp(app, self.counters.api_requests), cfg,
+                              task_status=_FirstUrl(task_status))
 
     async def _bootstrap(self, addr: str) -> None:
         try:
@@ -281,9 +284,30 @@ class Node:
         ]
 
 
-async def _serve_hypercorn(app: Any, cfg: HypercornConfig, *,
-                           task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    await hypercorn_serve(app, cfg, task_status=task_status)
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket for the API, or a clear :class:`AddressError`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AddressError(
+            f"cannot serve the API on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+class _FirstUrl:
+    """Adapts hypercorn's ``started(list_of_urls)`` to ``started(url)``."""
+
+    def __init__(self, task_status: Any) -> None:
+        self._task_status = task_status
+
+    def started(self, urls: list[str]) -> None:
+        self._task_status.started(urls[0])
 
 
 class _CountingApp:
