@@ -34,7 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import __version__, host as p2p
+from . import __version__
+from . import host as p2p
 from .api import ApiProblem, ApiRoute, build_app, read_json, require_str
 from .config import DataDir, NodeConfig
 from .errors import AddressError, NodeError
