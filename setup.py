@@ -54,7 +54,7 @@ def _extensions() -> list:
         exts.append(
             Extension(
                 "n3xus." + ".".join(rel.parts),
-                [rel.as_posix()],
+                [pyx.relative_to(HERE).as_posix()],
                 extra_compile_args=["-O3"],
             )
         )
@@ -91,7 +91,7 @@ packages, package_dir = _packages()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={name: ["*.pyx", "*.pxd", "py.typed"] for name in packages},
+    package_data={name: ["*.pyx", "*.pxd", "*.h", "py.typed"] for name in packages},
     ext_modules=_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -40,7 +40,8 @@ prefix compression, limits) and fail closed with :class:`CanonDecodeError`; trav
 that keys come out strictly ascending, which is what the parent/child key ranges promise.
 A root received from another node should pass :func:`verify_tree` before it is adopted.
 
-World commits (signed by the author's ed25519 key) are in the second half of this module.
+Signed world commits (world name, author, root, previous commit) are in ``entries.py``,
+beside the other payloads of the canon log, and re-exported here.
 """
 
 from __future__ import annotations
@@ -52,19 +53,15 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from blake3 import blake3
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
 
 from .cid import CID, cid_of
 from .codec import decode, encode
-from .errors import BlockNotFoundError, CanonDecodeError, LimitExceededError, VerificationError
+from .errors import BlockNotFoundError, CanonDecodeError, LimitExceededError
 
 # A layer is this many leading zero bits of the key hash: fanout 2**4 = 16. atproto uses 2
 # (fanout 4); 16 halves the path length, and in Python the cost per block (decode, hash,
 # LMDB lookup) dominates the cost per byte, so fewer, larger nodes are faster.
 BITS_PER_LAYER = 4
-# BLAKE3-256 has 256 bits, so no key can sit above this layer.
-MAX_LAYER = 256 // BITS_PER_LAYER
 # Keys are path-like names; 256 bytes is ample and keeps a full node of long keys well
 # under the block size limit.
 MAX_KEY_BYTES = 256
@@ -78,18 +75,6 @@ _KEY_PATTERN = re.compile(r"[A-Za-z0-9/._~:@\-]+")
 MAX_NODE_ENTRIES = 1024
 # Decoded nodes a World keeps between operations; bounds memory for long-lived handles.
 MAX_CACHED_NODES = 65_536
-# World names share the key alphabet; short, since they appear in every commit.
-MAX_WORLD_NAME_BYTES = 128
-# Commits walked by commit_history unless the caller allows more: a bound on work done on
-# behalf of a history received from a peer.
-DEFAULT_MAX_HISTORY = 1_000_000
-
-# Domain separation for commit signatures, versioned with the commit format.
-COMMIT_SIGNATURE_TAG = b"n3xus/world-commit/v1\x00"
-COMMIT_FORMAT_VERSION = 1
-_ED25519_KEY_BYTES = 32
-_ED25519_SIGNATURE_BYTES = 64
-
 Value: TypeAlias = Any  # a DAG-CBOR data model value (codec.decode's result)
 
 
@@ -104,14 +89,13 @@ class BlockSource(Protocol):
 
 
 class MemoryBlockStore:
-    """A dict-backed :class:`BlockSource` for tests and scratch work; verifies on get."""
+    """A dict-backed :class:`BlockSource` for tests and scratch work. ``put`` names each
+    block by its own hash, so what ``get`` returns always matches its CID."""
 
     def __init__(self) -> None:
         self.blocks: dict[CID, bytes] = {}
-        self.reads = 0
 
     def get(self, cid: CID) -> bytes:
-        self.reads += 1
         try:
             data = self.blocks[cid]
         except KeyError:
@@ -492,3 +476,223 @@ class _Tree:
         if layer > 0:
             total += sum(self.count(child, layer - 1) for child in node.children)
         return total
+
+
+_EMPTY_NODE = encode({"e": [], "l": None})
+_LEAF = 1
+_SUBTREE = 0
+
+
+class _Cursor:
+    """In-order walk of one tree as a stack of pending items: (_SUBTREE, cid, layer) or
+    (_LEAF, key, value cid); subtrees are opened only on demand."""
+
+    def __init__(self, tree: _Tree, root: CID) -> None:
+        self.tree = tree
+        self.stack: list[tuple[int, Any, Any]] = []
+        self.last_key = ""
+        layer = tree.root_layer(root)
+        if layer >= 0:
+            self.stack.append((_SUBTREE, root, layer))
+
+    def open(self) -> None:
+        _, ref, layer = self.stack.pop()
+        node = self.tree.load(ref, layer)
+        items: list[tuple[int, Any, Any]] = []
+        for i, child in enumerate(node.children):
+            if child is not None:
+                items.append((_SUBTREE, child, layer - 1))
+            if i < len(node.keys):
+                items.append((_LEAF, node.keys[i], node.values[i]))
+        self.stack.extend(reversed(items))
+
+    def take_leaf(self) -> tuple[str, CID]:
+        _, key, value = self.stack.pop()
+        if key <= self.last_key:
+            raise CanonDecodeError(f"MST keys out of order at {key!r}")
+        self.last_key = key
+        return key, value
+
+    def drain(self) -> Iterator[tuple[str, CID]]:
+        while self.stack:
+            if self.stack[-1][0] == _SUBTREE:
+                self.open()
+            else:
+                yield self.take_leaf()
+
+
+def diff(store: BlockSource, root_a: CID, root_b: CID) -> WorldDiff:
+    """Changes from world ``root_a`` to ``root_b``, in key order. Subtrees with equal CIDs
+    on both sides are skipped unread, so the blocks read grow with changes x depth."""
+    tree = _Tree(store)
+    changes: list[Change] = []
+    if root_a == root_b:
+        return WorldDiff(changes, 0)
+    a, b = _Cursor(tree, root_a), _Cursor(tree, root_b)
+    while a.stack and b.stack:
+        x, y = a.stack[-1], b.stack[-1]
+        if x[0] == _LEAF and y[0] == _LEAF:
+            if x[1] == y[1]:
+                (key, old), (_, new) = a.take_leaf(), b.take_leaf()
+                if old != new:
+                    changes.append(Change(key, old, new))
+            elif x[1] < y[1]:
+                key, old = a.take_leaf()
+                changes.append(Change(key, old, None))
+            else:
+                key, new = b.take_leaf()
+                changes.append(Change(key, None, new))
+        elif x[0] == _SUBTREE and y[0] == _SUBTREE:
+            if x[1] == y[1]:
+                a.stack.pop()
+                b.stack.pop()
+            elif x[2] >= y[2]:
+                a.open()
+                if x[2] == y[2]:
+                    b.open()
+            else:
+                b.open()
+        elif x[0] == _SUBTREE:
+            a.open()
+        else:
+            b.open()
+    changes.extend(Change(key, old, None) for key, old in a.drain())
+    changes.extend(Change(key, None, new) for key, new in b.drain())
+    return WorldDiff(changes, tree.blocks_read)
+
+
+def verify_tree(store: BlockSource, root: CID, *, check_values: bool = True) -> int:
+    """Load and check every node of a world (and that its value blocks are present);
+    return the number of keys. Raises CanonDecodeError / BlockNotFoundError."""
+    cursor = _Cursor(_Tree(store), root)
+    count = 0
+    for key, value in cursor.drain():
+        if check_values and not store.has(value):
+            raise BlockNotFoundError(f"value of {key!r}: {value}")
+        count += 1
+    return count
+
+
+def _range(prefix: str | None, start: str | None, end: str | None) -> tuple[str | None, str | None]:
+    if prefix:
+        validate_key(prefix)
+        start = prefix if start is None or start < prefix else start
+        # The first string after every key with this prefix: bump its last character
+        # (the alphabet is ASCII below 0x7f, so the successor is a valid bound).
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        end = after if end is None or end > after else end
+    return start, end
+
+
+class World:
+    """An immutable handle on one world root in a block store. Writes return new worlds
+    that share every unchanged node with this one."""
+
+    __slots__ = ("store", "root", "_cache", "_layer", "_length")
+
+    def __init__(self, store: BlockSource, root: CID | None = None) -> None:
+        self.store = store
+        self.root = store.put(_EMPTY_NODE) if root is None else root
+        self._cache: dict[CID, tuple[int, _Node]] = {}
+        self._layer: int | None = None
+        self._length: int | None = None
+
+    def __repr__(self) -> str:
+        return f"World({self.root})"
+
+    def _tree(self) -> _Tree:
+        return _Tree(self.store, self._cache)
+
+    def _derive(self, root: CID) -> World:
+        world = World(self.store, root)
+        world._cache = self._cache
+        return world
+
+    def get_link(self, key: str) -> CID | None:
+        """CID of the value block at ``key``, or None."""
+        validate_key(key)
+        tree = self._tree()
+        if self._layer is None:
+            self._layer = tree.root_layer(self.root)
+        wanted = key_layer(key)
+        ref: Ref = self.root
+        layer = self._layer
+        while ref is not None and layer >= wanted:
+            node = tree.load(ref, layer)
+            i = bisect_left(node.keys, key)
+            if i < len(node.keys) and node.keys[i] == key:
+                return node.values[i]
+            ref, layer = node.children[i], layer - 1
+        return None
+
+    def get(self, key: str, default: Value = None) -> Value:
+        link = self.get_link(key)
+        return default if link is None else decode(self.store.get(link))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get_link(key) is not None
+
+    def update(
+        self,
+        set: Mapping[str, Value] | None = None,  # shadows the builtin: reads best at call sites
+        delete: Iterable[str] = (),
+        links: Mapping[str, CID] | None = None,
+    ) -> World:
+        """Apply many changes at once and write only the final nodes. ``set`` stores values
+        as blocks; ``links`` points keys at blocks already stored; ``delete`` removes keys
+        (absent keys are ignored). A key may appear in only one of the three."""
+        tree = self._tree()
+        targets: dict[str, CID | None] = {}
+        for key in delete:
+            validate_key(key)
+            targets[key] = None
+        for key, link in (links or {}).items():
+            validate_key(key)
+            if key in targets or not isinstance(link, CID):
+                raise ValueError(f"key {key!r} given twice, or its link is not a CID")
+            targets[key] = link
+        for key, value in (set or {}).items():
+            validate_key(key)
+            if key in targets:
+                raise ValueError(f"key {key!r} is both set and deleted or linked")
+            targets[key] = tree.put_value(value)
+        ops = [_Op(key, key_layer(key), targets[key]) for key in sorted(targets)]
+        root = tree.apply(self.root, ops)
+        tree.flush()
+        return self._derive(root)
+
+    def set(self, key: str, value: Value) -> World:
+        return self.update(set={key: value})
+
+    def delete(self, key: str) -> World:
+        return self.update(delete=[key])
+
+    def links(self, prefix: str | None = None, start: str | None = None, end: str | None = None) -> Iterator[tuple[str, CID]]:
+        """(key, value CID) for keys with ``prefix`` and ``start <= key < end``, ascending."""
+        start, end = _range(prefix, start, end)
+        tree = self._tree()
+        layer = tree.root_layer(self.root)
+        last = ""
+        for key, link in tree.walk(self.root if layer >= 0 else None, layer, start, end):
+            if key <= last:
+                raise CanonDecodeError(f"MST keys out of order at {key!r}")
+            last = key
+            yield key, link
+
+    def items(self, prefix: str | None = None, start: str | None = None, end: str | None = None) -> Iterator[tuple[str, Value]]:
+        for key, link in self.links(prefix, start, end):
+            yield key, decode(self.store.get(link))
+
+    def keys(self, prefix: str | None = None, start: str | None = None, end: str | None = None) -> Iterator[str]:
+        return (key for key, _ in self.links(prefix, start, end))
+
+    def __len__(self) -> int:
+        if self._length is None:
+            tree = self._tree()
+            layer = tree.root_layer(self.root)
+            self._length = tree.count(self.root if layer >= 0 else None, layer)
+        return self._length
+
+    def diff(self, other: World) -> WorldDiff:
+        """Changes from this world to ``other`` (same store)."""
+        return diff(self.store, self.root, other.root)

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -31,6 +32,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+log = structlog.get_logger("n3xus.api")
 
 API_PREFIX = "/api/v1"
 # JSON request bodies are small commands; anything bigger is refused before parsing
@@ -118,6 +121,9 @@ def _wrap(route: ApiRoute, token: str) -> Handler:
             return await route.handler(request)
         except ApiProblem as problem:
             return error_response(problem.status, problem.code, problem.message)
+        except Exception:  # noqa: BLE001 - a bug: logged with its traceback, answered 500
+            log.exception("API handler failed", method=route.method, path=route.full_path)
+            return error_response(500, "internal_error", "internal error (see the node's log)")
 
     return endpoint
 

@@ -235,7 +235,9 @@ def identity(data_dir: str | None, as_json: bool) -> None:
 
 
 def _register_feature_commands() -> None:
-    """Feature packages add their command groups here (canon, ledger, audit)."""
+    """Import the modules that add command groups to ``cli`` (canon, world, …).
+    Imported here, not at the top, because they import this module."""
+    from . import canon_cli  # noqa: F401
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -17,8 +17,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     if numeric is None:
         raise ValueError(f"unknown log level {level!r} (one of {', '.join(LEVELS)})")
     renderer: structlog.types.Processor
+    extra: list[structlog.types.Processor] = []
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
+        extra = [structlog.processors.format_exc_info]  # tracebacks as one JSON field
     elif fmt == "text":
         renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
     else:
@@ -28,6 +30,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *extra,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

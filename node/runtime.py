@@ -30,6 +30,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -37,6 +38,8 @@ from starlette.responses import JSONResponse, Response
 from . import __version__
 from . import host as p2p
 from .api import ApiProblem, ApiRoute, build_app, read_json, require_str
+from .canon_routes import canon_routes
+from .canon_service import CanonService
 from .config import DataDir, NodeConfig
 from .errors import AddressError, NodeError
 from .logs import get_logger
@@ -126,6 +129,7 @@ class Node:
         self._started_monotonic = 0.0
         self._host: Any = None
         self.env: Any = None
+        self.canon: CanonService | None = None
 
     # -- lifecycle -------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -140,6 +144,9 @@ class Node:
             try:
                 self.env = open_environment(self.data_dir.lmdb_path, self.config.map_size_mib)
                 try:
+                    self.canon = CanonService(
+                        self.env, SigningKey(seed), canon_origin(p2p.peer_id_of(key_pair))
+                    )
                     await self._serve(key_pair, token, api_socket, task_status)
                 finally:
                     self.env.close()
@@ -270,7 +277,9 @@ class Node:
             "properties": {"peer_id": {"type": "string"},
                            "addrs": {"type": "array", "items": {"type": "string"}}},
         }
+        feature_routes = canon_routes(self.canon) if self.canon is not None else []
         return [
+            *feature_routes,
             ApiRoute("GET", "/id", get_id, "The node's peer ID, public key and addresses", auth=False),
             ApiRoute("GET", "/status", get_status, "Peer ID, addresses, uptime, peers, counters"),
             ApiRoute("GET", "/peers", get_peers, "Connected peers",
@@ -283,6 +292,11 @@ class Node:
                      request_schema={"type": "object", "required": ["peer_id"],
                                      "properties": {"peer_id": {"type": "string"}}}),
         ]
+
+
+def canon_origin(peer_id: str) -> str:
+    """The C2SP origin line of this node's canon log checkpoints."""
+    return f"n3xus.net/canon/{peer_id}"
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:

@@ -1,0 +1,92 @@
+"""Errors of the ledger, and the registry of rejection reason codes.
+
+A rejected transaction raises :class:`TxRejected` carrying a :class:`Reason`: a stable,
+machine-readable code (the HTTP API and the CLI print it, other implementations of
+``specs/ledger.md`` return the same code for the same input). Decoding failures are also
+:class:`ValueError` (as codec errors are everywhere in n3xus), so callers that only know
+"bad input" can catch that.
+
+Codes are never reused or renamed: a new failure gets a new code, and the registry in
+``specs/ledger.md`` lists each one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a ledger entry was rejected (the registry of ``specs/ledger.md`` §Reasons)."""
+
+    # Decoding: the bytes are not a well-formed entry of this ledger version.
+    MALFORMED = "malformed"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    UNKNOWN_OP = "unknown-op"
+    BAD_AMOUNT = "bad-amount"
+    OVERFLOW = "overflow"
+    # Envelope checks against the network and the account's chain.
+    WRONG_NETWORK = "wrong-network"
+    FROZEN = "frozen"
+    BAD_SEQ = "bad-seq"
+    BAD_PREV = "bad-prev"
+    REPLAY = "replay"
+    EQUIVOCATION = "equivocation"
+    BAD_SIGNATURE = "bad-signature"
+    # State transition rules.
+    OVERDRAFT = "overdraft"
+    OVER_CAP = "over-cap"
+    NOT_ISSUER = "not-issuer"
+    BAD_PARAMS = "bad-params"
+    UNKNOWN_ASSET = "unknown-asset"
+    NOT_OWNER = "not-owner"
+    UNKNOWN_LISTING = "unknown-listing"
+    PRICE_MISMATCH = "price-mismatch"
+    OWN_LISTING = "own-listing"
+    # A fraud proof entry that does not verify.
+    BAD_PROOF = "bad-proof"
+
+
+class LedgerError(Exception):
+    """Base of every error raised by ``n3xus.ledger``."""
+
+
+class TxRejected(LedgerError):
+    """An entry (transaction or fraud proof) the ledger refuses. Nothing of it was applied.
+
+    ``reason`` is the machine-readable code, ``message`` the human explanation.
+    """
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class EquivocationError(TxRejected):
+    """The transaction conflicts with an accepted one at the same (account, seq). It is
+    rejected, but it proved fraud: ``proof`` (the fraud proof bytes) was appended to the log
+    at ``proof_index`` and the account is frozen from now on."""
+
+    def __init__(self, message: str, proof: bytes, proof_index: int) -> None:
+        super().__init__(Reason.EQUIVOCATION, message)
+        self.proof = proof
+        self.proof_index = proof_index
+
+
+class MalformedTxError(TxRejected, ValueError):
+    """Bytes that do not decode to a valid entry: not canonical DAG-CBOR, the wrong shape,
+    an unknown version or operation, a float, an amount out of range."""
+
+
+class GenesisError(LedgerError, ValueError):
+    """A genesis document that is malformed or violates its own constraints."""
+
+
+class FraudProofError(LedgerError, ValueError):
+    """A fraud proof that does not prove what it claims (tampered, unsigned, not a conflict)."""
+
+
+class LedgerCorruptError(LedgerError):
+    """The stored log or state contradicts itself: a logged entry fails to replay, the store
+    was created for another network, or an invariant (supply >= every balance) broke.
+    Never raised for bad input from the network, only for bad local data or a bug."""
