@@ -45,7 +45,8 @@ snapshot, which does not block writers. While the run is active, every session p
 transaction. The sweep then runs in write transactions of at most ``GC_SWEEP_BATCH``
 keys; each one first marks whatever the late roots reach (LMDB serialises writers, so
 every pin or lease committed before the batch is visible to it), then deletes only
-unmarked blocks whose epoch is old enough. Writers wait at most one batch.
+unmarked blocks whose epoch is old enough. A writer waits at most one batch (and the
+marking of whatever was pinned or leased since the previous one).
 
 The coordination state lives in this process (LMDB itself forbids opening the same
 environment twice in one process); all stores built on one environment share it.
@@ -100,6 +101,7 @@ ITERATION_BATCH = 1024
 CODEC_RAW = 0x55
 CODEC_DAG_CBOR = 0x71
 CODEC_DAG_PB = 0x70
+HASH_IDENTITY = 0x00  # the "block" is inline in the CID: never stored, never missing
 HASH_SHA2_256 = 0x12
 HASH_BLAKE3 = 0x1E
 
@@ -593,12 +595,14 @@ def _walk(
         key = stack.pop()
         if key in marked:
             continue
+        cid = CID(key)
+        if cid.hash_code == HASH_IDENTITY:
+            continue
         if not cursor.set_key(key):
             missing.append(key)
             continue
         marked.add(key)
         newly += 1
-        cid = CID(key)
         if cid.codec != CODEC_DAG_CBOR:
             continue
         try:

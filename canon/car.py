@@ -25,6 +25,8 @@ Choices where the spec leaves room:
   Import through a :class:`~n3xus.canon.blockstore.Session` and pin the roots in it to
   keep them from GC.
 * CIDv0 (sha2-256 dag-pb) sections are accepted and stored under their CIDv0 bytes.
+* A block repeated in one CAR is stored once (puts are idempotent); links with an
+  identity multihash carry their data inline and are not written as sections.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-from .blockstore import MAX_BLOCK_SIZE, BlockStore, BlockWriter, block_links
+from .blockstore import HASH_IDENTITY, MAX_BLOCK_SIZE, BlockStore, BlockWriter, block_links
 from .cid import CID
 from .codec import decode, encode
 from .errors import CanonDecodeError, CanonEncodeError, CanonError, LimitExceededError
@@ -287,7 +289,7 @@ def iter_dag(store: BlockStore, roots: Sequence[CID]) -> Iterator[tuple[CID, byt
     stack = list(reversed(roots))
     while stack:
         cid = stack.pop()
-        if cid in seen:
+        if cid in seen or cid.hash_code == HASH_IDENTITY:  # identity: data is in the CID
             continue
         seen.add(cid)
         data = store.get(cid)

@@ -52,7 +52,7 @@ class LedgerView(StateView, Protocol):
 
 
 class Accepted(NamedTuple):
-    """An entry that is now in the log at ``index``; ``tx`` is None for a fraud proof."""
+    """An entry that is now in the log at ``log_index``; ``tx`` is None for a fraud proof."""
 
     entry_id: bytes
     log_index: int
@@ -81,18 +81,23 @@ def _seq_key(account: bytes, seq: int) -> bytes:
     return account + seq.to_bytes(8, "big")
 
 
-def _conflicting(view: LedgerView, tx: Tx, accepted_id: bytes | None, verify: bool) -> None:
+def _conflicting(view: LedgerView, tx: Tx, accepted_id: bytes | None) -> None:
     """``tx`` sits at a position already taken: a replay, or proof of equivocation."""
     if accepted_id is None:
         raise LedgerCorruptError(f"no chain index entry for seq {tx.seq} below the head")
     if accepted_id == tx.id:
         raise TxRejected(Reason.REPLAY, f"transaction {tx.cid} was already accepted")
-    if verify and not verify_tx_signature(tx):
+    # Checked even when replaying without signature checks: a proof must never be built
+    # from an unverified transaction.
+    if not verify_tx_signature(tx):
         raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
     accepted = view.entry_by_id(accepted_id)
     if accepted is None:
         raise LedgerCorruptError(f"accepted transaction {CID(accepted_id)} is not in the log")
-    proof = make_fraud_proof(accepted, tx.raw)
+    try:
+        proof = make_fraud_proof(accepted, tx.raw)
+    except FraudProofError as exc:  # the accepted one no longer verifies: local corruption
+        raise LedgerCorruptError(f"cannot prove the equivocation: {exc}") from exc
     proof_id = bytes(cid_of(proof))  # make_fraud_proof verified both signatures
     index = view.append(proof, proof_id, None)
     view.put(FROZEN + tx.account, proof_id)
@@ -141,7 +146,7 @@ def ingest_entry(view: LedgerView, genesis: Genesis, entry: bytes,
         if seq > next_seq:
             raise TxRejected(Reason.BAD_SEQ, f"seq {seq}, the account's next is {next_seq}")
         accepted = head_id if seq == next_seq - 1 else view.chain_id(account, seq)
-        _conflicting(view, tx, accepted, verify)
+        _conflicting(view, tx, accepted)
     if tx.prev != head_id:
         raise TxRejected(Reason.BAD_PREV, "prev is not the account's last transaction")
     if verify and not verify_tx_signature(tx):
@@ -149,7 +154,7 @@ def ingest_entry(view: LedgerView, genesis: Genesis, entry: bytes,
     HANDLERS[tx.op](view, genesis, tx)
     seq_bytes = seq.to_bytes(8, "big")
     view.put(HEAD + account, seq_bytes + tx.id)
-    return Accepted(tx.id, view.append(entry, tx.id, account + seq_bytes), tx)
+    return Accepted(tx.id, view.append(tx.raw, tx.id, account + seq_bytes), tx)
 
 
 def ingest(view: LedgerView, genesis: Genesis, entries: Iterable[bytes],

@@ -32,6 +32,7 @@ import lmdb
 from n3xus.canon.cid import CID
 
 from .errors import LedgerCorruptError, TxRejected
+from .fraud import FRAUD_PROOF_PREFIX
 from .genesis import Genesis
 from .ingest import Accepted, Outcome, ingest, ingest_entry
 from .rules import (
@@ -303,8 +304,13 @@ class LedgerStore:
         return value
 
     def tx(self, tx_id: CID | bytes) -> Tx | None:
+        """The accepted transaction with this id (None for unknown ids, the genesis and
+        fraud proofs)."""
         data = self.entry(tx_id)
-        return None if data is None or bytes(tx_id) == self.genesis.network_id else decode_tx(data)
+        if (data is None or bytes(tx_id) == self.genesis.network_id
+                or data.startswith(FRAUD_PROOF_PREFIX)):
+            return None
+        return decode_tx(data)
 
     def balance(self, account: bytes) -> int:
         return u64(self._get(BALANCE + account))

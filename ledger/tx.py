@@ -441,17 +441,20 @@ def encode_tx_map(*, network: CID, account: bytes, seq: int, prev: CID | None, t
     })
 
 
-def sign_tx(signing_key: SigningKey, *, network: CID, seq: int, prev: CID | None, time_ms: int,
-            op: Op | str, args: Mapping[str, Any]) -> bytes:
-    """A signed envelope, checked with :func:`decode_tx` (so a builder never hands out a
-    transaction every validator would refuse as malformed)."""
+def _sign(signing_key: SigningKey, network: CID, seq: int, prev: CID | None, time_ms: int,
+          op: Op | str, args: Mapping[str, Any]) -> Tx:
     account = bytes(signing_key.verify_key)
     signed = encode_tx_map(network=network, account=account, seq=seq, prev=prev,
                            time_ms=time_ms, op=op, args=args)
     sig = signing_key.sign(TX_SIGNATURE_TAG + signed).signature
-    envelope = b"\xa2\x62tx" + signed + _SIG_TRAILER + sig
-    decode_tx(envelope)
-    return envelope
+    return decode_tx(b"\xa2\x62tx" + signed + _SIG_TRAILER + sig)
+
+
+def sign_tx(signing_key: SigningKey, *, network: CID, seq: int, prev: CID | None, time_ms: int,
+            op: Op | str, args: Mapping[str, Any]) -> bytes:
+    """A signed envelope, checked with :func:`decode_tx` (so a builder never hands out a
+    transaction every validator would refuse as malformed)."""
+    return _sign(signing_key, network, seq, prev, time_ms, op, args).raw
 
 
 class AccountChain:
@@ -473,11 +476,10 @@ class AccountChain:
 
     def sign(self, op: Op | str, args: Mapping[str, Any], *, time_ms: int) -> bytes:
         """Sign the next transaction of the chain and advance past it."""
-        envelope = sign_tx(self._key, network=self.network, seq=self.seq, prev=self.prev,
-                           time_ms=time_ms, op=op, args=args)
-        self.prev = decode_tx(envelope).cid
+        tx = _sign(self._key, self.network, self.seq, self.prev, time_ms, op, args)
+        self.prev = tx.cid
         self.seq += 1
-        return envelope
+        return tx.raw
 
     def sign_at(self, seq: int, prev: CID | None, op: Op | str, args: Mapping[str, Any], *,
                 time_ms: int) -> bytes:

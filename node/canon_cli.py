@@ -121,8 +121,13 @@ def canon_get(cid: str, output: str | None, block: bool, data_dir: str | None) -
                 for chunk in response.iter_bytes():
                     sink.write(chunk)
                     progress.update(task, advance=len(chunk))
-    finally:
+    except BaseException:
         if tmp is not None:
+            sink.close()
+            tmp.unlink(missing_ok=True)  # never leave half a download behind
+        raise
+    finally:
+        if tmp is not None and not sink.closed:
             sink.close()
     if tmp is not None and output is not None:
         tmp.replace(output)  # only a complete download takes the name

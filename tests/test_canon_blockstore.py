@@ -200,6 +200,13 @@ def test_pin_of_missing_blocks(store: BlockStore) -> None:
     assert store.pin(root, "direct", recursive=False).missing == ()
 
 
+def test_identity_links_are_never_missing(store: BlockStore) -> None:
+    inline = CID.from_digest("raw", "identity", b"inline data")
+    root = store.put(encode({"inline": inline}))
+    report = store.pin(root, "with-identity")
+    assert report.missing == () and report.blocks == 1
+
+
 def test_pin_name_limits(store: BlockStore) -> None:
     cid = store.put(b"x", codec="raw")
     for bad in ("", "n" * 256):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,6 +120,25 @@ def test_round_trip_of_a_file_tree_and_several_roots(store: BlockStore, other: B
     assert report.roots == (file_root, dag_root)
     assert read_range(other, file_root, 0, len(payload)) == payload
     assert sorted(other) == sorted(store)
+
+
+def test_import_into_a_session_then_pin_survives_gc(
+    store: BlockStore, other: BlockStore
+) -> None:
+    root, order = sample_dag(store)
+    inline = CID.from_digest("raw", "identity", b"inline")
+    with_inline = store.put(encode({"dag": root, "inline": inline}))
+    data = car_bytes(store, [with_inline])
+    assert [s.cid for s in CarReader(io.BytesIO(data))] == [with_inline, *order]
+    with other.session() as session:
+        report = import_car(session, io.BytesIO(data))
+        for _ in range(3):
+            other.collect_garbage()  # leased: nothing may go
+        for index, pinned_root in enumerate(report.roots):
+            session.pin(pinned_root, f"import-{index}")
+    for _ in range(3):
+        other.collect_garbage()
+    assert sorted(other) == sorted([with_inline, *order])
 
 
 def test_export_needs_roots_and_blocks(store: BlockStore) -> None:
@@ -273,3 +293,28 @@ def test_bit_flips_never_crash_or_import_bad_blocks(
             assert target.get(cid) == originals[cid.multihash]
     finally:
         env.close()
+
+
+def _conformance_blocks() -> list[tuple[CID, bytes]]:
+    root = Path(os.environ.get(
+        "N3XUS_CONFORMANCE_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
+    )) / "dag-cbor" / "fixtures"
+    if not root.is_dir():
+        pytest.skip(f"conformance vectors not found at {root} (set N3XUS_CONFORMANCE_DIR)")
+    return [(CID(path.name.removesuffix(".dag-cbor")), path.read_bytes())
+            for path in sorted(root.glob("*/*.dag-cbor"))]
+
+
+def test_ipld_codec_fixtures_import_as_verified_blocks(store: BlockStore) -> None:
+    """Blocks and CIDs (sha2-256) made by other implementations: a CAR of all of them
+    imports with no bad block, and one wrong byte is caught against their CID."""
+    blocks = _conformance_blocks()
+    assert len(blocks) > 50
+    report = import_car(store, io.BytesIO(_car([blocks[0][0]], blocks)))
+    assert report.bad_blocks == [] and report.imported == len(blocks)
+    for cid, data in blocks:
+        assert store.get(cid) == data
+    cid, data = blocks[0]
+    tampered = bytes([data[0] ^ 0x01]) + data[1:]
+    report = import_car(store, io.BytesIO(_car([cid], [(cid, tampered)])))
+    assert [bad.cid for bad in report.bad_blocks] == [cid]

@@ -237,3 +237,17 @@ def test_reading_a_stream_with_io_bytesio(store: BlockStore) -> None:
     data = b"hello, artifact" * 1000
     root = add_stream(store, io.BytesIO(data), chunk_size=1000)
     assert b"".join(iter_range(store, root, 5, 20_000)) == data[5:20_005]
+
+
+def test_add_through_a_session_and_pin(store: BlockStore) -> None:
+    data = bytes(range(256)) * 64
+    with store.session() as session:
+        root = add_bytes(session, data, chunk_size=512, fanout=4)
+        for _ in range(3):
+            store.collect_garbage()
+        session.pin(root, "artifact")
+    unpinned = add_bytes(store, b"transient" * 100, chunk_size=64)
+    for _ in range(3):
+        store.collect_garbage()
+    assert read_range(store, root, 0, len(data)) == data
+    assert not store.has(unpinned)

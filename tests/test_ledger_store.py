@@ -16,6 +16,7 @@ from ledger_support import ARTIFACT, SUPPLY_CAP, Net, account, key, make_genesis
 from n3xus.canon.cid import cid_of
 from n3xus.canon.codec import decode, encode
 from n3xus.ledger.errors import LedgerCorruptError, Reason, TxRejected
+from n3xus.ledger.fraud import verify_fraud_proof
 from n3xus.ledger.genesis import MAX_AMOUNT, Genesis
 from n3xus.ledger.ingest import Accepted, MemoryView, Outcome, Rejected, replay
 from n3xus.ledger.store import LedgerStore
@@ -143,6 +144,8 @@ def test_rebuild_gives_the_same_root_and_repairs_state(net: StoreNet) -> None:
     assert net.store.is_frozen(account("alice"))
     proof = net.store.fraud_proof(account("alice"))
     assert proof is not None and net.store.frozen_accounts() == [account("alice")]
+    assert verify_fraud_proof(proof, GENESIS.cid).account == account("alice")
+    assert net.store.tx(cid_of(proof)) is None and net.store.entry(cid_of(proof)) == proof
     root = net.store.state_root()
     items = net.store.state_items()
     assert net.store.rebuild_state() == root

@@ -3,6 +3,7 @@ the genesis document."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +277,29 @@ def test_links_in_args_are_cids() -> None:
     tx_map = encode_tx_map(network=NETWORK, account=account("alice"), seq=0, prev=None,
                            time_ms=0, op=Op.DELIST, args={"asset": cid_of(b"a"), "edition": 1})
     assert decode_tx(envelope).signed == tx_map
+
+
+# --- the worked example of specs/ledger.md, Appendix A ------------------------------------------
+
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "ledger.md"
+
+
+def test_spec_example_is_what_the_code_produces() -> None:
+    from nacl.signing import SigningKey
+
+    from n3xus.ledger.ingest import Accepted, MemoryView, ingest
+
+    issuer, platform, alice, bob = (SigningKey(bytes([n]) * 32) for n in (1, 2, 3, 4))
+    genesis = Genesis.create("n3xus-example", [bytes(issuer.verify_key)], 1_000_000,
+                             bytes(platform.verify_key))
+    first = AccountChain(issuer, genesis.cid).sign(
+        Op.ISSUE, {"to": bytes(alice.verify_key), "amount": 1000}, time_ms=1_700_000_000_000)
+    second = AccountChain(alice, genesis.cid).sign(
+        Op.TRANSFER, {"to": bytes(bob.verify_key), "amount": 250}, time_ms=1_700_000_000_001)
+    view = MemoryView(genesis)
+    assert all(isinstance(o, Accepted) for o in ingest(view, genesis, [first, second]))
+    spec = "".join(SPEC.read_text().split())  # the spec wraps long hex over several lines
+    for text in (genesis.block.hex(), str(genesis.cid), first.hex(), second.hex(),
+                 str(decode_tx(first).cid), str(decode_tx(second).cid),
+                 view.state_root().hex(), TX_SIGNATURE_TAG.hex()):
+        assert text in spec
