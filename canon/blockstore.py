@@ -175,9 +175,18 @@ class BlockWriter(Protocol):
     def get(self, cid: CID) -> bytes: ...
 
 
+# The only digest length the store accepts. Multihash allows truncated (even empty)
+# digests, and BLAKE3 is extendable-output: without this, the CID of an empty BLAKE3
+# digest "matches" any bytes, and a CAR could store anything under it.
+STORED_DIGEST_BYTES = 32
+
+
 def digest_matches(cid: CID, data: bytes | memoryview) -> bool:
-    """True if ``data`` hashes to the digest in ``cid`` (BLAKE3-256 or SHA2-256)."""
+    """True if ``data`` hashes to the digest in ``cid`` (BLAKE3-256 or SHA2-256, full
+    32-byte digests only: a truncated digest never matches)."""
     expected = cid.digest
+    if len(expected) != STORED_DIGEST_BYTES:
+        return False
     if cid.hash_code == HASH_BLAKE3:
         return bool(blake3.blake3(data).digest(len(expected)) == expected)
     if cid.hash_code == HASH_SHA2_256:

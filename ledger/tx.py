@@ -11,10 +11,10 @@ CIDv1 (dag-cbor, BLAKE3-256) of ``encode(tx map)``, so it does not depend on the
 
 Decoding has two paths that accept exactly the same inputs and return equal results:
 
-* a *fast path* that reads the byte layout of the common operations directly (every header,
-  key and length is checked literally, integers must be minimal), because the ledger decodes
-  every transaction of the network and a general decoder costs more than the rest of the
-  validation together;
+* a *fast path* for the common operations: one compiled regular expression per operation
+  spells out the whole canonical byte layout (every header, key and length literally,
+  integers only in minimal form), because the ledger decodes every transaction of the
+  network and the general decoder costs more than the rest of the validation together;
 * the *general path*: ``canon.codec.decode`` (strict DAG-CBOR) plus the schema checks. It
   handles everything the fast path declines (mints, other CID kinds, and every invalid
   input, so the rejection reason always comes from one place).
@@ -219,8 +219,10 @@ _KIND_PATTERNS: Final[dict[Kind, bytes]] = {
 
 
 def _text_head(text: str) -> bytes:
+    """The CBOR encoding of a short text (every key and op name here is under 24 bytes)."""
     encoded = text.encode()
-    assert len(encoded) < 24  # every key and op name here is short
+    if len(encoded) >= 24:
+        raise ValueError(f"{text!r} is too long for a one-byte text header")
     return bytes((0x60 + len(encoded),)) + encoded
 
 

@@ -64,16 +64,25 @@ def node() -> None:
 
 @node.command("init")
 @data_dir_option
+@click.option("--genesis", "genesis_file", type=click.Path(dir_okay=False), default=None,
+              help="Join the network of this genesis file (default: a new development "
+                   "network whose issuer and platform is this node).")
 @json_option
-def node_init(data_dir: str | None, as_json: bool) -> None:
-    """Create the data dir, identity key, API token and config (idempotent)."""
+def node_init(data_dir: str | None, genesis_file: str | None, as_json: bool) -> None:
+    """Create the data dir, identity key, API token, config and genesis (idempotent)."""
+    from pathlib import Path
+
     from .host import keypair_from_seed, peer_id_of
+    from .wallets import ensure_genesis
 
     dd = _data_dir(data_dir)
     result = dd.init()
+    genesis, genesis_created = ensure_genesis(dd, Path(genesis_file) if genesis_file else None)
+    created = [*result.created, *(["genesis.cbor"] if genesis_created else [])]
+    result = type(result)(result.data_dir, tuple(created))
     peer_id = peer_id_of(keypair_from_seed(dd.read_identity_seed()))
     data = {"data_dir": str(dd.path), "created": list(result.created),
-            "changed": result.changed, "peer_id": peer_id}
+            "changed": result.changed, "peer_id": peer_id, "network": str(genesis.cid)}
 
     def human() -> None:
         if result.changed:
@@ -103,9 +112,11 @@ def node_start(data_dir: str | None, listen: tuple[str, ...], bootstrap: tuple[s
     """Start the node (initialising the data dir if needed); stop with Ctrl-C."""
     from .logs import configure_logging
     from .runtime import Node, parse_api_bind
+    from .wallets import ensure_genesis
 
     dd = _data_dir(data_dir)
     created = dd.init()
+    ensure_genesis(dd)
     config = dd.load_config()
     overrides: dict[str, Any] = {}
     if listen:
@@ -237,7 +248,7 @@ def identity(data_dir: str | None, as_json: bool) -> None:
 def _register_feature_commands() -> None:
     """Import the modules that add command groups to ``cli`` (canon, world, …).
     Imported here, not at the top, because they import this module."""
-    from . import canon_cli  # noqa: F401
+    from . import canon_cli, ledger_cli  # noqa: F401
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

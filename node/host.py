@@ -3,10 +3,11 @@
 The node runtime uses it like this, inside its own trio nursery::
 
     host = make_host(keypair_from_seed(seed))
-    async with running_host(host, ["/ip4/0.0.0.0/tcp/4001"]) as host:
-        print(listen_addrs(host))          # bound addresses, with /p2p/<id>
+    async with running_host(host, ["/ip4/0.0.0.0/tcp/4001"]) as bound_addrs:
+        print(bound_addrs)                 # e.g. /ip4/0.0.0.0/tcp/4001/p2p/12D3KooW...
         peer_id = await connect(host, "/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW...")
         rtt_seconds = await ping(host, peer_id)
+        print(connected_peers(host))       # [(peer id, [remote addr, ...]), ...]
 
 Security fails closed: the host offers and accepts Noise only (the library's
 default host also speaks TLS, secio and *plaintext*), and Yamux is the only muxer.
@@ -32,7 +33,7 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.exceptions import BaseLibp2pError
+from libp2p.exceptions import BaseLibp2pError, MultiError
 from libp2p.host.basic_host import BasicHost
 from libp2p.host.ping import ID as PING_PROTOCOL_ID
 from libp2p.io.utils import read_exactly
@@ -95,22 +96,24 @@ STREAM_CLOSE_TIMEOUT_SECONDS = 1.0
 _LISTEN_HOST_PROTOCOLS = frozenset({"ip4", "ip6"})
 _DIAL_HOST_PROTOCOLS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
 
-# What each resource error below means here: the peer or the network failed us.
-# libp2p's own errors all derive from BaseLibp2pError; the rest come from the
-# socket and trio layers underneath it.
+# Errors that mean "the peer or the network failed us" when they come out of a
+# dial, a stream or a close: libp2p's own errors all derive from BaseLibp2pError,
+# the others come from the socket and trio layers below it. Anything else is a
+# bug and propagates.
 _NETWORK_ERRORS: tuple[type[Exception], ...] = (
     BaseLibp2pError,
     OSError,
     EOFError,
     trio.BrokenResourceError,
     trio.ClosedResourceError,
+    trio.TooSlowError,
 )
 
-# Later issues plug in here: gossipsub (libp2p.pubsub: a Pubsub service over a
-# GossipSub router, run with background_trio_service inside running_host's
-# lifetime) and peer discovery (bootstrap list / mDNS, or a RoutedHost with a
-# peer-routing implementation instead of BasicHost in make_host). Both register
-# their protocols on the host returned by make_host.
+# Later issues plug in here. Gossipsub: see _serve. Peer discovery: a bootstrap
+# list / mDNS, or a RoutedHost with a peer-routing implementation in place of the
+# BasicHost that make_host builds; note that 0.8.1's swarm already runs an
+# auto-connector that re-dials peers in the peerstore while the node has fewer
+# than ConnectionConfig.min_connections (50) connections.
 
 
 class DialError(NodeError):
@@ -266,12 +269,11 @@ def _check_port_free(addr: Multiaddr) -> None:
     listener, so this catches that as well as ordinary conflicts. SO_REUSEADDR is
     set so the probe ignores TIME_WAIT leftovers of a node that just restarted.
     (A listener started in the instant between probe and bind is not caught.)
+    Port 0 is probed too: that reports an IP this machine does not have.
     """
     names = _protocol_names(addr)
     ip = addr.value_for_protocol(names[0])
     port = int(addr.value_for_protocol("tcp"))
-    if port == 0:
-        return  # the kernel picks a free port
     family = socket.AF_INET6 if names[0] == "ip6" else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -369,12 +371,18 @@ async def _serve(
     # and we shut down in order, within SHUTDOWN_GRACE_SECONDS.
     with trio.CancelScope(shield=True) as scope:
         async with host.run([]):
-            for addr in addrs:
-                await _listen_on(swarm, addr)
-            task_status.started(listen_addrs(host))
-            await stop.wait()
-            scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS
-            await _shutdown(host, swarm)
+            try:
+                for addr in addrs:
+                    await _listen_on(swarm, addr)
+                # Later issues start gossipsub here (a libp2p Pubsub service over
+                # a GossipSub router, run with background_trio_service so it shares
+                # this shielded lifetime) and peer discovery next to it.
+                task_status.started(listen_addrs(host))
+                await stop.wait()
+            finally:
+                # Also when a listen address failed: close what did start.
+                scope.deadline = trio.current_time() + SHUTDOWN_GRACE_SECONDS
+                await _shutdown(host, swarm)
     if scope.cancelled_caught:
         logger.warning(
             "libp2p host did not stop within %.1f s; its remaining tasks were cancelled",
@@ -427,14 +435,18 @@ async def connect(host: BasicHost, multiaddr_text: str | Multiaddr) -> str:
 
 
 def _reason(error: BaseException) -> str:
-    """The most specific message in a libp2p error chain (dial errors wrap the
-    real cause two or three levels deep)."""
-    reasons = [str(error)]
-    cause = error.__cause__
-    while cause is not None:
-        reasons.append(str(cause))
-        cause = cause.__cause__
-    return reasons[-1].replace("\n", "; ") or type(error).__name__
+    """The innermost message of a libp2p error: dial errors wrap the real cause
+    (e.g. "Connection refused") several levels deep, partly in groups."""
+    while True:
+        if isinstance(error, MultiError) and error.errors:
+            error = error.errors[-1]
+        elif isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[-1]
+        elif error.__cause__ is not None:
+            error = error.__cause__
+        else:
+            break
+    return str(error).replace("\n", "; ") or type(error).__name__
 
 
 async def ping(host: BasicHost, peer: str | ID) -> float:

@@ -42,8 +42,11 @@ from .canon_routes import canon_routes
 from .canon_service import CanonService
 from .config import DataDir, NodeConfig
 from .errors import AddressError, NodeError
+from .ledger_routes import ledger_routes
+from .ledger_service import LedgerService
 from .logs import get_logger
 from .storage import open_environment
+from .wallets import load_genesis
 
 log = get_logger("n3xus.node")
 
@@ -130,12 +133,14 @@ class Node:
         self._host: Any = None
         self.env: Any = None
         self.canon: CanonService | None = None
+        self.ledger: LedgerService | None = None
 
     # -- lifecycle -------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. ``task_status.started(self)`` once fully serving."""
         seed = self.data_dir.read_identity_seed()
         token = self.data_dir.read_token()
+        genesis = load_genesis(self.data_dir)
         key_pair = p2p.keypair_from_seed(seed)
         with self.data_dir.lock():
             # Bound before anything starts: a port in use is a clear error at once,
@@ -147,6 +152,7 @@ class Node:
                     self.canon = CanonService(
                         self.env, SigningKey(seed), canon_origin(p2p.peer_id_of(key_pair))
                     )
+                    self.ledger = LedgerService(self.env, genesis)
                     await self._serve(key_pair, token, api_socket, task_status)
                 finally:
                     self.env.close()
@@ -277,7 +283,10 @@ class Node:
             "properties": {"peer_id": {"type": "string"},
                            "addrs": {"type": "array", "items": {"type": "string"}}},
         }
-        feature_routes = canon_routes(self.canon) if self.canon is not None else []
+        feature_routes = [
+            *(canon_routes(self.canon) if self.canon is not None else []),
+            *(ledger_routes(self.ledger) if self.ledger is not None else []),
+        ]
         return [
             *feature_routes,
             ApiRoute("GET", "/id", get_id, "The node's peer ID, public key and addresses", auth=False),

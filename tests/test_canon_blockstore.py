@@ -396,3 +396,31 @@ def test_gc_hammered_by_concurrent_put_and_pin(
         assert name in names
         for cid in dag:
             store.get(cid)  # present and verified
+
+
+def test_truncated_digests_never_match(tmp_path: Path) -> None:
+    # Regression: a BLAKE3 CID with an empty (or short) digest used to "match" any
+    # bytes, so an import would store arbitrary data under it.
+    import lmdb
+
+    from n3xus.canon.blockstore import BlockStore, check_block, digest_matches
+    from n3xus.canon.cid import CID
+    from n3xus.canon.errors import CorruptBlockError
+
+    env = lmdb.open(str(tmp_path / "trunc"), max_dbs=16, map_size=1 << 24)
+    store = BlockStore(env)
+    for digest_len in (0, 1, 16, 31):
+        cid = CID.from_digest("raw", "blake3", blake3_digest(b"anything")[:digest_len])
+        assert not digest_matches(cid, b"anything")
+        with pytest.raises(CorruptBlockError):
+            check_block(cid, b"anything")
+        with pytest.raises(CorruptBlockError):
+            store.put_blocks([(cid, b"anything")])
+    assert not store.has(CID("bafkr4aa"))
+    env.close()
+
+
+def blake3_digest(data: bytes) -> bytes:
+    from blake3 import blake3
+
+    return blake3(data).digest()

@@ -9,7 +9,7 @@ from typing import Any
 
 import lmdb
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ledger_support import ARTIFACT, SUPPLY_CAP, Net, account, key, make_genesis
 
@@ -207,7 +207,7 @@ step = st.tuples(st.sampled_from(["issue", "transfer", "tip", "mint", "list", "b
                  st.sampled_from(NAMES), st.sampled_from(NAMES), st.integers(1, 300))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(st.lists(step, min_size=1, max_size=25))
 def test_store_and_memory_view_agree(tmp_path: Path, steps: list[tuple[str, str, str, int]]) -> None:
@@ -219,8 +219,16 @@ def test_store_and_memory_view_agree(tmp_path: Path, steps: list[tuple[str, str,
         net = Net(GENESIS)
         assets: list[Any] = []
         listings: dict[Any, Any] = {}
+        for name in NAMES:  # everyone starts with some money
+            funding = net.draft("issuer", Op.ISSUE, to=account(name), amount=500)
+            store.ingest([funding])
+            net.view = memory
+            assert isinstance(net.run(funding), Accepted)
+            net.chain("issuer").seq += 1
+            net.chain("issuer").prev = decode_tx(funding).cid
         for kind, who, other, amount in steps:
             args: dict[str, Any]
+            honest = amount % 4 != 0  # a quarter of the steps are signed by a random account
             if kind == "issue":
                 who, op, args = "issuer", Op.ISSUE, {"to": account(other), "amount": amount}
             elif kind in ("transfer", "tip"):
@@ -232,22 +240,29 @@ def test_store_and_memory_view_agree(tmp_path: Path, steps: list[tuple[str, str,
                 op, args = Op.MINT, {"artifact": ARTIFACT, "metadata": {}, "editions": 2,
                                      "royalty_bps": amount % 5001, "creator_bps": 7000,
                                      "platform_bps": 3000}
-            elif kind == "list":
-                asset = assets[amount % len(assets)]
-                op, args = Op.LIST, {"asset": asset, "edition": 1 + amount % 2, "price": amount}
             elif kind == "buy" and listings:
                 (asset, edition), (listing, price) = sorted(listings.items(), key=str)[0]
+                current = store.listing(asset, edition)
+                if honest and current is not None and account(who) == current.seller:
+                    who = next(name for name in NAMES if account(name) != current.seller)
                 op, args = Op.BUY, {"asset": asset, "edition": edition, "listing": listing,
-                                    "price": price}
+                                    "price": price if honest else price + 1}
             else:
-                asset = assets[amount % len(assets)]
-                op, args = Op.TRANSFER_ASSET, {"to": account(other), "asset": asset,
-                                               "edition": 1 + amount % 2}
+                asset, edition = assets[amount % len(assets)], 1 + amount % 2
+                owner = store.owner(asset, edition)
+                if honest and owner is not None:
+                    who = next(name for name in NAMES if account(name) == owner)
+                if kind == "list":
+                    op, args = Op.LIST, {"asset": asset, "edition": edition, "price": amount}
+                else:
+                    op, args = Op.TRANSFER_ASSET, {"to": account(other), "asset": asset,
+                                                   "edition": edition}
             envelope = net.draft(who, op, **args)
             from_store = store.ingest([envelope])[0]
             net.view = memory
             from_memory = net.run(envelope)
             assert type(from_store) is type(from_memory)
+            event(f"{op.value} {'accepted' if isinstance(from_store, Accepted) else 'rejected'}")
             if isinstance(from_store, Accepted):
                 tx = decode_tx(envelope)
                 chain = net.chain(who)

@@ -1,0 +1,123 @@
+"""HTTP routes of the ledger: genesis, accounts, transaction submission and lookup,
+assets, the log, and fraud proofs. (Transparency routes — checkpoints, proofs,
+exports — are added by :func:`transparency_routes` when the log is wired.)"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from n3xus.canon.cid import CID
+from n3xus.ledger.errors import LedgerError, TxRejected
+from n3xus.ledger.tx import MAX_TX_BYTES
+
+from .api import ApiProblem, ApiRoute
+from .ledger_service import LedgerService, genesis_view
+
+Handler = Callable[[Request], Awaitable[Response]]
+# Log listings return at most this many entries per call.
+MAX_LOG_LIMIT = 10_000
+
+
+def _ledger_problems(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except TxRejected as exc:
+            raise ApiProblem(422, str(exc.reason), str(exc)) from exc
+        except (LedgerError, ValueError) as exc:
+            raise ApiProblem(400, "bad_request", str(exc)) from exc
+
+    return wrapped
+
+
+def _account(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ApiProblem(400, "bad_account", f"{text!r} is not a 64-hex-digit account key")
+    return raw
+
+
+def _cid(text: str) -> CID:
+    try:
+        return CID(text)
+    except ValueError as exc:
+        raise ApiProblem(400, "bad_cid", f"malformed id {text!r}: {exc}") from exc
+
+
+def ledger_routes(service: LedgerService) -> list[ApiRoute]:
+    run = trio.to_thread.run_sync
+
+    async def genesis(request: Request) -> Response:
+        if request.query_params.get("format") == "cbor":
+            return Response(bytes(service.genesis), media_type="application/cbor")
+        return JSONResponse(genesis_view(service.genesis))
+
+    @_ledger_problems
+    async def status(_request: Request) -> Response:
+        return JSONResponse(await run(service.status))
+
+    @_ledger_problems
+    async def account(request: Request) -> Response:
+        return JSONResponse(await run(service.account, _account(request.path_params["account"])))
+
+    @_ledger_problems
+    async def submit(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_TX_BYTES:
+                raise ApiProblem(413, "too_large", f"a transaction is at most {MAX_TX_BYTES} bytes")
+        accepted = await run(service.submit, bytes(body))
+        return JSONResponse({"id": str(accepted.cid), "log_index": accepted.log_index})
+
+    @_ledger_problems
+    async def get_tx(request: Request) -> Response:
+        view = await run(service.tx, _cid(request.path_params["id"]))
+        if view is None:
+            raise ApiProblem(404, "not_found", f"no transaction {request.path_params['id']}")
+        return JSONResponse(view)
+
+    @_ledger_problems
+    async def get_asset(request: Request) -> Response:
+        view = await run(service.asset, _cid(request.path_params["id"]))
+        if view is None:
+            raise ApiProblem(404, "not_found", f"no asset {request.path_params['id']}")
+        return JSONResponse(view)
+
+    @_ledger_problems
+    async def log(request: Request) -> Response:
+        start = int(request.query_params.get("start", "0") or 0)
+        limit = min(int(request.query_params.get("limit", "100") or 100), MAX_LOG_LIMIT)
+        if start < 0 or limit < 0:
+            raise ApiProblem(400, "bad_request", "start and limit must be >= 0")
+        return JSONResponse({"entries": await run(service.log, start, limit),
+                             "size": await run(service.store.log_size)})
+
+    @_ledger_problems
+    async def fraud_proof(request: Request) -> Response:
+        proof = await run(service.store.fraud_proof, _account(request.path_params["account"]))
+        if proof is None:
+            raise ApiProblem(404, "not_found", "no fraud proof for that account")
+        return Response(proof, media_type="application/cbor")
+
+    return [
+        ApiRoute("GET", "/ledger/genesis", genesis, "The network's genesis (format=cbor for the block)", tag="ledger"),
+        ApiRoute("GET", "/ledger/status", status, "Network, log size, supply, state root, frozen accounts", tag="ledger"),
+        ApiRoute("GET", "/ledger/accounts/{account}", account, "Balance, next seq, prev, frozen", tag="ledger"),
+        ApiRoute("POST", "/ledger/txs", submit, "Submit a signed transaction envelope (DAG-CBOR body)", tag="ledger",
+                 request_schema={"type": "string", "format": "binary"}),
+        ApiRoute("GET", "/ledger/txs/{id}", get_tx, "A transaction by id", tag="ledger"),
+        ApiRoute("GET", "/ledger/assets/{id}", get_asset, "An asset, its editions, owners, listings", tag="ledger"),
+        ApiRoute("GET", "/ledger/log", log, "Ledger log entries (start, limit)", tag="ledger"),
+        ApiRoute("GET", "/ledger/fraud-proofs/{account}", fraud_proof, "The fraud proof that froze an account", tag="ledger",
+                 response_schema={"type": "string", "format": "binary"}, response_media_type="application/cbor"),
+    ]

@@ -1,0 +1,118 @@
+"""The node's ledger: the LMDB-backed store of the configured network, and JSON views
+of its transactions, accounts and assets for the API.
+
+Submissions arrive as signed envelopes (signed by wallets, never by the node on a
+user's behalf). Each submit is one LMDB write transaction: state, log and the
+transparency tree change together or not at all, and an acknowledged transaction is
+on disk (LMDB ``sync=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lmdb
+
+from n3xus.canon.cid import CID
+from n3xus.ledger.genesis import Genesis
+from n3xus.ledger.ingest import Accepted
+from n3xus.ledger.store import LedgerStore
+from n3xus.ledger.tx import Tx, decode_tx
+
+
+def _view(value: Any) -> Any:
+    """JSON view of ledger values: accounts (32 bytes) and other bytes as hex, CIDs as
+    text."""
+    if isinstance(value, CID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _view(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_view(v) for v in value]
+    return value
+
+
+def tx_view(tx: Tx) -> dict[str, Any]:
+    return {
+        "id": str(CID(tx.id)), "op": str(tx.op), "account": tx.account.hex(), "seq": tx.seq,
+        "prev": None if tx.prev is None else str(CID(tx.prev)), "time": tx.time,
+        "network": str(CID(tx.network)), "args": _view(tx.args),
+    }
+
+
+def genesis_view(genesis: Genesis) -> dict[str, Any]:
+    doc = _view(genesis.to_document())
+    doc["cid"] = str(genesis.cid)
+    return doc  # type: ignore[no-any-return]
+
+
+class LedgerService:
+    def __init__(self, env: lmdb.Environment, genesis: Genesis) -> None:
+        self.genesis = genesis
+        self.store = LedgerStore(env, genesis)
+
+    def submit(self, envelope: bytes) -> Accepted:
+        """Validate and apply one signed envelope; raises TxRejected (with a reason)."""
+        return self.store.submit(envelope)
+
+    def account(self, account: bytes) -> dict[str, Any]:
+        head = self.store.head(account)
+        return {
+            "account": account.hex(),
+            "balance": self.store.balance(account),
+            "next_seq": 0 if head is None else head[0] + 1,
+            "prev": None if head is None else str(head[1]),
+            "frozen": self.store.is_frozen(account),
+        }
+
+    def tx(self, tx_id: CID) -> dict[str, Any] | None:
+        tx = self.store.tx(tx_id)
+        if tx is None:
+            return None
+        view = tx_view(tx)
+        view["log_index"] = self.store.index_of(tx_id)
+        return view
+
+    def asset(self, asset_id: CID) -> dict[str, Any] | None:
+        asset = self.store.asset(asset_id)
+        if asset is None:
+            return None
+        editions = []
+        for edition in range(1, asset.editions + 1):
+            owner = self.store.owner(asset_id, edition)
+            listing = self.store.listing(asset_id, edition)
+            editions.append({
+                "edition": edition,
+                "owner": None if owner is None else owner.hex(),
+                "listing": None if listing is None else {
+                    "seller": listing.seller.hex(), "price": listing.price,
+                    "listing": str(CID(listing.listing_id))},
+            })
+        return {"asset": str(asset_id), "creator": asset.creator.hex(),
+                "artifact": str(asset.artifact), "royalty_bps": asset.royalty_bps,
+                "creator_bps": asset.creator_bps, "platform_bps": asset.platform_bps,
+                "editions": editions}
+
+    def log(self, start: int, limit: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        end = min(self.store.log_size(), start + limit)
+        for index, entry in enumerate(self.store.iter_log(start, end), start):
+            if index == 0:
+                rows.append({"index": 0, "kind": "genesis", "id": str(self.genesis.cid)})
+                continue
+            try:
+                tx = decode_tx(entry)
+            except ValueError:  # not a transaction: a fraud proof
+                rows.append({"index": index, "kind": "fraud-proof"})
+                continue
+            rows.append({"index": index, "kind": "tx", **tx_view(tx)})
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        return {"network": str(self.genesis.cid), "name": self.genesis.name,
+                "log_size": self.store.log_size(), "supply": self.store.supply(),
+                "supply_cap": self.genesis.supply_cap,
+                "state_root": self.store.state_root().hex(),
+                "frozen_accounts": [a.hex() for a in self.store.frozen_accounts()]}
