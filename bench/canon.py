@@ -30,7 +30,7 @@ from typing import Any
 import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Pair, main, parser  # noqa: E402
+from _harness import Pair, main  # noqa: E402
 from n3xus.canon.blockstore import BlockStore  # noqa: E402
 from n3xus.canon.world import World  # noqa: E402
 from n3xus.node.storage import open_environment  # noqa: E402
@@ -156,7 +156,6 @@ def world_figures(args: Namespace) -> dict[str, Any]:
 
 
 def run() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
     holder: dict[str, Any] = {}
 
     def build(a: Namespace) -> tuple[list[Pair], dict[str, Any]]:

@@ -65,14 +65,17 @@ from .fraud import FRAUD_PROOF_PREFIX
 from .genesis import MAX_AMOUNT
 from .rules import BALANCE, FROZEN, HANDLERS, HEAD
 from .tx import (
+    ARG_FIELDS,
     MAX_SEQ,
     MAX_TIME_MS,
     MAX_TX_BYTES,
     TX_SIGNATURE_TAG,
     TXID_PREFIX,
+    Kind,
     Op,
     Tx,
     decode_tx,
+    encode_tx_map,
     verify_tx_signature,
 )
 
@@ -144,7 +147,7 @@ def _load_verifier():
     signature = key.sign(message).signature
     public = bytes(key.verify_key)
     good = _verify_raw(signature, message, public)
-    bad = _verify_raw(signature, message[:-1] + b"\x01", public)
+    bad = _verify_raw(signature, message[:len(message) - 1] + b"\x01", public)
     if good != 0 or bad == 0:
         _verify_detached = NULL
         _libsodium = None
@@ -234,3 +237,386 @@ cdef bytes _with_seq(bytes head, uint64_t seq, bytes tail):
     _put_be64(p + lh, seq)
     memcpy(p + lh + SEQ_BYTES, PyBytes_AS_STRING(tail), lt)
     return out
+
+
+# ---------------------------------------------------------------- fast decoding
+#
+# The canonical layout of an envelope whose arguments are all of simple kinds (the layout
+# tx.py's fast path spells out as a regular expression):
+#
+#   a2 62 "tx" a8 61 "v" 01 62 "op" <op text> 63 "seq" <uint> 64 "args" <a0+n>
+#   { <key> <value> } * n (canonical key order) 64 "prev" (f6 | <link>) 64 "time" <uint>
+#   67 "account" 58 20 <32> 67 "network" <link> 63 "sig" 58 40 <64>
+#
+# <uint> is a CBOR unsigned integer in its shortest form; <link> is tag 42 over the 37 bytes
+# 00 || a binary CIDv1 dag-cbor BLAKE3-256 (01 71 1e 20 <32>). A mismatch anywhere returns
+# None and decode_tx decides; the import-time self-check compares both on every layout.
+
+cdef enum:
+    # tx.Kind values of the argument kinds this decoder handles (checked at import).
+    K_ACCOUNT = 1
+    K_AMOUNT = 2
+    K_EDITION = 3
+    K_LINK = 4
+    K_OPTIONAL_LINK = 5
+    MAX_FAST_ARGS = 8  # more than any operation of ledger v1 has
+    TX_MAP_START = 4  # the tx map follows a2 62 "tx"
+    SIG_PART = 6 + SIG_BYTES  # 63 "sig" 58 40 <64>
+
+cdef bytes _ENVELOPE_HEAD = b"\xa2\x62tx\xa8\x61v\x01\x62op"
+cdef bytes _LINK_HEAD = b"\xd8\x2a\x58\x25\x00" + TXID_PREFIX  # then the 32-byte digest
+cdef bytes _ACCOUNT_HEAD = b"\x58\x20"
+cdef bytes _PREV_KEY = b"\x64prev"
+cdef bytes _TIME_KEY = b"\x64time"
+cdef bytes _ACCOUNT_KEY = b"\x67account"
+cdef bytes _NETWORK_KEY = b"\x67network"
+cdef bytes _SIG_HEAD = b"\x63sig\x58\x40"
+cdef uint64_t _MAX_EDITION = 2**32 - 1  # tx.MAX_EDITION
+
+
+cdef struct Cursor:
+    const unsigned char *p
+    const unsigned char *end
+
+
+cdef inline bint _literal(Cursor *c, bytes literal) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(literal)
+    if c.end - c.p < n or memcmp(c.p, PyBytes_AS_STRING(literal), n) != 0:
+        return False
+    c.p += n
+    return True
+
+
+cdef inline bint _uint(Cursor *c, uint64_t *out) noexcept:
+    """A CBOR unsigned integer in its shortest form (what canonical DAG-CBOR allows)."""
+    cdef const unsigned char *p = c.p
+    cdef Py_ssize_t left = c.end - p
+    cdef uint64_t value
+    if left < 1:
+        return False
+    if p[0] < 0x18:
+        out[0] = p[0]
+        c.p += 1
+        return True
+    if p[0] == 0x18:
+        if left < 2 or p[1] < 0x18:
+            return False
+        out[0] = p[1]
+        c.p += 2
+        return True
+    if p[0] == 0x19:
+        if left < 3:
+            return False
+        value = (<uint64_t>p[1] << 8) | p[2]
+        if value < 0x100:
+            return False
+        c.p += 3
+    elif p[0] == 0x1A:
+        if left < 5:
+            return False
+        value = ((<uint64_t>p[1] << 24) | (<uint64_t>p[2] << 16) | (<uint64_t>p[3] << 8)
+                 | p[4])
+        if value < 0x10000:
+            return False
+        c.p += 5
+    elif p[0] == 0x1B:
+        if left < 9:
+            return False
+        value = _be64(p + 1)
+        if value < 0x100000000:
+            return False
+        c.p += 9
+    else:
+        return False
+    out[0] = value
+    return True
+
+
+cdef inline object _link(Cursor *c):
+    """The 36-byte binary CID of a link, or None when there is none at the cursor."""
+    cdef Py_ssize_t head = PyBytes_GET_SIZE(_LINK_HEAD)
+    if c.end - c.p < head + 32 or memcmp(c.p, PyBytes_AS_STRING(_LINK_HEAD), head) != 0:
+        return None
+    cdef bytes cid = PyBytes_FromStringAndSize(<const char*>c.p + 5, TXID_BYTES)
+    c.p += head + 32
+    return cid
+
+
+cdef inline object _account(Cursor *c):
+    if c.end - c.p < 2 + KEY_BYTES or c.p[0] != 0x58 or c.p[1] != 0x20:
+        return None
+    cdef bytes key = PyBytes_FromStringAndSize(<const char*>c.p + 2, KEY_BYTES)
+    c.p += 2 + KEY_BYTES
+    return key
+
+
+cdef class _Layout:
+    """One operation's fast layout: the literal head up to the seq value, then the args."""
+
+    cdef object op
+    cdef bytes head  # envelope head, op text, 63 "seq"
+    cdef bytes args_head  # 64 "args" a0+n
+    cdef int count
+    cdef int kinds[MAX_FAST_ARGS]
+    cdef tuple names
+    cdef tuple keys  # each argument's key as encoded text
+
+
+cdef list _LAYOUTS = []
+
+
+cdef bytes _text(str value):
+    cdef bytes encoded = value.encode()
+    if len(encoded) >= 24:
+        raise ImportError(f"{value!r} does not have a one-byte text header")
+    return bytes((0x60 + len(encoded),)) + encoded
+
+
+cdef object _decode_fast(bytes data):
+    """The Tx decode_tx returns for ``data``, or None to let decode_tx decide."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Cursor c
+    cdef _Layout layout = None
+    cdef _Layout candidate
+    cdef uint64_t seq, time_ms, value
+    cdef int i, kind
+    cdef dict args
+    if n > MAX_TX_BYTES or n < TX_MAP_START + SIG_PART:
+        return None
+    c.p = <const unsigned char*>PyBytes_AS_STRING(data)
+    c.end = c.p + n
+    for candidate in _LAYOUTS:
+        if _literal(&c, candidate.head):
+            layout = candidate
+            break
+    if layout is None or not _uint(&c, &seq) or not _literal(&c, layout.args_head):
+        return None
+    args = {}
+    for i in range(layout.count):
+        if not _literal(&c, <bytes>layout.keys[i]):
+            return None
+        kind = layout.kinds[i]
+        if kind == K_ACCOUNT:
+            item = _account(&c)
+            if item is None:
+                return None
+        elif kind == K_AMOUNT or kind == K_EDITION:
+            if not _uint(&c, &value) or value == 0:
+                return None
+            if value > (_MAX_AMOUNT if kind == K_AMOUNT else _MAX_EDITION):
+                return None
+            item = PyLong_FromUnsignedLongLong(value)
+        elif c.p < c.end and c.p[0] == 0xF6 and kind == K_OPTIONAL_LINK:
+            c.p += 1
+            item = None
+        else:
+            item = _link(&c)
+            if item is None:
+                return None
+            item = CID(item)
+        args[layout.names[i]] = item
+    if not _literal(&c, _PREV_KEY):
+        return None
+    if c.p < c.end and c.p[0] == 0xF6:
+        c.p += 1
+        prev = None
+    else:
+        prev = _link(&c)
+        if prev is None:
+            return None
+    if not _literal(&c, _TIME_KEY) or not _uint(&c, &time_ms):
+        return None
+    if not _literal(&c, _ACCOUNT_KEY):
+        return None
+    account = _account(&c)
+    if account is None or not _literal(&c, _NETWORK_KEY):
+        return None
+    network = _link(&c)
+    if network is None or not _literal(&c, _SIG_HEAD) or c.end - c.p != SIG_BYTES:
+        return None
+    if seq > _MAX_SEQ or time_ms > _MAX_TIME or (seq == 0) != (prev is None):
+        return None
+    return Tx(data, data[TX_MAP_START:n - SIG_PART], data[n - SIG_BYTES:], network, account,
+              PyLong_FromUnsignedLongLong(seq), prev, PyLong_FromUnsignedLongLong(time_ms),
+              layout.op, args)
+
+
+cdef object _decode(object data):
+    """decode_tx(data), through the C layouts when they apply."""
+    cdef object tx
+    if PyBytes_CheckExact(data):
+        tx = _decode_fast(<bytes>data)
+        if tx is not None:
+            return tx
+    return decode_tx(data)
+
+
+def _c_decode_fast(data):
+    """The C decoder alone (None where it declines); for differential tests."""
+    return _decode_fast(bytes(data))
+
+
+def _build_layouts():
+    simple = {int(Kind.ACCOUNT): K_ACCOUNT, int(Kind.AMOUNT): K_AMOUNT,
+              int(Kind.EDITION): K_EDITION, int(Kind.LINK): K_LINK,
+              int(Kind.OPTIONAL_LINK): K_OPTIONAL_LINK}
+    if simple != {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}:
+        raise ImportError("tx.Kind numbering changed; the compiled decoder must follow it")
+    cdef _Layout layout
+    cdef int i
+    for op, fields in ARG_FIELDS.items():
+        if not all(int(kind) in simple for _, kind in fields) or len(fields) > MAX_FAST_ARGS:
+            continue
+        layout = _Layout()
+        layout.op = op
+        layout.head = _ENVELOPE_HEAD + _text(op.value) + _text("seq")
+        layout.args_head = _text("args") + bytes((0xA0 + len(fields),))
+        layout.count = len(fields)
+        for i in range(len(fields)):
+            layout.kinds[i] = simple[int(fields[i][1])]
+        layout.names = tuple(name for name, _ in fields)
+        layout.keys = tuple(_text(name) for name, _ in fields)
+        _LAYOUTS.append(layout)
+    # Transfers first: they are the bulk of any ledger.
+    _LAYOUTS.sort(key=lambda item: (<_Layout>item).op is not _TRANSFER)
+
+
+_TX_FIELDS = ("raw", "signed", "sig", "id", "network", "account", "seq", "prev", "time", "op",
+              "args")
+
+
+def _self_check_decoder():
+    """Every fast layout must decode sample envelopes exactly as decode_tx does (and a
+    changed layout in tx.py must not go unnoticed): else refuse to load."""
+    samples = {int(Kind.ACCOUNT): b"\x11" * KEY_BYTES, int(Kind.AMOUNT): MAX_AMOUNT,
+               int(Kind.EDITION): 70_000, int(Kind.LINK): CID(TXID_PREFIX + b"\x22" * 32),
+               int(Kind.OPTIONAL_LINK): None}
+    network = CID(TXID_PREFIX + b"\x33" * 32)
+    cdef _Layout layout
+    for layout in _LAYOUTS:
+        args = {name: samples[int(kind)] for name, kind in ARG_FIELDS[layout.op]}
+        for seq, prev, time_ms in ((0, None, 5), (2**40, network, 2**63 - 1)):
+            signed = encode_tx_map(network=network, account=b"\x44" * KEY_BYTES, seq=seq,
+                                   prev=prev, time_ms=time_ms, op=layout.op, args=args)
+            envelope = b"\xa2\x62tx" + signed + _SIG_HEAD + b"\x55" * SIG_BYTES
+            ours, reference = _decode_fast(envelope), decode_tx(envelope)
+            if ours is None or any(getattr(ours, name) != getattr(reference, name)
+                                   for name in _TX_FIELDS):
+                raise ImportError(f"the compiled decoder disagrees with decode_tx on a "
+                                  f"{layout.op.value} envelope")
+
+
+_build_layouts()
+_self_check_decoder()
+
+
+# ------------------------------------------------------------------ the loop
+
+
+cdef int _transfer(object get, object put, object delete, object tx) except -1:
+    """rules._transfer (same view calls in the same order, same errors)."""
+    args = tx.args
+    amount = args["amount"]
+    to = args["to"]
+    cdef bytes source = _concat(_BALANCE, tx.account)
+    raw = get(source)
+    balance = 0 if raw is None else _u64_value(raw)
+    if balance < amount:
+        raise TxRejected(Reason.OVERDRAFT, f"balance {balance} is less than {amount}")
+    if balance == amount:
+        delete(source)
+    else:
+        put(source, _u64_bytes(balance - amount))
+    cdef bytes target = _concat(_BALANCE, to)
+    raw = get(target)
+    credited = amount + (0 if raw is None else _u64_value(raw))
+    if credited > MAX_AMOUNT:
+        raise LedgerCorruptError(f"balance of {to.hex()} would exceed {MAX_AMOUNT}")
+    put(target, _u64_bytes(credited))
+    return 0
+
+
+cdef object _ingest_one(object view, object genesis, object network_id, object entry,
+                        bint verify, object get, object put, object delete, object append):
+    """_ingest_py.ingest_entry, with the view's methods already bound."""
+    cdef Py_ssize_t prefix = PyBytes_GET_SIZE(_FRAUD_PREFIX)
+    cdef Py_ssize_t head_size
+    cdef uint64_t seq_value
+    if not PyBytes_CheckExact(entry):
+        return _pure_ingest_entry(view, genesis, entry, verify)
+    if (PyBytes_GET_SIZE(entry) >= prefix
+            and memcmp(PyBytes_AS_STRING(entry), PyBytes_AS_STRING(_FRAUD_PREFIX), prefix) == 0):
+        return _ingest_proof(view, genesis, entry)
+    tx = _decode(entry)
+    if tx.network != network_id:
+        raise TxRejected(Reason.WRONG_NETWORK, f"the transaction is for network {tx.network_cid}")
+    cdef bytes account = tx.account
+    if get(_concat(_FROZEN, account)) is not None:
+        raise TxRejected(Reason.FROZEN, "the account is frozen (it equivocated)")
+    head = get(_concat(_HEAD, account))
+    seq = tx.seq
+    prev = tx.prev
+    if head is None:
+        next_seq = 0
+        prev_matches = prev is None
+    elif PyBytes_CheckExact(head) and PyBytes_GET_SIZE(head) >= SEQ_BYTES:
+        next_seq = PyLong_FromUnsignedLongLong(
+            _be64(<const unsigned char*>PyBytes_AS_STRING(head))) + 1
+        head_size = PyBytes_GET_SIZE(head) - SEQ_BYTES
+        prev_matches = (PyBytes_CheckExact(prev) and PyBytes_GET_SIZE(prev) == head_size
+                        and memcmp(PyBytes_AS_STRING(prev), PyBytes_AS_STRING(head) + SEQ_BYTES,
+                                   head_size) == 0)
+    else:  # not a head record this store writes: the pure expressions decide
+        next_seq = int.from_bytes(head[:SEQ_BYTES], "big") + 1
+        prev_matches = prev == head[SEQ_BYTES:]
+    if seq != next_seq:
+        if seq > next_seq:
+            raise TxRejected(Reason.BAD_SEQ, f"seq {seq}, the account's next is {next_seq}")
+        head_id = None if head is None else head[SEQ_BYTES:]
+        accepted = head_id if seq == next_seq - 1 else view.chain_id(account, seq)
+        _conflicting(view, tx, accepted)
+    if not prev_matches:
+        raise TxRejected(Reason.BAD_PREV, "prev is not the account's last transaction")
+    if verify and not _signature_ok(tx):
+        raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
+    if tx.op is _TRANSFER:
+        _transfer(get, put, delete, tx)
+    else:
+        HANDLERS[tx.op](view, genesis, tx)
+    seq_value = seq
+    tx_id = tx.id
+    put(_concat(_HEAD, account), _with_seq(b"", seq_value, tx_id))
+    index = append(tx.raw, tx_id, _with_seq(account, seq_value, b""))
+    return tuple.__new__(Accepted, (tx_id, index, tx))
+
+
+def ingest_entry(view, genesis, entry, verify=True):
+    """Validate one entry against ``view`` and apply it; raises :class:`TxRejected` (the view
+    unchanged, except that an :class:`EquivocationError` has appended its proof).
+
+    ``verify=False`` skips transaction signature checks: only for replaying a log this node
+    already verified (fraud proofs are always checked in full)."""
+    return _ingest_one(view, genesis, genesis.network_id, entry, verify, view.get, view.put,
+                       view.delete, view.append)
+
+
+def ingest(view, genesis, entries, verify=True):
+    """Run every entry through :func:`ingest_entry`, in order; one outcome per entry."""
+    cdef list outcomes = []
+    cdef bint check = verify
+    network_id = genesis.network_id
+    get, put, delete, append = view.get, view.put, view.delete, view.append
+    for entry in entries:
+        try:
+            outcomes.append(_ingest_one(view, genesis, network_id, entry, check, get, put,
+                                        delete, append))
+        except TxRejected as exc:
+            outcomes.append(Rejected(exc))
+    return outcomes
+
+
+def replay(entries, verify=True, genesis=None):
+    """Rebuild a ledger from its log (entry 0 is the genesis block); every entry must be
+    accepted at its own index, else LedgerCorruptError names the first that is not.
+    ``genesis``, when given, must equal entry 0."""
+    return replay_with(ingest_entry, entries, verify, genesis)

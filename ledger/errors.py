@@ -90,3 +90,54 @@ class LedgerCorruptError(LedgerError):
     """The stored log or state contradicts itself: a logged entry fails to replay, the store
     was created for another network, or an invariant (supply >= every balance) broke.
     Never raised for bad input from the network, only for bad local data or a bug."""
+
+
+class TransparencyError(LedgerError):
+    """The node's transparency log cannot do what was asked (``ledger/transparency.py``)."""
+
+
+class ProofUnavailableError(TransparencyError, LookupError):
+    """No proof can be built for this request now: no checkpoint signed yet, an unknown
+    entry, an entry the last checkpoint does not cover yet, or a state that has moved on
+    since the last checkpoint. Signing a new checkpoint usually cures it."""
+
+
+class CheckpointRefusedError(TransparencyError):
+    """Signing would contradict a checkpoint this node signed before: the log has fewer
+    entries than that checkpoint, or its tree (or state) at that size has another root.
+    The node never signs it; the store needs investigation."""
+
+
+class AuditPart(StrEnum):
+    """Which part of a bundle, checkpoint or export failed verification (the registry of
+    ``specs/ledger.md`` §13.8). Codes are never renamed or reused."""
+
+    FORMAT = "format"  # not well-formed text / structure of its kind
+    NOTE_SIGNATURE = "note-signature"  # the signed note does not verify with the key
+    ORIGIN = "origin"  # the checkpoint's origin is not the key's / names another network
+    CHECKPOINT = "checkpoint"  # the checkpoint body is malformed or lacks its state line
+    PROOF_PATH = "proof-path"  # an inclusion proof does not lead to the checkpoint root
+    ENTRY = "entry"  # a log entry's bytes are not a well-formed entry
+    ENTRY_SIGNATURE = "entry-signature"  # a transaction's signature does not verify
+    CHAIN_LINK = "chain-link"  # seq / prev does not continue the account's chain
+    ENTRY_RULES = "entry-rules"  # the state transition rules reject the entry
+    NETWORK = "network"  # an entry or checkpoint of another network
+    STATE_PROOF = "state-proof"  # state leaves do not lead to the state root / prove the key
+    STATE_ROOT = "state-root"  # a recomputed state root differs from the signed one
+    LOG_ROOT = "log-root"  # a recomputed log root differs from the signed one
+    CONSISTENCY = "consistency"  # two checkpoints are not consistent (a fork, a bad proof)
+    CAR_FRAME = "car-frame"  # the export's CAR framing is broken
+    BLOCK_HASH = "block-hash"  # an export block does not hash to its CID / the linked CID
+    MANIFEST = "manifest"  # the export's manifest or pages contradict its content
+
+
+class AuditError(LedgerError, ValueError):
+    """A bundle, checkpoint or export that does not verify. ``part`` names what failed,
+    ``index`` the log entry concerned (when one is)."""
+
+    def __init__(self, part: AuditPart, message: str, index: int | None = None) -> None:
+        where = "" if index is None else f" at index {index}"
+        super().__init__(f"{part.value}{where}: {message}")
+        self.part = part
+        self.index = index
+        self.message = message

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from .cli import _data_dir, cli, data_dir_option, emit, json_option, stdout
+from .cli import _data_dir, cli, data_dir_option, emit, json_option, print_lines, stdout
 from .client import ApiClient
 from .errors import ApiError
 
@@ -218,7 +218,8 @@ def canon_export(car_path: str, author: str | None, roots: tuple[str, ...], data
         raise click.UsageError("give ROOTs or --author, not both")
     if not roots and not author:
         author = client.get("/id")["public_key"]
-    params: list[tuple[str, str]] = [("root", r) for r in roots] or [("author", author or "")]
+    params: list[tuple[str, str | int | float | bool | None]] = (
+        [("root", r) for r in roots] or [("author", author or "")])
     tmp = Path(car_path + ".part")
     written = 0
     with httpx.stream("GET", client.base_url + "/api/v1/canon/export", params=params,
@@ -351,7 +352,7 @@ def world_list(name: str | None, prefix: str | None, data_dir: str | None, as_js
     client = _client(data_dir)
     if name is None:
         result = client.get("/worlds")
-        emit(as_json, result, lambda: [stdout.print(w) for w in result["worlds"]])
+        emit(as_json, result, print_lines(result["worlds"]))
         return
     result = client.get(f"/worlds/{name}/entries", params={"prefix": prefix} if prefix else None)
 
@@ -406,4 +407,4 @@ def world_history(name: str, limit: int, data_dir: str | None, as_json: bool) ->
 def world_show(name: str, data_dir: str | None, as_json: bool) -> None:
     """NAME's head commit, root and size."""
     result = _client(data_dir).get(f"/worlds/{name}")
-    emit(as_json, result, lambda: [stdout.print(f"{k:<6} {v}") for k, v in result.items()])
+    emit(as_json, result, print_lines(f"{k:<6} {v}" for k, v in result.items()))

@@ -327,7 +327,7 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
         world = await run(service.world, name, None)
 
         def collect() -> list[dict[str, Any]]:
-            out = []
+            out: list[dict[str, Any]] = []
             for key, value in world.items(prefix=prefix):
                 if len(out) >= limit:
                     break
@@ -376,9 +376,10 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
         if request.method == "POST":
             note = await run(service.log.checkpoint, service.key)
         else:
-            note = await run(service.log.last_checkpoint)
-            if note is None:
+            last: str | None = await run(service.log.last_checkpoint)
+            if last is None:
                 raise ApiProblem(404, "not_found", "no checkpoint signed yet")
+            note = last
         return Response(note, media_type="text/plain; charset=utf-8")
 
     @_problems

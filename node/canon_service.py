@@ -155,7 +155,7 @@ class CanonService:
 
     # -- log ----------------------------------------------------------------------
     def log_entries(self, start: int, limit: int) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for index, entry in self.log.entries(start):
             if len(out) >= limit:
                 break

@@ -46,6 +46,16 @@ def emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
         human()
 
 
+def print_lines(lines: object) -> Callable[[], None]:
+    """A ``human`` printer for :func:`emit` that prints each of ``lines``."""
+
+    def human() -> None:
+        for line in lines:  # type: ignore[attr-defined]
+            stdout.print(line)
+
+    return human
+
+
 def _data_dir(path: str | None) -> DataDir:
     return DataDir(resolve_data_dir(path))
 

@@ -17,7 +17,7 @@ from nacl.signing import SigningKey
 from n3xus.canon.cid import CID
 from n3xus.ledger.tx import AccountChain, Op
 
-from .cli import _data_dir, cli, data_dir_option, emit, json_option, stdout
+from .cli import _data_dir, cli, data_dir_option, emit, json_option, print_lines, stdout
 from .client import ApiClient
 from .errors import ApiError
 from .wallets import create_wallet, list_wallets, parse_account, wallet_key
@@ -77,7 +77,7 @@ def wallet_list(data_dir: str | None, as_json: bool) -> None:
     """Local wallets and their accounts ("node" is the node's own key)."""
     wallets = {name: acct.hex() for name, acct in list_wallets(_data_dir(data_dir)).items()}
     emit(as_json, {"wallets": wallets},
-         lambda: [stdout.print(f"{n:<16} {a}") for n, a in wallets.items()])
+         print_lines(f"{n:<16} {a}" for n, a in wallets.items()))
 
 
 @wallet.command("balance")
@@ -271,7 +271,7 @@ def ledger() -> None:
 def ledger_status(data_dir: str | None, as_json: bool) -> None:
     """Network, log size, supply, state root, frozen accounts."""
     st = ApiClient(_data_dir(data_dir)).get("/ledger/status")
-    emit(as_json, st, lambda: [stdout.print(f"{k:<16} {v}") for k, v in st.items()])
+    emit(as_json, st, print_lines(f"{k:<16} {v}" for k, v in st.items()))
 
 
 @ledger.command("log")

@@ -45,7 +45,7 @@ def tx_view(tx: Tx) -> dict[str, Any]:
 def genesis_view(genesis: Genesis) -> dict[str, Any]:
     doc = _view(genesis.to_document())
     doc["cid"] = str(genesis.cid)
-    return doc  # type: ignore[no-any-return]
+    return doc
 
 
 class LedgerService:

@@ -46,7 +46,7 @@ from .ledger_routes import ledger_routes
 from .ledger_service import LedgerService
 from .logs import get_logger
 from .storage import open_environment
-from .wallets import load_genesis
+from .wallets import ensure_genesis
 
 log = get_logger("n3xus.node")
 
@@ -140,7 +140,7 @@ class Node:
         """Run until cancelled. ``task_status.started(self)`` once fully serving."""
         seed = self.data_dir.read_identity_seed()
         token = self.data_dir.read_token()
-        genesis = load_genesis(self.data_dir)
+        genesis, _ = ensure_genesis(self.data_dir)  # a dev network unless one is configured
         key_pair = p2p.keypair_from_seed(seed)
         with self.data_dir.lock():
             # Bound before anything starts: a port in use is a clear error at once,

@@ -1,0 +1,734 @@
+"""Offline verification of the ledger's transparency artefacts (``specs/ledger.md`` §13).
+
+Pure: bytes and text in, verified facts out; no node, no data dir, no clock. The node side
+(``transparency.py``) builds the same formats with the same code, so there is one
+definition of each:
+
+* signed checkpoints: C2SP tlog-checkpoint notes whose one extension line
+  ``n3xus-state <leaves> <base64 root>`` commits the ledger state (§13.2);
+* inclusion bundles: C2SP ``c2sp.org/tlog-proof@v1`` whose ``extra`` is the log entry;
+* state proof bundles (``n3xus.net/ledger-state-proof/v1``) and consistency bundles
+  (``n3xus.net/ledger-consistency/v1``), line formats in the tlog-proof manner;
+* the export CAR (``export.py``), replayed from genesis by :func:`replay_export`.
+
+Every failure raises :class:`AuditError` whose ``part`` names what failed. Checks run from
+the outside in (syntax, the note's signature, the checkpoint, the proof path, the entry's
+own signature), so a damaged file is blamed on the first part that does not hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Final, Literal
+
+from n3xus.canon import merkle
+from n3xus.canon.checkpoint import TLOG_PROOF_HEADER, Checkpoint, ProofBundle
+from n3xus.canon.cid import CID
+from n3xus.canon.errors import CanonError, VerificationError
+from n3xus.canon.note import MAX_NOTE_BYTES, NoteVerifier, open_note_verified, parse_note, parse_vkey
+
+from .errors import AuditError, AuditPart, FraudProofError, GenesisError, Reason, TxRejected
+from .fraud import FRAUD_PROOF_PREFIX, FraudProof, verify_fraud_proof
+from .genesis import Genesis
+from .ingest import MemoryView, ingest_entry
+from .rules import ASSET, BALANCE, FROZEN, HEAD, LISTING, OWNER, SUPPLY, Asset, Listing, state_leaf
+from .tx import Tx, decode_tx, verify_tx_signature
+
+HASHER: Final = merkle.BLAKE3
+# The checkpoint extension line committing the state: keyword, leaf count, base64 root.
+STATE_LINE_KEYWORD: Final = "n3xus-state"
+# Origins of ledger logs: n3xus.net/ledger/<network id>/<node>; the network part is checked.
+ORIGIN_PREFIX: Final = "n3xus.net/ledger/"
+STATE_PROOF_HEADER: Final = "n3xus.net/ledger-state-proof/v1"
+CONSISTENCY_HEADER: Final = "n3xus.net/ledger-consistency/v1"
+# Most hashes on one proof path: trees have at most 2**64 - 1 leaves.
+MAX_PROOF_HASHES: Final = 64
+# A state leaf is u8 len(key) || key || value; the largest v1 values are ~120 bytes (an
+# asset record with a long artifact CID). The limit bounds parsing, with ample room.
+MAX_STATE_LEAF_BYTES: Final = 1024
+# Largest state proof or consistency bundle: two leaves with full paths, a few header
+# lines, and the signed checkpoint at its own limit.
+MAX_BUNDLE_BYTES: Final = 2 * (MAX_STATE_LEAF_BYTES * 2 + MAX_PROOF_HASHES * 45) + 4096 + MAX_NOTE_BYTES
+
+# Every genesis block is a map of ten entries (DAG-CBOR head 0xaa); envelopes (0xa2) and fraud
+# proofs (0xa3) never start with it.
+_GENESIS_FIRST_BYTE: Final = b"\xaa"
+_DECIMAL: Final = re.compile(r"0|[1-9][0-9]{0,19}")  # no sign, no leading zero, <= 20 digits
+_CHAIN_REASONS: Final = frozenset({Reason.BAD_SEQ, Reason.BAD_PREV, Reason.REPLAY,
+                                   Reason.EQUIVOCATION})
+_ENTRY_REASONS: Final = frozenset({Reason.MALFORMED, Reason.UNSUPPORTED_VERSION, Reason.UNKNOWN_OP,
+                                   Reason.BAD_AMOUNT, Reason.OVERFLOW, Reason.BAD_PROOF})
+
+
+# --- small strict codecs ---------------------------------------------------------------------
+
+
+def _fail(part: AuditPart, message: str, index: int | None = None) -> AuditError:
+    return AuditError(part, message, index)
+
+
+def _b64(value: str, what: str) -> bytes:
+    """Standard padded base64, only its canonical spelling (so no two texts mean the same)."""
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        raise _fail(AuditPart.FORMAT, f"{what} is not base64") from None
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise _fail(AuditPart.FORMAT, f"{what} is not canonical base64")
+    return raw
+
+
+def _b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _decimal(value: str, what: str) -> int:
+    if not _DECIMAL.fullmatch(value) or int(value) > merkle.MAX_TREE_SIZE:
+        raise _fail(AuditPart.FORMAT, f"{what} {value[:24]!r} is not a decimal in 0..2**64-1")
+    return int(value)
+
+
+def _hash_line(line: str, what: str) -> bytes:
+    digest = _b64(line, what)
+    if len(digest) != merkle.HASH_SIZE:
+        raise _fail(AuditPart.FORMAT, f"{what} has {len(digest)} bytes, want {merkle.HASH_SIZE}")
+    return digest
+
+
+def _text(data: str | bytes, what: str, limit: int) -> str:
+    if isinstance(data, bytes | bytearray | memoryview):
+        if len(data) > limit:
+            raise _fail(AuditPart.FORMAT, f"{what} is over {limit} bytes")
+        try:
+            return bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(AuditPart.FORMAT, f"{what} is not UTF-8") from None
+    if len(data) > limit:
+        raise _fail(AuditPart.FORMAT, f"{what} is over {limit} characters")
+    return data
+
+
+def _split_bundle(text: str, header: str, what: str) -> tuple[list[str], str]:
+    """Lines before the first blank line (the first being ``header``) and the signed
+    checkpoint after it."""
+    head, blank, note = text.partition("\n\n")
+    lines = head.split("\n")
+    if lines[0] != header:
+        raise _fail(AuditPart.FORMAT, f"{what} does not start with {header}")
+    if not blank:
+        raise _fail(AuditPart.FORMAT, f"{what} has no blank line before its checkpoint")
+    return lines, note
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateCommitment:
+    """The ledger state committed by a checkpoint: its leaf count and Merkle root."""
+
+    leaves: int
+    root: bytes
+
+    def to_line(self) -> str:
+        return f"{STATE_LINE_KEYWORD} {self.leaves} {_b64e(self.root)}"
+
+
+def parse_state_line(checkpoint: Checkpoint) -> StateCommitment:
+    """The state commitment of a ledger checkpoint: exactly one extension line."""
+    if len(checkpoint.extensions) != 1:
+        raise _fail(AuditPart.CHECKPOINT, f"a ledger checkpoint has one extension line "
+                    f"({STATE_LINE_KEYWORD}), not {len(checkpoint.extensions)}")
+    parts = checkpoint.extensions[0].split(" ")
+    if len(parts) != 3 or parts[0] != STATE_LINE_KEYWORD:
+        raise _fail(AuditPart.CHECKPOINT, f"the extension line is not "
+                    f"'{STATE_LINE_KEYWORD} <leaves> <root>'")
+    try:
+        leaves = _decimal(parts[1], "state leaf count")
+        root = _hash_line(parts[2], "state root")
+    except AuditError as exc:
+        raise _fail(AuditPart.CHECKPOINT, exc.message) from None
+    return StateCommitment(leaves, root)
+
+
+def origin_network(origin: str) -> CID | None:
+    """The network id named by an ``n3xus.net/ledger/<network>/<node>`` origin, None for
+    other origins."""
+    if not origin.startswith(ORIGIN_PREFIX):
+        return None
+    network, slash, node = origin[len(ORIGIN_PREFIX):].partition("/")
+    try:
+        cid = CID(network)
+    except (CanonError, ValueError):
+        raise _fail(AuditPart.ORIGIN, f"origin {origin!r} does not name a network id") from None
+    if not slash or not node or str(cid) != network:
+        raise _fail(AuditPart.ORIGIN, f"origin {origin!r} is not {ORIGIN_PREFIX}<network>/<node>")
+    return cid
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    """A checkpoint whose signature verified under the log key, with its state line."""
+
+    note: str
+    checkpoint: Checkpoint
+    state: StateCommitment
+    network: CID | None
+    signature_checked: bool = True
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.size
+
+    @property
+    def root(self) -> bytes:
+        return self.checkpoint.root_hash
+
+    def to_json(self) -> dict[str, Any]:
+        return {"origin": self.checkpoint.origin, "size": self.size, "root": self.root.hex(),
+                "state_root": self.state.root.hex(), "state_leaves": self.state.leaves,
+                "network": None if self.network is None else str(self.network),
+                "signature_checked": self.signature_checked}
+
+
+def load_verifier(key: str | NoteVerifier) -> NoteVerifier:
+    """A vkey string (``<name>+<key id>+<base64>``) or a verifier as is."""
+    if isinstance(key, NoteVerifier):
+        return key
+    try:
+        return parse_vkey(key.strip())
+    except (CanonError, ValueError) as exc:
+        raise ValueError(f"not a C2SP verifier key: {exc}") from None
+
+
+def open_checkpoint(note: str | bytes, key: str | NoteVerifier | None) -> VerifiedCheckpoint:
+    """Verify a signed ledger checkpoint, staged so each failure names its part: the note
+    syntax (format), the log key's signature (note-signature), the body (checkpoint), the
+    origin (origin: the key's name, naming a well-formed network). ``key=None`` skips
+    only the signature and says so in ``signature_checked``."""
+    text = _text(note, "signed checkpoint", MAX_NOTE_BYTES)
+    try:
+        parse_note(text)
+    except (CanonError, ValueError) as exc:
+        raise _fail(AuditPart.FORMAT, f"signed checkpoint: {exc}") from None
+    verifier = None if key is None else load_verifier(key)
+    try:
+        if verifier is None:
+            body = parse_note(text).text
+        else:
+            body, verified = open_note_verified(text, [verifier])
+            if (verifier.name, verifier.key_id) not in verified:  # pragma: no cover - one key
+                raise VerificationError("not signed by the log key")
+    except (VerificationError, CanonError, ValueError) as exc:
+        raise _fail(AuditPart.NOTE_SIGNATURE, f"the checkpoint note does not verify: {exc}") from None
+    try:
+        checkpoint = Checkpoint.parse(body)
+    except (CanonError, ValueError) as exc:
+        raise _fail(AuditPart.CHECKPOINT, str(exc)) from None
+    if verifier is not None and checkpoint.origin != verifier.name:
+        raise _fail(AuditPart.ORIGIN, f"checkpoint origin {checkpoint.origin!r} is not the "
+                    f"key's name {verifier.name!r}")
+    state = parse_state_line(checkpoint)
+    network = origin_network(checkpoint.origin)
+    return VerifiedCheckpoint(text, checkpoint, state, network, verifier is not None)
+
+
+# --- inclusion bundles (c2sp.org/tlog-proof with the entry as extra) --------------------------
+
+
+def make_inclusion_bundle(index: int, proof: Sequence[bytes], signed_checkpoint: str,
+                          entry: bytes) -> str:
+    return ProofBundle(index, tuple(proof), signed_checkpoint, extra=entry).to_text()
+
+
+EntryKind = Literal["transaction", "fraud-proof", "genesis"]
+
+
+@dataclass(frozen=True)
+class DecodedEntry:
+    kind: EntryKind
+    tx: Tx | None = None
+    fraud: FraudProof | None = None
+    genesis: Genesis | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.tx is not None:
+            return {"kind": self.kind, "tx": self.tx.to_json()}
+        if self.fraud is not None:
+            return {"kind": self.kind, "id": str(self.fraud.cid), "account": self.fraud.account.hex(),
+                    "seq": self.fraud.seq, "tx_ids": [str(CID(i)) for i in self.fraud.tx_ids]}
+        assert self.genesis is not None
+        return {"kind": self.kind, "network": str(self.genesis.cid), "name": self.genesis.name,
+                "supply_cap": self.genesis.supply_cap}
+
+
+def decode_entry(entry: bytes, index: int) -> DecodedEntry:
+    """Check a log entry on its own, by its content: a fraud proof (both signatures), a
+    genesis block, or a transaction (well-formed, its signature verifies). ``index`` only
+    labels errors; :func:`check_entry_position` checks that the kind fits the index."""
+    if entry.startswith(FRAUD_PROOF_PREFIX):
+        try:
+            return DecodedEntry("fraud-proof", fraud=verify_fraud_proof(entry))
+        except FraudProofError as exc:
+            raise _fail(AuditPart.ENTRY, f"the fraud proof does not verify: {exc}", index) from None
+    if entry[:1] == _GENESIS_FIRST_BYTE:
+        try:
+            return DecodedEntry("genesis", genesis=Genesis.from_bytes(entry))
+        except GenesisError as exc:
+            raise _fail(AuditPart.ENTRY, f"not a genesis block: {exc}", index) from None
+    try:
+        tx = decode_tx(entry)
+    except TxRejected as exc:
+        raise _fail(AuditPart.ENTRY, f"not a well-formed transaction: {exc}", index) from None
+    if not verify_tx_signature(tx):
+        raise _fail(AuditPart.ENTRY_SIGNATURE, f"the signature of transaction {tx.cid} does "
+                    "not verify", index)
+    return DecodedEntry("transaction", tx=tx)
+
+
+def check_entry_position(decoded: DecodedEntry, index: int) -> None:
+    """The genesis block is entry 0, and only it."""
+    if (decoded.kind == "genesis") != (index == 0):
+        raise _fail(AuditPart.ENTRY, "entry 0 must be the genesis block, and only entry 0",
+                    index)
+
+
+def _entry_network(decoded: DecodedEntry) -> bytes | None:
+    if decoded.tx is not None:
+        return decoded.tx.network
+    if decoded.fraud is not None:
+        return decoded.fraud.network
+    assert decoded.genesis is not None
+    return decoded.genesis.network_id
+
+
+@dataclass(frozen=True)
+class EntryProof:
+    """Proved: ``entry`` is log entry ``index`` of the tree in ``checkpoint``."""
+
+    checkpoint: VerifiedCheckpoint
+    index: int
+    entry: bytes
+    decoded: DecodedEntry
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proof": "inclusion", "index": self.index, "entry": self.decoded.to_json(),
+                "checkpoint": self.checkpoint.to_json()}
+
+
+def verify_inclusion_bundle(text: str | bytes, key: str | NoteVerifier) -> EntryProof:
+    """Verify an inclusion bundle offline (see the module doc for the order of checks)."""
+    body = _text(text, "inclusion bundle", MAX_BUNDLE_BYTES)
+    try:
+        bundle = ProofBundle.parse(body)
+    except (CanonError, ValueError) as exc:
+        raise _fail(AuditPart.FORMAT, f"not a tlog-proof: {exc}") from None
+    if bundle.extra is None:
+        raise _fail(AuditPart.FORMAT, "the tlog-proof carries no entry (extra line)")
+    verified = open_checkpoint(bundle.signed_checkpoint, key)
+    decoded = decode_entry(bundle.extra, bundle.index)
+    try:
+        merkle.verify_inclusion(HASHER, bundle.index, verified.size, HASHER.leaf_hash(bundle.extra),
+                                list(bundle.proof), verified.root)
+    except VerificationError as exc:
+        raise _fail(AuditPart.PROOF_PATH, f"entry {bundle.index} is not in the tree of "
+                    f"size {verified.size}: {exc}") from None
+    check_entry_position(decoded, bundle.index)
+    network = _entry_network(decoded)
+    if verified.network is not None and network != bytes(verified.network):
+        raise _fail(AuditPart.NETWORK, f"the entry is of network {CID(network or b'')}, the "
+                    f"checkpoint's log of {verified.network}", bundle.index)
+    return EntryProof(verified, bundle.index, bundle.extra, decoded)
+
+
+# --- state proofs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateLeafProof:
+    index: int
+    key: bytes
+    value: bytes
+    proof: tuple[bytes, ...]
+
+    @property
+    def leaf(self) -> bytes:
+        return state_leaf(self.key, self.value)
+
+
+def _parse_leaf(data: bytes) -> tuple[bytes, bytes]:
+    if not data or len(data) < 1 + data[0] or data[0] == 0:
+        raise _fail(AuditPart.FORMAT, "a state leaf is u8 len(key) || key || value")
+    return data[1:1 + data[0]], data[1 + data[0]:]
+
+
+@dataclass(frozen=True)
+class StateProofBundle:
+    """``present``: one leaf, the key's entry. ``absent <key>``: the leaves around where
+    the key would be (none in an empty state, one at an edge, else two adjacent)."""
+
+    key: bytes
+    present: bool
+    leaves: tuple[StateLeafProof, ...]
+    signed_checkpoint: str
+
+    def to_text(self) -> str:
+        lines = [STATE_PROOF_HEADER, "present" if self.present else f"absent {_b64e(self.key)}"]
+        for leaf in self.leaves:
+            lines.append(f"leaf {leaf.index} {_b64e(leaf.leaf)}")
+            lines.extend(_b64e(h) for h in leaf.proof)
+        return "\n".join(lines) + "\n\n" + self.signed_checkpoint
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> StateProofBundle:
+        lines, note = _split_bundle(_text(text, "state proof", MAX_BUNDLE_BYTES),
+                                    STATE_PROOF_HEADER, "state proof")
+        if len(lines) < 2:
+            raise _fail(AuditPart.FORMAT, "state proof has no claim line")
+        claim, leaves = lines[1], []
+        for line in lines[2:]:
+            if line.startswith("leaf "):
+                parts = line.split(" ")
+                if len(parts) != 3:
+                    raise _fail(AuditPart.FORMAT, "a leaf line is 'leaf <index> <base64>'")
+                data = _b64(parts[2], "state leaf")
+                if len(data) > MAX_STATE_LEAF_BYTES:
+                    raise _fail(AuditPart.FORMAT, f"state leaf over {MAX_STATE_LEAF_BYTES} bytes")
+                key, value = _parse_leaf(data)
+                leaves.append(StateLeafProof(_decimal(parts[1], "leaf index"), key, value, ()))
+            elif not leaves:
+                raise _fail(AuditPart.FORMAT, "a proof hash before any leaf line")
+            elif len(leaves[-1].proof) >= MAX_PROOF_HASHES:
+                raise _fail(AuditPart.FORMAT, f"more than {MAX_PROOF_HASHES} hashes on a path")
+            else:
+                last = leaves[-1]
+                leaves[-1] = StateLeafProof(last.index, last.key, last.value,
+                                            (*last.proof, _hash_line(line, "state proof hash")))
+        if claim == "present":
+            if len(leaves) != 1:
+                raise _fail(AuditPart.FORMAT, "a present proof has exactly one leaf")
+            return cls(leaves[0].key, True, tuple(leaves), note)
+        if not claim.startswith("absent "):
+            raise _fail(AuditPart.FORMAT, "the claim line is 'present' or 'absent <base64 key>'")
+        key = _b64(claim[len("absent "):], "absent key")
+        if not 1 <= len(key) <= 255 or len(leaves) > 2:
+            raise _fail(AuditPart.FORMAT, "an absent proof has a 1..255-byte key and 0..2 leaves")
+        return cls(key, False, tuple(leaves), note)
+
+
+@dataclass(frozen=True)
+class StateFact:
+    """Proved: at ``checkpoint``, the state maps ``key`` to ``value`` (None: absent)."""
+
+    checkpoint: VerifiedCheckpoint
+    key: bytes
+    value: bytes | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proof": "state", "key": self.key.hex(),
+                "value": None if self.value is None else self.value.hex(),
+                "fact": describe_state(self.key, self.value), "checkpoint": self.checkpoint.to_json()}
+
+
+def describe_state(key: bytes, value: bytes | None) -> dict[str, Any]:
+    """What a state entry means (specs/ledger.md §7), absent ones included."""
+    prefix, rest = key[:1], key[1:]
+    if prefix == BALANCE and len(rest) == 32:
+        return {"kind": "balance", "account": rest.hex(), "balance": u64_or_zero(value)}
+    if prefix in (OWNER, LISTING) and len(rest) == 40:
+        where = {"asset": str(CID(rest[:36])), "edition": int.from_bytes(rest[36:], "big")}
+        if prefix == OWNER:
+            return {"kind": "owner", **where, "owner": None if value is None else value.hex()}
+        listing = None if value is None else Listing.from_bytes(value)
+        return {"kind": "listing", **where, "listing": None if listing is None else {
+            "seller": listing.seller.hex(), "price": listing.price,
+            "listing_id": str(CID(listing.listing_id))}}
+    if prefix == SUPPLY and not rest:
+        return {"kind": "supply", "supply": u64_or_zero(value)}
+    if prefix == ASSET and len(rest) == 36:
+        asset = None if value is None else Asset.from_bytes(value)
+        return {"kind": "asset", "asset": str(CID(rest)), "record": None if asset is None else {
+            "creator": asset.creator.hex(), "editions": asset.editions,
+            "royalty_bps": asset.royalty_bps, "artifact": str(asset.artifact)}}
+    if prefix == HEAD and len(rest) == 32:
+        return {"kind": "head", "account": rest.hex(), "seq": None if value is None else
+                int.from_bytes(value[:8], "big"), "tx": None if value is None else str(CID(value[8:]))}
+    if prefix == FROZEN and len(rest) == 32:
+        return {"kind": "frozen", "account": rest.hex(),
+                "proof": None if value is None else str(CID(value))}
+    return {"kind": "unknown"}
+
+
+def u64_or_zero(value: bytes | None) -> int:
+    return 0 if value is None else int.from_bytes(value, "big")
+
+
+def verify_state_bundle(text: str | bytes, key: str | NoteVerifier) -> StateFact:
+    """Verify a state proof bundle offline: checkpoint, every leaf's path to the committed
+    state root, and that the leaves prove the claim (present, or absent by adjacency)."""
+    bundle = StateProofBundle.parse(text)
+    verified = open_checkpoint(bundle.signed_checkpoint, key)
+    state = verified.state
+    for number, leaf in enumerate(bundle.leaves):
+        try:
+            merkle.verify_inclusion(HASHER, leaf.index, state.leaves, HASHER.leaf_hash(leaf.leaf),
+                                    list(leaf.proof), state.root)
+        except VerificationError as exc:
+            raise _fail(AuditPart.STATE_PROOF, f"state leaf {number} (index {leaf.index}) is not "
+                        f"in the committed state tree: {exc}") from None
+    if bundle.present:
+        return StateFact(verified, bundle.key, bundle.leaves[0].value)
+    if _proves_absence(bundle.key, bundle.leaves, state):
+        return StateFact(verified, bundle.key, None)
+    raise _fail(AuditPart.STATE_PROOF, "the leaves do not enclose the key: its absence is not proved")
+
+
+def _proves_absence(key: bytes, leaves: Sequence[StateLeafProof], state: StateCommitment) -> bool:
+    if not leaves:
+        return state.leaves == 0 and state.root == HASHER.empty_root()
+    if len(leaves) == 1:
+        leaf = leaves[0]
+        return ((leaf.index == 0 and key < leaf.key)
+                or (leaf.index == state.leaves - 1 and key > leaf.key))
+    low, high = leaves
+    return high.index == low.index + 1 and low.key < key < high.key
+
+
+def verify_bundle(text: str | bytes, key: str | NoteVerifier) -> EntryProof | StateFact:
+    """An inclusion bundle or a state proof bundle, told apart by their first line."""
+    body = _text(text, "bundle", MAX_BUNDLE_BYTES)
+    first = body.partition("\n")[0]
+    if first == TLOG_PROOF_HEADER:
+        return verify_inclusion_bundle(body, key)
+    if first == STATE_PROOF_HEADER:
+        return verify_state_bundle(body, key)
+    raise _fail(AuditPart.FORMAT, f"not a ledger proof bundle: the first line is neither "
+                f"{TLOG_PROOF_HEADER} nor {STATE_PROOF_HEADER}")
+
+
+# --- consistency ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsistencyBundle:
+    """The consistency proof from a tree of ``old_size`` to the tree of the checkpoint."""
+
+    old_size: int
+    proof: tuple[bytes, ...]
+    signed_checkpoint: str
+
+    def to_text(self) -> str:
+        lines = [CONSISTENCY_HEADER, f"old {self.old_size}", *(_b64e(h) for h in self.proof)]
+        return "\n".join(lines) + "\n\n" + self.signed_checkpoint
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> ConsistencyBundle:
+        lines, note = _split_bundle(_text(text, "consistency bundle", MAX_BUNDLE_BYTES),
+                                    CONSISTENCY_HEADER, "consistency bundle")
+        if len(lines) < 2 or not lines[1].startswith("old "):
+            raise _fail(AuditPart.FORMAT, "consistency bundle has no 'old <size>' line")
+        if len(lines) - 2 > MAX_PROOF_HASHES * 2:
+            raise _fail(AuditPart.FORMAT, "too many consistency proof hashes")
+        return cls(_decimal(lines[1][len("old "):], "old size"),
+                   tuple(_hash_line(line, "consistency proof hash") for line in lines[2:]), note)
+
+
+def parse_proof_lines(text: str | bytes) -> tuple[bytes, ...]:
+    """A bare proof: one base64 hash per line (the form of ``--proof FILE``)."""
+    body = _text(text, "proof file", MAX_BUNDLE_BYTES)
+    lines = body.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) > MAX_PROOF_HASHES * 2:
+        raise _fail(AuditPart.FORMAT, "too many proof hashes")
+    return tuple(_hash_line(line, f"proof hash {n}") for n, line in enumerate(lines))
+
+
+def signed_checkpoint_of(text: str | bytes) -> str:
+    """The signed checkpoint in a file: a bare note, or the one inside any ledger bundle."""
+    body = _text(text, "checkpoint file", MAX_BUNDLE_BYTES)
+    first = body.partition("\n")[0]
+    if first in (TLOG_PROOF_HEADER, STATE_PROOF_HEADER, CONSISTENCY_HEADER):
+        return body.partition("\n\n")[2]
+    return body
+
+
+@dataclass(frozen=True)
+class ConsistencyResult:
+    old: VerifiedCheckpoint
+    new: VerifiedCheckpoint
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proof": "consistency", "old": self.old.to_json(), "new": self.new.to_json()}
+
+
+def verify_consistency(old: str | bytes, new: str | bytes, key: str | NoteVerifier,
+                       proof: Sequence[bytes] | None = None) -> ConsistencyResult:
+    """Check that the log of checkpoint ``new`` extends that of ``old``. ``old`` is a signed
+    checkpoint (or any bundle holding one); ``new`` a consistency bundle from ``old``'s size,
+    or a signed checkpoint with ``proof`` given separately (none needed for equal sizes)."""
+    old_checked = open_checkpoint(signed_checkpoint_of(old), key)
+    new_text = _text(new, "new checkpoint", MAX_BUNDLE_BYTES)
+    if new_text.startswith(CONSISTENCY_HEADER + "\n"):
+        if proof is not None:
+            raise ValueError("give the proof either inside the consistency bundle or as --proof")
+        bundle = ConsistencyBundle.parse(new_text)
+        new_checked = open_checkpoint(bundle.signed_checkpoint, key)
+        hashes: Sequence[bytes] = bundle.proof
+        if bundle.old_size != old_checked.size:
+            raise _fail(AuditPart.CONSISTENCY, f"the bundle proves consistency from size "
+                        f"{bundle.old_size}, the old checkpoint has size {old_checked.size}")
+    else:
+        new_checked = open_checkpoint(signed_checkpoint_of(new_text), key)
+        hashes = () if proof is None else proof
+    check_consistent(old_checked, new_checked, hashes)
+    return ConsistencyResult(old_checked, new_checked)
+
+
+def check_consistent(old: VerifiedCheckpoint, new: VerifiedCheckpoint,
+                     proof: Sequence[bytes]) -> None:
+    if old.checkpoint.origin != new.checkpoint.origin:
+        raise _fail(AuditPart.ORIGIN, f"the checkpoints are of two logs: "
+                    f"{old.checkpoint.origin!r} and {new.checkpoint.origin!r}")
+    if new.size < old.size:
+        raise _fail(AuditPart.CONSISTENCY, f"the new checkpoint (size {new.size}) is smaller than "
+                    f"the old one (size {old.size}): give them in order")
+    if new.size == old.size:
+        if (new.root, new.state) != (old.root, old.state):
+            raise _fail(AuditPart.CONSISTENCY, f"the log forked: two signed checkpoints of size "
+                        f"{new.size} with different roots")
+        return
+    if old.size == 0:
+        return  # every tree extends the empty tree
+    if not proof:
+        raise _fail(AuditPart.CONSISTENCY, f"a consistency proof from size {old.size} to "
+                    f"{new.size} is needed (a consistency bundle, or --proof)")
+    try:
+        merkle.verify_consistency(HASHER, old.size, new.size, list(proof), old.root, new.root)
+    except VerificationError as exc:
+        raise _fail(AuditPart.CONSISTENCY, f"size {old.size} -> {new.size}: {exc}") from None
+
+
+# --- replay of an export -------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayReport:
+    network: CID
+    size: int
+    log_root: bytes
+    state: StateCommitment
+    checkpoints: list[VerifiedCheckpoint] = field(default_factory=list)
+    transactions: int = 0
+    fraud_proofs: int = 0
+    accounts: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"network": str(self.network), "size": self.size, "log_root": self.log_root.hex(),
+                "state_root": self.state.root.hex(), "state_leaves": self.state.leaves,
+                "transactions": self.transactions, "fraud_proofs": self.fraud_proofs,
+                "accounts": self.accounts, "seconds": round(self.seconds, 3),
+                "checkpoints": [c.to_json() for c in self.checkpoints]}
+
+
+def _rejection_part(error: TxRejected) -> AuditPart:
+    if error.reason == Reason.BAD_SIGNATURE:
+        return AuditPart.ENTRY_SIGNATURE
+    if error.reason in _CHAIN_REASONS:
+        return AuditPart.CHAIN_LINK
+    if error.reason in _ENTRY_REASONS:
+        return AuditPart.ENTRY
+    if error.reason == Reason.WRONG_NETWORK:
+        return AuditPart.NETWORK
+    return AuditPart.ENTRY_RULES
+
+
+def replay_export(stream: BinaryIO, key: str | NoteVerifier | None = None) -> ReplayReport:
+    """Replay an export CAR from genesis: every block's hash, the manifest's structure,
+    every entry's signature, chain and rules (``ingest`` with ``verify=True``), the log
+    root and the state root at the size of every checkpoint in it, and (with ``key``)
+    every checkpoint's signature. Raises AuditError naming the first fault."""
+    from .export import read_export  # export.py imports this module's formats
+
+    started = time.perf_counter()
+    export = read_export(stream)
+    checkpoints = sorted((open_checkpoint(note, key) for note in export.checkpoints),
+                         key=lambda c: c.size)
+    _check_export_checkpoints(checkpoints, export.size)
+    pending = list(checkpoints)
+    frontier = merkle.Frontier(HASHER)
+    view: MemoryView | None = None
+    genesis: Genesis | None = None
+    report: ReplayReport | None = None
+    for index, entry in export.entries:
+        if index == 0:
+            try:
+                genesis = Genesis.from_bytes(entry)
+            except GenesisError as exc:
+                raise _fail(AuditPart.ENTRY, f"entry 0 is not a genesis block: {exc}", 0) from None
+            view = MemoryView(genesis)
+            report = ReplayReport(genesis.cid, 0, b"", StateCommitment(0, b""))
+            for checkpoint in checkpoints:
+                if checkpoint.network is not None and checkpoint.network != genesis.cid:
+                    raise _fail(AuditPart.NETWORK, f"checkpoint of size {checkpoint.size} is of "
+                                f"network {checkpoint.network}, the export's genesis is {genesis.cid}")
+        else:
+            assert view is not None and genesis is not None and report is not None
+            try:
+                accepted = ingest_entry(view, genesis, entry, True)
+            except TxRejected as exc:
+                raise _fail(_rejection_part(exc), str(exc), index) from None
+            if accepted.log_index != index:  # pragma: no cover - ingest appends in order
+                raise _fail(AuditPart.CHAIN_LINK, f"replayed at index {accepted.log_index}", index)
+            if accepted.tx is None:
+                report.fraud_proofs += 1
+            else:
+                report.transactions += 1
+        frontier.append(HASHER.leaf_hash(entry))
+        while pending and pending[0].size == frontier.size:
+            assert view is not None
+            _check_roots(pending.pop(0), frontier.root(), view)
+    if report is None or view is None:
+        raise _fail(AuditPart.MANIFEST, "the export holds no genesis entry")
+    report.size = frontier.size
+    report.log_root = frontier.root()
+    report.state = StateCommitment(len(view.state), view.state_root())
+    report.checkpoints = checkpoints
+    report.accounts = sum(1 for k in view.state if k[:1] == HEAD)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_export_checkpoints(checkpoints: Iterable[VerifiedCheckpoint], size: int) -> None:
+    listed = list(checkpoints)
+    if not listed:
+        raise _fail(AuditPart.MANIFEST, "the export carries no signed checkpoint")
+    if listed[0].size == 0:
+        raise _fail(AuditPart.MANIFEST, "a ledger checkpoint covers at least the genesis entry")
+    origins = {c.checkpoint.origin for c in listed}
+    if len(origins) != 1:
+        raise _fail(AuditPart.ORIGIN, f"the export's checkpoints are of several logs: {sorted(origins)}")
+    if listed[-1].size != size:
+        raise _fail(AuditPart.MANIFEST, f"the export has {size} entries, its latest checkpoint "
+                    f"covers {listed[-1].size}")
+    for older, newer in zip(listed, listed[1:], strict=False):
+        if older.size == newer.size and (older.root, older.state) != (newer.root, newer.state):
+            raise _fail(AuditPart.CONSISTENCY, f"two checkpoints of size {older.size} differ")
+
+
+def _check_roots(checkpoint: VerifiedCheckpoint, log_root: bytes, view: MemoryView) -> None:
+    size = checkpoint.size
+    if log_root != checkpoint.root:
+        raise _fail(AuditPart.LOG_ROOT, f"the log root of the first {size} entries is "
+                    f"{log_root.hex()}, the checkpoint signs {checkpoint.root.hex()}")
+    state = StateCommitment(len(view.state), view.state_root())
+    if state != checkpoint.state:
+        raise _fail(AuditPart.STATE_ROOT, f"after {size} entries the state is {state.leaves} leaves "
+                    f"with root {state.root.hex()}, the checkpoint signs {checkpoint.state.leaves} "
+                    f"leaves with root {checkpoint.state.root.hex()}")
