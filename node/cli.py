@@ -156,8 +156,13 @@ async def _run_until_signal(node_obj: Any) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(node_obj.run)
             stdout.print(f"n3xus node {__version__}  peer {node_obj.peer_id}")
+            from .runtime import dial_addrs
+
             for addr in node_obj.listen_addrs:
                 stdout.print(f"listening on {addr}")
+            if dial_addrs(node_obj.listen_addrs) != node_obj.listen_addrs:
+                for addr in dial_addrs(node_obj.listen_addrs):
+                    stdout.print(f"dial me at {addr}")
             stdout.print(f"API {node_obj.api_url}/api/v1  (token: {node_obj.data_dir.token_path})")
             stdout.print("press Ctrl-C to stop")
             sys.stdout.flush()

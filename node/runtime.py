@@ -234,6 +234,7 @@ class Node:
             "peer_id": self.peer_id,
             "version": __version__,
             "listen_addrs": self.listen_addrs,
+            "dial_addrs": dial_addrs(self.listen_addrs),
             "api_url": self.api_url,
             "uptime_s": round(self.uptime(), 3),
             "peers": peers,
@@ -247,6 +248,7 @@ class Node:
             "peer_id": self.peer_id,
             "public_key": p2p.public_key_hex(self._host),
             "listen_addrs": self.listen_addrs,
+            "dial_addrs": dial_addrs(self.listen_addrs),
         }
 
     # -- HTTP routes -----------------------------------------------------------
@@ -301,6 +303,26 @@ class Node:
                      request_schema={"type": "object", "required": ["peer_id"],
                                      "properties": {"peer_id": {"type": "string"}}}),
         ]
+
+
+def dial_addrs(listen_addrs: list[str]) -> list[str]:
+    """Addresses peers can dial: a wildcard bind (0.0.0.0 / ::) is expanded to loopback
+    and the addresses this host's name resolves to; others are kept as they are."""
+    out: list[str] = []
+    for addr in listen_addrs:
+        parts = addr.split("/")  # ['', 'ip4', '0.0.0.0', 'tcp', port, 'p2p', id]
+        if len(parts) > 2 and parts[2] in ("0.0.0.0", "::"):
+            family = socket.AF_INET if parts[1] == "ip4" else socket.AF_INET6
+            hosts = ["127.0.0.1" if family == socket.AF_INET else "::1"]
+            try:
+                infos = socket.getaddrinfo(socket.gethostname(), None, family)
+            except OSError:  # no resolvable host name: loopback is still dialable
+                infos = []
+            hosts += sorted({str(info[4][0]) for info in infos} - set(hosts))
+            out += ["/".join([*parts[:2], h, *parts[3:]]) for h in hosts]
+        else:
+            out.append(addr)
+    return out
 
 
 def canon_origin(peer_id: str) -> str:

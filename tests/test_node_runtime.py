@@ -68,3 +68,12 @@ async def test_api_over_http_in_process(tmp_path: Path) -> None:
             spec = (await client.get("/api/v1/openapi.json")).json()
             assert "/api/v1/peers/connect" in spec["paths"]
         nursery.cancel_scope.cancel()
+
+
+def test_wildcard_listen_addresses_become_dialable() -> None:
+    from n3xus.node.runtime import dial_addrs
+
+    out = dial_addrs(["/ip4/0.0.0.0/tcp/4141/p2p/12D3KooWabc", "/ip4/10.1.2.3/tcp/9/p2p/12D3KooWabc"])
+    assert out[0] == "/ip4/127.0.0.1/tcp/4141/p2p/12D3KooWabc"
+    assert "/ip4/10.1.2.3/tcp/9/p2p/12D3KooWabc" in out
+    assert not any("/0.0.0.0/" in a for a in out)

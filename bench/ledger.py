@@ -1,0 +1,276 @@
+"""Ledger: ingest against raw libsodium verification, and the Merkle twins.
+
+Ingest (issue target: >= 0.70 of the ceiling; the headline ``ratio=`` line is this pair):
+  ours     ``LedgerStore.ingest`` of N pre-signed transfers in batches of INGEST_BATCH: each
+           transfer decoded, chain-checked, its signature verified, applied, appended to the
+           log and indexed; each batch one LMDB write transaction, committed with the node's
+           own settings (``node.storage.open_environment``: sync=True, so every commit
+           fsyncs, as a batch acknowledged to a client must survive a power loss)
+  ceiling  ``crypto_sign_verify_detached`` of PyNaCl's bundled libsodium, called through
+           ctypes, over the same (signature, tagged message, key) triples: the signature
+           check alone, with nothing of ours around it
+  variants (printed, not in the headline): the same without fsync (sync=False); a larger
+           batch; and the compiled ingest twin against the pure one on an in-memory view
+           (ratio = speed-up of the compiled loop, signatures included).
+
+Merkle (issue target: the compiled twin >= 5x the pure one), BLAKE3 trees:
+  root     ``root_from_leaf_hashes`` over MERKLE_LEAVES leaf hashes
+  proofs   PROOFS inclusion proofs out of an in-memory ``MerkleTree`` of MERKLE_LEAVES leaves
+  verify   ``verify_inclusion`` of those proofs (the rate printed is proofs verified per s)
+  each with ``n3xus.canon._merkle_c`` as ours and ``_merkle_py`` as the ceiling, so a ratio
+  is the compiled twin's speed-up (both twins imported directly, whatever the switch says).
+
+    python bench/ledger.py [--json] [--large] [--repeats N] [--dir PATH]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import shutil
+import sys
+import tempfile
+from argparse import Namespace
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import lmdb
+import nacl._sodium
+from blake3 import blake3
+from nacl.signing import SigningKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import Pair, main, parser  # noqa: E402
+from n3xus.canon import _merkle_py  # noqa: E402
+from n3xus.ledger import _ingest_py  # noqa: E402
+from n3xus.ledger import ingest as ingest_selector  # noqa: E402
+from n3xus.ledger.genesis import Genesis  # noqa: E402
+from n3xus.ledger.store import LedgerStore  # noqa: E402
+from n3xus.ledger.tx import TX_SIGNATURE_TAG, AccountChain, Op, decode_tx  # noqa: E402
+from n3xus.node.storage import open_environment  # noqa: E402
+
+TRANSFERS = 20_000
+TRANSFERS_LARGE = 100_000
+# Senders and receivers of the workload: enough that balances and heads are spread over
+# many LMDB pages, few enough that signing the workload stays quick.
+ACCOUNTS = 100
+# Transactions per write transaction (one fsync each): what a node commits per batch.
+INGEST_BATCH = 1_000
+INGEST_BATCH_LARGE = 5_000
+INGEST_TARGET = 0.70
+MERKLE_LEAVES = 1_000_000
+PROOFS = 10_000
+PROOFS_LARGE = 100_000
+MERKLE_TARGET = 5.0
+MAP_SIZE_MIB = 2_048
+STARTING_BALANCE = 10**12
+
+
+def _compiled(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+# ---------------------------------------------------------------------------- workload
+
+
+class Workload:
+    """A genesis, the issuance funding ACCOUNTS accounts, and ``transfers`` signed transfers
+    between them (round robin, so every account's chain advances)."""
+
+    def __init__(self, transfers: int) -> None:
+        issuer = SigningKey(blake3(b"bench/issuer").digest())
+        self.genesis = Genesis.create("bench", [bytes(issuer.verify_key)], 10**18,
+                                      bytes(SigningKey(blake3(b"bench/p").digest()).verify_key))
+        chains = [AccountChain(SigningKey(blake3(b"bench/%d" % i).digest()), self.genesis.cid)
+                  for i in range(ACCOUNTS)]
+        funding = AccountChain(issuer, self.genesis.cid)
+        self.issuance = [funding.sign(Op.ISSUE, {"to": c.account, "amount": STARTING_BALANCE},
+                                      time_ms=0) for c in chains]
+        self.transfers = [
+            chains[n % ACCOUNTS].sign(
+                Op.TRANSFER, {"to": chains[(n * 7 + 3) % ACCOUNTS].account, "amount": 1 + n % 997},
+                time_ms=n)
+            for n in range(transfers)
+        ]
+        decoded = [decode_tx(raw) for raw in self.transfers]
+        self.triples = [(tx.sig, TX_SIGNATURE_TAG + tx.signed, tx.account) for tx in decoded]
+
+
+def _raw_verifier() -> Callable[[bytes, bytes, int, bytes], int]:
+    lib = ctypes.CDLL(nacl._sodium.__file__)
+    verify = lib.crypto_sign_verify_detached
+    verify.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p]
+    verify.restype = ctypes.c_int
+    return verify  # type: ignore[no-any-return]
+
+
+class Stores:
+    """Fresh ledger stores, each in its own directory (the previous one is removed)."""
+
+    def __init__(self, base: Path | None, workload: Workload) -> None:
+        self.workload = workload
+        self.root = Path(tempfile.mkdtemp(prefix="n3xus-bench-ledger-", dir=base))
+        self._env: lmdb.Environment | None = None
+        self._count = 0
+
+    def fresh(self, sync: bool) -> LedgerStore:
+        self.close()
+        self._count += 1
+        path = self.root / f"store{self._count}"
+        if sync:
+            env = open_environment(path, MAP_SIZE_MIB)  # the node's settings exactly
+        else:
+            path.mkdir(mode=0o700)
+            env = lmdb.open(str(path), map_size=MAP_SIZE_MIB << 20, max_dbs=64, sync=False)
+        self._env = env
+        store = LedgerStore(env, self.workload.genesis)
+        outcomes = store.ingest(self.workload.issuance)
+        if not all(isinstance(o, _ingest_py.Accepted) for o in outcomes):
+            raise AssertionError(f"issuance rejected: {outcomes}")
+        return store
+
+    def close(self) -> None:
+        if self._env is not None:
+            path = Path(self._env.path())
+            self._env.close()
+            shutil.rmtree(path, ignore_errors=True)
+            self._env = None
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ingest_pairs(args: Namespace, extra: dict[str, Any]) -> tuple[list[Pair], Stores]:
+    workload = Workload(TRANSFERS_LARGE if args.large else TRANSFERS)
+    transfers = workload.transfers
+    stores = Stores(args.dir, workload)
+    verify = _raw_verifier()
+
+    def ingest_in(batch: int) -> Callable[[LedgerStore], None]:
+        def ours(store: LedgerStore) -> None:
+            for start in range(0, len(transfers), batch):
+                outcomes = store.ingest(transfers[start:start + batch])
+                if not isinstance(outcomes[-1], _ingest_py.Accepted):
+                    raise AssertionError(f"a transfer was rejected: {outcomes[-1]}")
+        return ours
+
+    def ceiling(_: object) -> None:
+        for sig, message, key in workload.triples:
+            if verify(sig, message, len(message), key) != 0:
+                raise AssertionError("a workload signature does not verify")
+
+    count = len(transfers)
+    pairs = [
+        Pair(f"ingest, batch {INGEST_BATCH}, fsync (node settings)", count, "tx",
+             ingest_in(INGEST_BATCH), ceiling, lambda: stores.fresh(sync=True),
+             target=INGEST_TARGET,
+             notes={"ingest implementation": ingest_selector.IMPLEMENTATION}),
+        Pair(f"ingest, batch {INGEST_BATCH}, no fsync", count, "tx", ingest_in(INGEST_BATCH),
+             ceiling, lambda: stores.fresh(sync=False), headline=False, target=INGEST_TARGET),
+        Pair(f"ingest, batch {INGEST_BATCH_LARGE}, fsync (node settings)", count, "tx",
+             ingest_in(INGEST_BATCH_LARGE), ceiling, lambda: stores.fresh(sync=True),
+             headline=False, target=INGEST_TARGET),
+    ]
+    compiled = _compiled("n3xus.ledger._ingest_c")
+    if compiled is None:
+        extra["compiled vs pure ingest"] = "skipped: n3xus.ledger._ingest_c is not built"
+    else:
+        entries = workload.issuance + transfers
+
+        def twin(module: ModuleType) -> Callable[[object], None]:
+            def run(_: object) -> None:
+                genesis = workload.genesis
+                outcomes = module.ingest(module.MemoryView(genesis), genesis, entries)
+                if not isinstance(outcomes[-1], _ingest_py.Accepted):
+                    raise AssertionError(f"a transfer was rejected: {outcomes[-1]}")
+            return run
+
+        pairs.append(Pair("ingest twins in memory: compiled vs pure", len(entries), "tx",
+                          twin(compiled), twin(_ingest_py), headline=False))
+    extra["ingest workload"] = (f"{count} transfers among {ACCOUNTS} accounts, "
+                                f"LMDB under {stores.root}")
+    return pairs, stores
+
+
+# ------------------------------------------------------------------------------ Merkle
+
+
+def _merkle_pairs(args: Namespace, extra: dict[str, Any]) -> list[Pair]:
+    compiled = _compiled("n3xus.canon._merkle_c")
+    if compiled is None:
+        extra["merkle"] = "skipped: n3xus.canon._merkle_c is not built"
+        return []
+    pure = _merkle_py
+    hasher = pure.BLAKE3  # shared by both twins (compared by identity)
+    leaves = [hasher.leaf_hash(n.to_bytes(8, "big")) for n in range(MERKLE_LEAVES)]
+    proofs = PROOFS_LARGE if args.large else PROOFS
+    step = MERKLE_LEAVES // proofs
+    indexes = [n * step + n % step for n in range(proofs)]
+    trees: dict[str, Any] = {}
+
+    def tree(module: ModuleType) -> Any:
+        if module.__name__ not in trees:
+            trees[module.__name__] = module.MerkleTree(hasher, leaves)
+        return trees[module.__name__]
+
+    def root_of(module: ModuleType) -> Callable[[object], None]:
+        return lambda _: module.root_from_leaf_hashes(hasher, leaves)
+
+    def proofs_of(module: ModuleType) -> Callable[[object], None]:
+        def run(_: object) -> None:
+            made = tree(module)
+            for index in indexes:
+                made.inclusion_proof(index)
+        return run
+
+    root = compiled.root_from_leaf_hashes(hasher, leaves)
+    if root != pure.root_from_leaf_hashes(hasher, leaves) or tree(compiled).root() != root:
+        raise AssertionError("the Merkle twins disagree on the root")
+    made = [tree(compiled).inclusion_proof(index) for index in indexes]
+    if made[:100] != [tree(pure).inclusion_proof(index) for index in indexes[:100]]:
+        raise AssertionError("the Merkle twins disagree on inclusion proofs")
+
+    def verify_with(module: ModuleType) -> Callable[[object], None]:
+        def run(_: object) -> None:
+            for index, proof in zip(indexes, made, strict=True):
+                module.verify_inclusion(hasher, index, MERKLE_LEAVES, leaves[index], proof, root)
+        return run
+
+    return [
+        Pair(f"merkle root, {MERKLE_LEAVES:,} leaves: compiled vs pure", MERKLE_LEAVES, "leaf",
+             root_of(compiled), root_of(pure), headline=False, target=MERKLE_TARGET),
+        Pair(f"merkle inclusion proofs ({MERKLE_LEAVES:,}-leaf tree)", proofs, "proof",
+             proofs_of(compiled), proofs_of(pure), headline=False, target=MERKLE_TARGET),
+        Pair("merkle verify_inclusion (proofs verified/s)", proofs, "proof",
+             verify_with(compiled), verify_with(pure), headline=False, target=MERKLE_TARGET),
+    ]
+
+
+def build(args: Namespace) -> tuple[list[Pair], dict[str, Any]]:
+    extra: dict[str, Any] = {}
+    pairs, stores = _ingest_pairs(args, extra)
+    pairs += _merkle_pairs(args, extra)
+    extra["note"] = ("ingest ratio = our ingest rate / raw verify rate (1.0 = no overhead); "
+                     "twin ratios = compiled rate / pure rate")
+    _cleanups.append(stores.remove)
+    return pairs, extra
+
+
+_cleanups: list[Callable[[], None]] = []
+
+
+if __name__ == "__main__":
+    arg_parser = parser("ledger ingest and Merkle twins")
+    arg_parser.add_argument("--dir", type=Path, default=None,
+                            help="where to create the LMDB stores (default: the temp dir)")
+    try:
+        main("ledger ingest and Merkle twins", build, arg_parser=arg_parser)
+    finally:
+        for cleanup in _cleanups:
+            cleanup()
