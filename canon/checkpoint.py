@@ -55,9 +55,10 @@ MAX_PROOF_HASHES = 64
 """Most hashes in a tlog-proof: an inclusion proof in a tree of at most 2**64 - 1 leaves
 never needs more than 64."""
 
-MAX_EXTRA_BYTES = 16 * 1024
-"""Largest opaque ``extra`` data in a tlog-proof: room for a VRF proof or an artifact's
-metadata, not for carrying the artifact itself."""
+MAX_EXTRA_BYTES = 48 * 1024
+"""Largest tlog-proof extra data (before base64). The ledger's inclusion bundles carry the
+log entry here, and its largest entry is a fraud proof of up to 32,832 bytes (two
+maximal transactions); 48 KiB holds that with room to spare and still bounds parsing."""
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 

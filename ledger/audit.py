@@ -9,7 +9,8 @@ definition of each:
 * inclusion bundles: C2SP ``c2sp.org/tlog-proof@v1`` whose ``extra`` is the log entry;
 * state proof bundles (``n3xus.net/ledger-state-proof/v1``) and consistency bundles
   (``n3xus.net/ledger-consistency/v1``), line formats in the tlog-proof manner;
-* the export CAR (``export.py``), replayed from genesis by :func:`replay_export`.
+* the export CAR, whose format and replay from genesis live in ``export.py``
+  (:func:`replay_export` here delegates to it).
 
 Every failure raises :class:`AuditError` whose ``part`` names what failed. Checks run from
 the outside in (syntax, the note's signature, the checkpoint, the proof path, the entry's
@@ -21,23 +22,35 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Final, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
 
 from n3xus.canon import merkle
-from n3xus.canon.checkpoint import TLOG_PROOF_HEADER, Checkpoint, ProofBundle
+from n3xus.canon.checkpoint import (
+    MAX_PROOF_BUNDLE_BYTES,
+    TLOG_PROOF_HEADER,
+    Checkpoint,
+    ProofBundle,
+)
 from n3xus.canon.cid import CID
 from n3xus.canon.errors import CanonError, VerificationError
-from n3xus.canon.note import MAX_NOTE_BYTES, NoteVerifier, open_note_verified, parse_note, parse_vkey
+from n3xus.canon.note import (
+    MAX_NOTE_BYTES,
+    NoteVerifier,
+    open_note_verified,
+    parse_note,
+    parse_vkey,
+)
 
-from .errors import AuditError, AuditPart, FraudProofError, GenesisError, Reason, TxRejected
+from .errors import AuditError, AuditPart, FraudProofError, GenesisError, TxRejected
 from .fraud import FRAUD_PROOF_PREFIX, FraudProof, verify_fraud_proof
 from .genesis import Genesis
-from .ingest import MemoryView, ingest_entry
 from .rules import ASSET, BALANCE, FROZEN, HEAD, LISTING, OWNER, SUPPLY, Asset, Listing, state_leaf
 from .tx import Tx, decode_tx, verify_tx_signature
+
+if TYPE_CHECKING:
+    from .export import ReplayReport
 
 HASHER: Final = merkle.BLAKE3
 # The checkpoint extension line committing the state: keyword, leaf count, base64 root.
@@ -54,15 +67,13 @@ MAX_STATE_LEAF_BYTES: Final = 1024
 # Largest state proof or consistency bundle: two leaves with full paths, a few header
 # lines, and the signed checkpoint at its own limit.
 MAX_BUNDLE_BYTES: Final = 2 * (MAX_STATE_LEAF_BYTES * 2 + MAX_PROOF_HASHES * 45) + 4096 + MAX_NOTE_BYTES
+# Largest file of any of these kinds (an inclusion bundle is a tlog-proof: canon's limit).
+MAX_ANY_BUNDLE_BYTES: Final = max(MAX_BUNDLE_BYTES, MAX_PROOF_BUNDLE_BYTES)
 
 # Every genesis block is a map of ten entries (DAG-CBOR head 0xaa); envelopes (0xa2) and fraud
 # proofs (0xa3) never start with it.
 _GENESIS_FIRST_BYTE: Final = b"\xaa"
 _DECIMAL: Final = re.compile(r"0|[1-9][0-9]{0,19}")  # no sign, no leading zero, <= 20 digits
-_CHAIN_REASONS: Final = frozenset({Reason.BAD_SEQ, Reason.BAD_PREV, Reason.REPLAY,
-                                   Reason.EQUIVOCATION})
-_ENTRY_REASONS: Final = frozenset({Reason.MALFORMED, Reason.UNSUPPORTED_VERSION, Reason.UNKNOWN_OP,
-                                   Reason.BAD_AMOUNT, Reason.OVERFLOW, Reason.BAD_PROOF})
 
 
 # --- small strict codecs ---------------------------------------------------------------------
@@ -207,33 +218,32 @@ def load_verifier(key: str | NoteVerifier) -> NoteVerifier:
 
 
 def open_checkpoint(note: str | bytes, key: str | NoteVerifier | None) -> VerifiedCheckpoint:
-    """Verify a signed ledger checkpoint, staged so each failure names its part: the note
-    syntax (format), the log key's signature (note-signature), the body (checkpoint), the
-    origin (origin: the key's name, naming a well-formed network). ``key=None`` skips
-    only the signature and says so in ``signature_checked``."""
+    """Verify a signed ledger checkpoint, staged so each failure names its part: the note's
+    syntax (format), the body's syntax (checkpoint), the log key's signature
+    (note-signature), the origin (origin: the key's name, naming a well-formed network).
+    ``key=None`` skips only the signature and says so in ``signature_checked``."""
     text = _text(note, "signed checkpoint", MAX_NOTE_BYTES)
     try:
-        parse_note(text)
+        body = parse_note(text).text
     except (CanonError, ValueError) as exc:
         raise _fail(AuditPart.FORMAT, f"signed checkpoint: {exc}") from None
-    verifier = None if key is None else load_verifier(key)
-    try:
-        if verifier is None:
-            body = parse_note(text).text
-        else:
-            body, verified = open_note_verified(text, [verifier])
-            if (verifier.name, verifier.key_id) not in verified:  # pragma: no cover - one key
-                raise VerificationError("not signed by the log key")
-    except (VerificationError, CanonError, ValueError) as exc:
-        raise _fail(AuditPart.NOTE_SIGNATURE, f"the checkpoint note does not verify: {exc}") from None
     try:
         checkpoint = Checkpoint.parse(body)
     except (CanonError, ValueError) as exc:
         raise _fail(AuditPart.CHECKPOINT, str(exc)) from None
-    if verifier is not None and checkpoint.origin != verifier.name:
-        raise _fail(AuditPart.ORIGIN, f"checkpoint origin {checkpoint.origin!r} is not the "
-                    f"key's name {verifier.name!r}")
     state = parse_state_line(checkpoint)
+    verifier = None if key is None else load_verifier(key)
+    if verifier is not None:
+        try:
+            _, verified = open_note_verified(text, [verifier])
+        except (VerificationError, CanonError, ValueError) as exc:
+            raise _fail(AuditPart.NOTE_SIGNATURE, f"the checkpoint note does not verify: "
+                        f"{exc}") from None
+        if (verifier.name, verifier.key_id) not in verified:  # pragma: no cover - one key
+            raise _fail(AuditPart.NOTE_SIGNATURE, "the checkpoint is not signed by the log key")
+        if checkpoint.origin != verifier.name:
+            raise _fail(AuditPart.ORIGIN, f"checkpoint origin {checkpoint.origin!r} is not the "
+                        f"key's name {verifier.name!r}")
     network = origin_network(checkpoint.origin)
     return VerifiedCheckpoint(text, checkpoint, state, network, verifier is not None)
 
@@ -323,7 +333,7 @@ class EntryProof:
 
 def verify_inclusion_bundle(text: str | bytes, key: str | NoteVerifier) -> EntryProof:
     """Verify an inclusion bundle offline (see the module doc for the order of checks)."""
-    body = _text(text, "inclusion bundle", MAX_BUNDLE_BYTES)
+    body = _text(text, "inclusion bundle", MAX_PROOF_BUNDLE_BYTES)
     try:
         bundle = ProofBundle.parse(body)
     except (CanonError, ValueError) as exc:
@@ -501,7 +511,7 @@ def _proves_absence(key: bytes, leaves: Sequence[StateLeafProof], state: StateCo
 
 def verify_bundle(text: str | bytes, key: str | NoteVerifier) -> EntryProof | StateFact:
     """An inclusion bundle or a state proof bundle, told apart by their first line."""
-    body = _text(text, "bundle", MAX_BUNDLE_BYTES)
+    body = _text(text, "bundle", MAX_ANY_BUNDLE_BYTES)
     first = body.partition("\n")[0]
     if first == TLOG_PROOF_HEADER:
         return verify_inclusion_bundle(body, key)
@@ -551,7 +561,7 @@ def parse_proof_lines(text: str | bytes) -> tuple[bytes, ...]:
 
 def signed_checkpoint_of(text: str | bytes) -> str:
     """The signed checkpoint in a file: a bare note, or the one inside any ledger bundle."""
-    body = _text(text, "checkpoint file", MAX_BUNDLE_BYTES)
+    body = _text(text, "checkpoint file", MAX_ANY_BUNDLE_BYTES)
     first = body.partition("\n")[0]
     if first in (TLOG_PROOF_HEADER, STATE_PROOF_HEADER, CONSISTENCY_HEADER):
         return body.partition("\n\n")[2]
@@ -573,7 +583,7 @@ def verify_consistency(old: str | bytes, new: str | bytes, key: str | NoteVerifi
     checkpoint (or any bundle holding one); ``new`` a consistency bundle from ``old``'s size,
     or a signed checkpoint with ``proof`` given separately (none needed for equal sizes)."""
     old_checked = open_checkpoint(signed_checkpoint_of(old), key)
-    new_text = _text(new, "new checkpoint", MAX_BUNDLE_BYTES)
+    new_text = _text(new, "new checkpoint", MAX_ANY_BUNDLE_BYTES)
     if new_text.startswith(CONSISTENCY_HEADER + "\n"):
         if proof is not None:
             raise ValueError("give the proof either inside the consistency bundle or as --proof")
@@ -614,121 +624,11 @@ def check_consistent(old: VerifiedCheckpoint, new: VerifiedCheckpoint,
         raise _fail(AuditPart.CONSISTENCY, f"size {old.size} -> {new.size}: {exc}") from None
 
 
-# --- replay of an export -------------------------------------------------------------------------
-
-
-@dataclass
-class ReplayReport:
-    network: CID
-    size: int
-    log_root: bytes
-    state: StateCommitment
-    checkpoints: list[VerifiedCheckpoint] = field(default_factory=list)
-    transactions: int = 0
-    fraud_proofs: int = 0
-    accounts: int = 0
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"network": str(self.network), "size": self.size, "log_root": self.log_root.hex(),
-                "state_root": self.state.root.hex(), "state_leaves": self.state.leaves,
-                "transactions": self.transactions, "fraud_proofs": self.fraud_proofs,
-                "accounts": self.accounts, "seconds": round(self.seconds, 3),
-                "checkpoints": [c.to_json() for c in self.checkpoints]}
-
-
-def _rejection_part(error: TxRejected) -> AuditPart:
-    if error.reason == Reason.BAD_SIGNATURE:
-        return AuditPart.ENTRY_SIGNATURE
-    if error.reason in _CHAIN_REASONS:
-        return AuditPart.CHAIN_LINK
-    if error.reason in _ENTRY_REASONS:
-        return AuditPart.ENTRY
-    if error.reason == Reason.WRONG_NETWORK:
-        return AuditPart.NETWORK
-    return AuditPart.ENTRY_RULES
+# --- replay of an export (export.py holds the format and the replay) --------------------------
 
 
 def replay_export(stream: BinaryIO, key: str | NoteVerifier | None = None) -> ReplayReport:
-    """Replay an export CAR from genesis: every block's hash, the manifest's structure,
-    every entry's signature, chain and rules (``ingest`` with ``verify=True``), the log
-    root and the state root at the size of every checkpoint in it, and (with ``key``)
-    every checkpoint's signature. Raises AuditError naming the first fault."""
-    from .export import read_export  # export.py imports this module's formats
+    """Replay an export CAR from genesis (:func:`n3xus.ledger.export.replay_export`)."""
+    from .export import replay_export as replay  # export.py imports this module
 
-    started = time.perf_counter()
-    export = read_export(stream)
-    checkpoints = sorted((open_checkpoint(note, key) for note in export.checkpoints),
-                         key=lambda c: c.size)
-    _check_export_checkpoints(checkpoints, export.size)
-    pending = list(checkpoints)
-    frontier = merkle.Frontier(HASHER)
-    view: MemoryView | None = None
-    genesis: Genesis | None = None
-    report: ReplayReport | None = None
-    for index, entry in export.entries:
-        if index == 0:
-            try:
-                genesis = Genesis.from_bytes(entry)
-            except GenesisError as exc:
-                raise _fail(AuditPart.ENTRY, f"entry 0 is not a genesis block: {exc}", 0) from None
-            view = MemoryView(genesis)
-            report = ReplayReport(genesis.cid, 0, b"", StateCommitment(0, b""))
-            for checkpoint in checkpoints:
-                if checkpoint.network is not None and checkpoint.network != genesis.cid:
-                    raise _fail(AuditPart.NETWORK, f"checkpoint of size {checkpoint.size} is of "
-                                f"network {checkpoint.network}, the export's genesis is {genesis.cid}")
-        else:
-            assert view is not None and genesis is not None and report is not None
-            try:
-                accepted = ingest_entry(view, genesis, entry, True)
-            except TxRejected as exc:
-                raise _fail(_rejection_part(exc), str(exc), index) from None
-            if accepted.log_index != index:  # pragma: no cover - ingest appends in order
-                raise _fail(AuditPart.CHAIN_LINK, f"replayed at index {accepted.log_index}", index)
-            if accepted.tx is None:
-                report.fraud_proofs += 1
-            else:
-                report.transactions += 1
-        frontier.append(HASHER.leaf_hash(entry))
-        while pending and pending[0].size == frontier.size:
-            assert view is not None
-            _check_roots(pending.pop(0), frontier.root(), view)
-    if report is None or view is None:
-        raise _fail(AuditPart.MANIFEST, "the export holds no genesis entry")
-    report.size = frontier.size
-    report.log_root = frontier.root()
-    report.state = StateCommitment(len(view.state), view.state_root())
-    report.checkpoints = checkpoints
-    report.accounts = sum(1 for k in view.state if k[:1] == HEAD)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _check_export_checkpoints(checkpoints: Iterable[VerifiedCheckpoint], size: int) -> None:
-    listed = list(checkpoints)
-    if not listed:
-        raise _fail(AuditPart.MANIFEST, "the export carries no signed checkpoint")
-    if listed[0].size == 0:
-        raise _fail(AuditPart.MANIFEST, "a ledger checkpoint covers at least the genesis entry")
-    origins = {c.checkpoint.origin for c in listed}
-    if len(origins) != 1:
-        raise _fail(AuditPart.ORIGIN, f"the export's checkpoints are of several logs: {sorted(origins)}")
-    if listed[-1].size != size:
-        raise _fail(AuditPart.MANIFEST, f"the export has {size} entries, its latest checkpoint "
-                    f"covers {listed[-1].size}")
-    for older, newer in zip(listed, listed[1:], strict=False):
-        if older.size == newer.size and (older.root, older.state) != (newer.root, newer.state):
-            raise _fail(AuditPart.CONSISTENCY, f"two checkpoints of size {older.size} differ")
-
-
-def _check_roots(checkpoint: VerifiedCheckpoint, log_root: bytes, view: MemoryView) -> None:
-    size = checkpoint.size
-    if log_root != checkpoint.root:
-        raise _fail(AuditPart.LOG_ROOT, f"the log root of the first {size} entries is "
-                    f"{log_root.hex()}, the checkpoint signs {checkpoint.root.hex()}")
-    state = StateCommitment(len(view.state), view.state_root())
-    if state != checkpoint.state:
-        raise _fail(AuditPart.STATE_ROOT, f"after {size} entries the state is {state.leaves} leaves "
-                    f"with root {state.root.hex()}, the checkpoint signs {checkpoint.state.leaves} "
-                    f"leaves with root {checkpoint.state.root.hex()}")
+    return replay(stream, key)

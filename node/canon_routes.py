@@ -128,7 +128,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+def stream_from_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     async def gen() -> AsyncIterator[bytes]:
         while True:
             chunk = await trio.to_thread.run_sync(next, chunks, None)
@@ -204,7 +204,7 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         headers["Content-Length"] = str(end - start)
         chunks = files.iter_range(service.store, cid, start, end - start)
-        return StreamingResponse(_stream(chunks), status_code=status, headers=headers,
+        return StreamingResponse(stream_from_threads(chunks), status_code=status, headers=headers,
                                  media_type="application/octet-stream")
 
     @_problems
@@ -267,7 +267,7 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
         # Pull the first piece now, so unknown roots are a 404 rather than a
         # stream that breaks after the 200 was sent.
         first = await run(next, sections)
-        return StreamingResponse(_stream(_batched(first, sections)),
+        return StreamingResponse(stream_from_threads(_batched(first, sections)),
                                  media_type="application/vnd.ipld.car; version=1")
 
     @_problems

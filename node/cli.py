@@ -263,7 +263,7 @@ def identity(data_dir: str | None, as_json: bool) -> None:
 def _register_feature_commands() -> None:
     """Import the modules that add command groups to ``cli`` (canon, world, …).
     Imported here, not at the top, because they import this module."""
-    from . import canon_cli, ledger_cli  # noqa: F401
+    from . import audit_cli, canon_cli, ledger_cli  # noqa: F401
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -8,6 +8,7 @@ node's. The account's next ``seq`` and ``prev`` come from the node.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -299,3 +300,89 @@ def ledger_tx(tx_id: str, data_dir: str | None, as_json: bool) -> None:
     """One transaction by id."""
     view = ApiClient(_data_dir(data_dir)).get(f"/ledger/txs/{tx_id}")
     emit(as_json, view, lambda: stdout.print(json.dumps(view, indent=2)))
+
+
+def _write_or_print(text: str, output: str | None) -> None:
+    if output is None:
+        stdout.file.write(text if text.endswith("\n") else text + "\n")
+        return
+    tmp = output + ".part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, output)
+
+
+@ledger.command("vkey")
+@data_dir_option
+def ledger_vkey(data_dir: str | None) -> None:
+    """The verifier key auditors pass to `n3xus audit … --key`."""
+    _write_or_print(ApiClient(_data_dir(data_dir)).request("GET", "/api/v1/ledger/vkey", raw=True).decode(), None)
+
+
+@ledger.command("checkpoint")
+@click.option("--sign", is_flag=True, help="Sign a new checkpoint of the log as it is now.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
+@data_dir_option
+def ledger_checkpoint(sign: bool, output: str | None, data_dir: str | None) -> None:
+    """The ledger's signed checkpoint (C2SP tlog-checkpoint, with the state root)."""
+    note = ApiClient(_data_dir(data_dir)).request(
+        "POST" if sign else "GET", "/api/v1/ledger/checkpoint", raw=True).decode()
+    _write_or_print(note, output)
+
+
+@ledger.command("proof")
+@click.argument("tx_id", metavar="TX_ID")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
+@data_dir_option
+def ledger_proof(tx_id: str, output: str | None, data_dir: str | None) -> None:
+    """Offline inclusion bundle for TX_ID (verify with `n3xus audit verify`)."""
+    bundle = ApiClient(_data_dir(data_dir)).request(
+        "GET", f"/api/v1/ledger/proofs/tx/{tx_id}", raw=True).decode()
+    _write_or_print(bundle, output)
+
+
+@ledger.command("state-proof")
+@click.argument("who", metavar="[WALLET|ACCOUNT]", required=False)
+@click.option("--asset", default=None, help="Prove the owner of this asset's --edition instead.")
+@click.option("--edition", default=None, type=click.IntRange(1))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
+@data_dir_option
+def ledger_state_proof(who: str | None, asset: str | None, edition: int | None,
+                       output: str | None, data_dir: str | None) -> None:
+    """Prove an account's balance, or an edition's owner, at a signed checkpoint."""
+    dd = _data_dir(data_dir)
+    if asset is not None:
+        if edition is None or who is not None:
+            raise click.UsageError("--asset needs --edition and no account")
+        params: dict[str, Any] = {"asset": asset, "edition": edition}
+    else:
+        params = {"account": parse_account(dd, who or "node").hex()}
+    bundle = ApiClient(dd).request("GET", "/api/v1/ledger/proofs/state", params=params,
+                                   raw=True).decode()
+    _write_or_print(bundle, output)
+
+
+@ledger.command("consistency")
+@click.argument("old_size", type=click.IntRange(1))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
+@data_dir_option
+def ledger_consistency(old_size: int, output: str | None, data_dir: str | None) -> None:
+    """Consistency bundle from the checkpoint of tree size OLD_SIZE to now."""
+    bundle = ApiClient(_data_dir(data_dir)).request(
+        "GET", "/api/v1/ledger/proofs/consistency", params={"old": old_size}, raw=True).decode()
+    _write_or_print(bundle, output)
+
+
+@ledger.command("export")
+@click.option("--car", "car_path", required=True, type=click.Path(dir_okay=False))
+@data_dir_option
+@json_option
+def ledger_export(car_path: str, data_dir: str | None, as_json: bool) -> None:
+    """The whole ledger up to a fresh signed checkpoint, for `n3xus audit replay`."""
+    data = ApiClient(_data_dir(data_dir), timeout=3600).request("GET", "/api/v1/ledger/export", raw=True)
+    tmp = car_path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, car_path)
+    emit(as_json, {"car": car_path, "bytes": len(data)},
+         lambda: stdout.print(f"wrote {len(data)} bytes to {car_path}"))

@@ -5,22 +5,34 @@ exports — are added by :func:`transparency_routes` when the log is wired.)"""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from n3xus.canon.cid import CID
-from n3xus.ledger.errors import LedgerError, TxRejected
+from n3xus.ledger.errors import (
+    CheckpointRefusedError,
+    LedgerError,
+    ProofUnavailableError,
+    TxRejected,
+)
+from n3xus.ledger.export import export_ledger
 from n3xus.ledger.tx import MAX_TX_BYTES
 
 from .api import ApiProblem, ApiRoute
+from .canon_routes import stream_from_threads
 from .ledger_service import LedgerService, genesis_view
 
 Handler = Callable[[Request], Awaitable[Response]]
 # Log listings return at most this many entries per call.
 MAX_LOG_LIMIT = 10_000
+# A ledger export is written to a spool first (export_ledger writes to a file-like
+# object); small exports stay in memory, larger ones go to a temporary file.
+EXPORT_SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
+EXPORT_PIECE_BYTES = 256 * 1024
 
 
 def _ledger_problems(handler: Handler) -> Handler:
@@ -30,6 +42,10 @@ def _ledger_problems(handler: Handler) -> Handler:
             return await handler(request)
         except TxRejected as exc:
             raise ApiProblem(422, str(exc.reason), str(exc)) from exc
+        except ProofUnavailableError as exc:
+            raise ApiProblem(404, "proof_unavailable", str(exc)) from exc
+        except CheckpointRefusedError as exc:
+            raise ApiProblem(409, "checkpoint_refused", str(exc)) from exc
         except (LedgerError, ValueError) as exc:
             raise ApiProblem(400, "bad_request", str(exc)) from exc
 
@@ -109,7 +125,74 @@ def ledger_routes(service: LedgerService) -> list[ApiRoute]:
             raise ApiProblem(404, "not_found", "no fraud proof for that account")
         return Response(proof, media_type="application/cbor")
 
+    text = {"type": "string"}
+
+    def _text(body: str) -> Response:
+        return Response(body, media_type="text/plain; charset=utf-8")
+
+    async def vkey(_request: Request) -> Response:
+        return _text(await run(service.vkey) + "\n")
+
+    @_ledger_problems
+    async def checkpoint(request: Request) -> Response:
+        return _text(await run(service.checkpoint, request.method == "POST"))
+
+    @_ledger_problems
+    async def tx_proof(request: Request) -> Response:
+        return _text(await run(service.inclusion_bundle, _cid(request.path_params["id"])))
+
+    @_ledger_problems
+    async def state_proof(request: Request) -> Response:
+        q = request.query_params
+        if "account" in q:
+            target: bytes | tuple[CID, int] = _account(q["account"])
+        elif "asset" in q and q.get("edition", "").isdigit():
+            target = (_cid(q["asset"]), int(q["edition"]))
+        else:
+            raise ApiProblem(400, "bad_request", "give account=HEX, or asset=CID and edition=N")
+        return _text(await run(service.state_proof, target))
+
+    @_ledger_problems
+    async def consistency(request: Request) -> Response:
+        old = request.query_params.get("old", "")
+        if not old.isdigit():
+            raise ApiProblem(400, "bad_request", "old=SIZE (a checkpoint's tree size) is required")
+        return _text(await run(service.consistency_bundle, int(old)))
+
+    @_ledger_problems
+    async def export(_request: Request) -> Response:
+        def write() -> tempfile.SpooledTemporaryFile[bytes]:
+            service.checkpoint(fresh=True)
+            spool = tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_MEMORY_BYTES)
+            export_ledger(service.store, service.tlog, spool)  # type: ignore[arg-type]
+            spool.seek(0)
+            return spool
+
+        spool = await run(write)
+
+        def pieces() -> Iterator[bytes]:
+            with spool:
+                while piece := spool.read(EXPORT_PIECE_BYTES):
+                    yield piece
+
+        return StreamingResponse(stream_from_threads(pieces()), media_type="application/vnd.ipld.car; version=1")
+
     return [
+        ApiRoute("GET", "/ledger/vkey", vkey, "Verifier key (C2SP vkey) of this node's ledger checkpoints", auth=False,
+                 tag="ledger", response_schema=text, response_media_type="text/plain"),
+        ApiRoute("GET", "/ledger/checkpoint", checkpoint, "The last signed checkpoint (signs one if none yet)", tag="ledger",
+                 response_schema=text, response_media_type="text/plain"),
+        ApiRoute("POST", "/ledger/checkpoint", checkpoint, "Sign a checkpoint of the log as it is now", tag="ledger",
+                 response_schema=text, response_media_type="text/plain"),
+        ApiRoute("GET", "/ledger/proofs/tx/{id}", tx_proof, "Offline inclusion bundle (C2SP tlog-proof) for a transaction",
+                 tag="ledger", response_schema=text, response_media_type="text/plain"),
+        ApiRoute("GET", "/ledger/proofs/state", state_proof, "State proof: account=HEX balance, or asset=&edition= owner",
+                 tag="ledger", response_schema=text, response_media_type="text/plain"),
+        ApiRoute("GET", "/ledger/proofs/consistency", consistency, "Consistency bundle from tree size old=N to now",
+                 tag="ledger", response_schema=text, response_media_type="text/plain"),
+        ApiRoute("GET", "/ledger/export", export, "The ledger up to a fresh checkpoint, as an export CAR for `audit replay`",
+                 tag="ledger", response_schema={"type": "string", "format": "binary"},
+                 response_media_type="application/vnd.ipld.car"),
         ApiRoute("GET", "/ledger/genesis", genesis, "The network's genesis (format=cbor for the block)", tag="ledger"),
         ApiRoute("GET", "/ledger/status", status, "Network, log size, supply, state root, frozen accounts", tag="ledger"),
         ApiRoute("GET", "/ledger/accounts/{account}", account, "Balance, next seq, prev, frozen", tag="ledger"),

@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import lmdb
+from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.ingest import Accepted
 from n3xus.ledger.store import LedgerStore
+from n3xus.ledger.transparency import StateTarget, TransparencyLog, ledger_origin
 from n3xus.ledger.tx import Tx, decode_tx
 
 
@@ -49,9 +51,44 @@ def genesis_view(genesis: Genesis) -> dict[str, Any]:
 
 
 class LedgerService:
-    def __init__(self, env: lmdb.Environment, genesis: Genesis) -> None:
+    """``key`` signs the transparency log's checkpoints (the node's identity key; the
+    origin names the network and this node, so auditors know whose log it is)."""
+
+    def __init__(self, env: lmdb.Environment, genesis: Genesis, key: SigningKey,
+                 node_name: str) -> None:
         self.genesis = genesis
         self.store = LedgerStore(env, genesis)
+        self.tlog = TransparencyLog(env, self.store, ledger_origin(genesis.cid, node_name))
+        self._key = key
+
+    # -- transparency ------------------------------------------------------------------
+    def vkey(self) -> str:
+        return self.tlog.vkey(self._key.verify_key)
+
+    def checkpoint(self, fresh: bool) -> str:
+        """The last signed checkpoint; a new one first if ``fresh`` and the log grew
+        (or none was ever signed). Signing is refused, never forced, if it would be
+        inconsistent with an earlier checkpoint."""
+        last = self.tlog.last_checkpoint()
+        if last is None or (fresh and self._covered() < self.tlog.size()):
+            return self.tlog.checkpoint(self._key)
+        return last
+
+    def _covered(self) -> int:
+        last = self.tlog.last_checkpoint()
+        return 0 if last is None else int(last.split("\n")[1])
+
+    def inclusion_bundle(self, tx_id: CID) -> str:
+        self.checkpoint(fresh=True)  # proofs are always against an up-to-date checkpoint
+        return self.tlog.inclusion_bundle(tx_id)
+
+    def state_proof(self, target: StateTarget) -> str:
+        self.checkpoint(fresh=True)
+        return self.tlog.state_proof_bundle(target, signing_key=self._key)
+
+    def consistency_bundle(self, old_size: int) -> str:
+        self.checkpoint(fresh=True)
+        return self.tlog.consistency_bundle(old_size)
 
     def submit(self, envelope: bytes) -> Accepted:
         """Validate and apply one signed envelope; raises TxRejected (with a reason)."""

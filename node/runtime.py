@@ -152,7 +152,8 @@ class Node:
                     self.canon = CanonService(
                         self.env, SigningKey(seed), canon_origin(p2p.peer_id_of(key_pair))
                     )
-                    self.ledger = LedgerService(self.env, genesis)
+                    self.ledger = LedgerService(self.env, genesis, SigningKey(seed),
+                                                p2p.peer_id_of(key_pair))
                     await self._serve(key_pair, token, api_socket, task_status)
                 finally:
                     self.env.close()

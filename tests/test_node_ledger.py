@@ -110,3 +110,48 @@ async def test_api_rejections_keep_state_and_equivocation_freezes(tmp_path: Path
             genesis_cbor = (await c.get("/ledger/genesis", params={"format": "cbor"})).content
             assert genesis_cbor == bytes(genesis)
         nursery.cancel_scope.cancel()
+
+
+def test_auditor_verifies_node_proofs_offline(tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    node = start_cli_node(tmp_path / "n")
+    cli_nodes.append(node)
+    d = ("--data-dir", str(node.data_dir))
+    _ok("wallet", "new", "ann", *d)
+    _ok("wallet", "issue", "node", "ann", "500", *d)
+    vkey = tmp_path / "vkey"
+    vkey.write_text(run_cli("ledger", "vkey", *d).stdout)
+    old = tmp_path / "old.note"
+    assert run_cli("ledger", "checkpoint", "--sign", "-o", str(old), *d).returncode == 0
+    tx = _ok("wallet", "send", "ann", "node", "123", *d)["id"]
+    for args, out in ((("proof", tx), "tx.proof"), (("state-proof", "ann"), "ann.proof"),
+                      (("consistency", old.read_text().splitlines()[1]), "cons.bundle")):
+        res = run_cli("ledger", *args, "-o", str(tmp_path / out), *d)
+        assert res.returncode == 0, res.stderr
+    assert _ok("ledger", "export", "--car", str(tmp_path / "ledger.car"), *d)["bytes"] > 0
+
+    # The auditor: no node, no data dir, an empty environment, another directory.
+    def audit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", "from n3xus.node.cli import main; main()",
+                               "audit", *args, "--key", str(vkey)], capture_output=True, text=True,
+                              cwd=tmp_path, env={"PATH": os.environ.get("PATH", "")}, timeout=120)
+
+    res = audit("verify", str(tmp_path / "tx.proof"), "--json")
+    assert res.returncode == 0, res.stderr
+    assert tx in res.stdout
+    res = audit("verify", str(tmp_path / "ann.proof"), "--json")
+    assert res.returncode == 0 and "377" in res.stdout  # 500 - 123
+    assert audit("consistency", str(old), str(tmp_path / "cons.bundle")).returncode == 0
+    assert audit("replay", str(tmp_path / "ledger.car")).returncode == 0
+    # One changed byte anywhere is detected and named, never accepted.
+    for name in ("tx.proof", "ledger.car"):
+        data = bytearray((tmp_path / name).read_bytes())
+        data[len(data) // 2] ^= 0x04
+        (tmp_path / ("bad-" + name)).write_bytes(bytes(data))
+    bad = audit("verify", str(tmp_path / "bad-tx.proof"))
+    assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    bad = audit("replay", str(tmp_path / "bad-ledger.car"))
+    assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

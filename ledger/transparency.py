@@ -1,0 +1,435 @@
+"""The ledger's transparency log: every log entry is a leaf of an RFC 9162 Merkle tree
+(BLAKE3), the node signs C2SP checkpoints of it that also commit the ledger state, and it
+serves offline proofs (``specs/ledger.md`` §13).
+
+Leaf ``i`` is log entry ``i`` of :class:`LedgerStore` (0: the genesis block; then accepted
+envelopes and fraud proofs), hashed as ``BLAKE3(0x00 || exact entry bytes)``. Named
+databases of the node's LMDB environment::
+
+    ledger/tlog/tree  u8 level || u64 BE index -> 32-byte hash of that full subtree
+    ledger/tlog/meta  b"size" -> u64 BE leaves; b"checkpoint" -> last signed note (UTF-8)
+
+The tree is written by a commit hook inside the write transaction that appends the
+entries, so a crash never leaves the log and its tree apart; roots and proofs read
+O(log n) stored nodes (``canon.merkle``), as the canon log does.
+
+Checkpoints carry one extension line ``n3xus-state <leaves> <base64 root>``: the state
+root of ``rules.state_root`` after exactly ``size`` entries, under the same signature as
+(size, root). The node never signs two inconsistent checkpoints: in the write transaction
+that records a checkpoint it checks that the log has not shrunk below the last signed
+size and that the tree there still has the signed root (and, at equal size, the signed
+state). State proofs need the state *at* the checkpoint; the store keeps only the current
+state, so the state tree of the last checkpoint is kept in memory (a sorted copy of the
+state plus its Merkle tree, built once per checkpoint: O(state) time and memory).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final, cast
+
+import lmdb
+from nacl.signing import SigningKey, VerifyKey
+
+from n3xus.canon import merkle
+from n3xus.canon.checkpoint import MAX_EXTRA_BYTES, Checkpoint
+from n3xus.canon.cid import CID
+from n3xus.canon.errors import CanonError
+from n3xus.canon.note import make_vkey, parse_note
+
+from .audit import (
+    HASHER,
+    ORIGIN_PREFIX,
+    ConsistencyBundle,
+    StateCommitment,
+    StateLeafProof,
+    StateProofBundle,
+    make_inclusion_bundle,
+    parse_state_line,
+)
+from .errors import AuditError, CheckpointRefusedError, LedgerCorruptError, ProofUnavailableError
+from .rules import BALANCE, OWNER, edition_key, state_leaf
+from .store import LedgerStore
+
+TREE_DB: Final = b"ledger/tlog/tree"
+META_DB: Final = b"ledger/tlog/meta"
+_META_SIZE: Final = b"size"
+_META_CHECKPOINT: Final = b"checkpoint"
+_NODE_KEY: Final = struct.Struct(">BQ")
+_U64: Final = struct.Struct(">Q")
+# An ed25519 public key's length, for checking the origin is a usable note key name.
+_PUBLIC_KEY_BYTES: Final = 32
+# Bytes of an account key (a balance proof's target).
+_ACCOUNT_BYTES: Final = 32
+
+
+def ledger_origin(network: CID, node: str) -> str:
+    """``n3xus.net/ledger/<network id>/<node>``: the checkpoint origin (and note key name)
+    of one node's ledger log; ``node`` is its peer id or key id."""
+    return f"{ORIGIN_PREFIX}{network}/{node}"
+
+
+def balance_key(account: bytes) -> bytes:
+    return BALANCE + account
+
+
+def owner_key(asset: CID | bytes, edition: int) -> bytes:
+    return edition_key(OWNER, bytes(asset), edition)
+
+
+StateTarget = bytes | tuple[CID | bytes, int]
+"""An account (its balance), ``(asset, edition)`` (its owner), or a raw state key."""
+
+
+def state_key(target: StateTarget) -> bytes:
+    if isinstance(target, tuple):
+        asset, edition = target
+        return owner_key(asset, edition)
+    if len(target) == _ACCOUNT_BYTES:
+        return balance_key(target)
+    return bytes(target)
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """The last signed checkpoint, parsed."""
+
+    note: str
+    checkpoint: Checkpoint
+    state: StateCommitment
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.size
+
+
+@dataclass(frozen=True)
+class _StateSnapshot:
+    """The state at a signed checkpoint: sorted keys, their values and the state tree."""
+
+    note: str
+    keys: list[bytes]
+    values: list[bytes]
+    tree: merkle.MerkleTree
+
+    @property
+    def commitment(self) -> StateCommitment:
+        return StateCommitment(self.tree.size, self.tree.root())
+
+    def leaf(self, index: int) -> StateLeafProof:
+        return StateLeafProof(index, self.keys[index], self.values[index],
+                              tuple(self.tree.inclusion_proof(index)))
+
+
+def _items(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
+    """A cursor's items from its position (bytes: no environment opens buffers=True)."""
+    return cast(Iterator[tuple[bytes, bytes]], cursor.iternext())
+
+
+def _parse_signed(raw: bytes | memoryview) -> _Signed:
+    note = bytes(raw).decode("utf-8")
+    try:
+        checkpoint = Checkpoint.parse(parse_note(note).text)
+        return _Signed(note, checkpoint, parse_state_line(checkpoint))
+    except (CanonError, AuditError, ValueError) as exc:
+        raise LedgerCorruptError(f"the stored last checkpoint is unreadable: {exc}") from exc
+
+
+class TransparencyLog:
+    """The Merkle log over one :class:`LedgerStore`'s log, in the same LMDB environment.
+
+    Construct it right after the store: it catches up with entries appended without it
+    (the genesis entry, or a store used before) and hooks itself into every later commit.
+    ``origin`` names the log in checkpoints (see :func:`ledger_origin`)."""
+
+    def __init__(self, env: lmdb.Environment, store: LedgerStore, origin: str) -> None:
+        make_vkey(origin, bytes(_PUBLIC_KEY_BYTES))  # fail now on a name notes refuse
+        self.env = env
+        self.store = store
+        self.origin = origin
+        self._tree = env.open_db(TREE_DB)
+        self._meta = env.open_db(META_DB)
+        # Checkpoints and the state snapshot are built by one caller at a time; RLock
+        # because a state proof may sign a checkpoint on the way.
+        self._lock = threading.RLock()
+        self._snapshot: _StateSnapshot | None = None
+        with env.begin(write=True) as txn:
+            size, log_size = self._size(txn), self._log_size(txn)
+            if size > log_size:
+                raise LedgerCorruptError(f"the transparency log has {size} leaves, the ledger "
+                                         f"log only {log_size} entries")
+            self._append(txn, size, log_size)
+        store.add_commit_hook(self._on_commit)
+
+    # --- the tree ---------------------------------------------------------------------------
+
+    def _size(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_META_SIZE, db=self._meta)
+        return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+    def _log_size(self, txn: lmdb.Transaction) -> int:
+        cursor = txn.cursor(db=self.store.dbs.log)
+        return int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 0
+
+    def _getter(self, txn: lmdb.Transaction) -> Callable[[int, int], bytes]:
+        tree = self._tree
+
+        def get_node(level: int, index: int) -> bytes:
+            digest = txn.get(_NODE_KEY.pack(level, index), db=tree)
+            if digest is None:
+                raise LedgerCorruptError(f"transparency tree node ({level}, {index}) is missing")
+            return bytes(digest)
+
+        return get_node
+
+    def _on_commit(self, txn: lmdb.Transaction, first: int, end: int) -> None:
+        size = self._size(txn)
+        if size == end:
+            return  # another instance over the same store appended them in this transaction
+        if size > first:
+            raise LedgerCorruptError(f"the transparency log has {size} leaves, but the batch "
+                                     f"appends from entry {first}")
+        self._append(txn, size, end)
+
+    def _append(self, txn: lmdb.Transaction, size: int, end: int) -> None:
+        """Add log entries ``[size, end)`` as leaves, inside ``txn``."""
+        if size >= end:
+            return
+        frontier = merkle.Frontier.from_nodes(HASHER, size, self._getter(txn))
+        nodes: list[tuple[bytes, bytes]] = []
+        cursor = txn.cursor(db=self.store.dbs.log)
+        expected = size
+        if cursor.set_key(_U64.pack(size)):
+            for key, entry in _items(cursor):
+                if expected == end:
+                    break
+                if int.from_bytes(key, "big") != expected:
+                    break
+                for level, index, digest in frontier.append(HASHER.leaf_hash(entry)):
+                    nodes.append((_NODE_KEY.pack(level, index), digest))
+                expected += 1
+        if expected != end:
+            raise LedgerCorruptError(f"ledger log entry {expected} is missing")
+        nodes.sort()
+        _, added = txn.cursor(db=self._tree).putmulti(nodes, overwrite=False)
+        if added != len(nodes):
+            raise LedgerCorruptError("transparency tree nodes exist beyond the recorded size")
+        txn.put(_META_SIZE, _U64.pack(end), db=self._meta)
+
+    def size(self) -> int:
+        with self.env.begin() as txn:
+            return self._size(txn)
+
+    def _checked_size(self, txn: lmdb.Transaction, size: int | None) -> int:
+        current = self._size(txn)
+        if size is None:
+            return current
+        if not 0 <= size <= current:
+            raise ValueError(f"tree size {size} is not in 0..{current}")
+        return size
+
+    def root(self, size: int | None = None) -> bytes:
+        with self.env.begin() as txn:
+            return merkle.root_at(HASHER, self._checked_size(txn, size), self._getter(txn))
+
+    def leaf_hash(self, index: int) -> bytes:
+        with self.env.begin() as txn:
+            return self._getter(txn)(0, index)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries."""
+        with self.env.begin() as txn:
+            size = self._checked_size(txn, size)
+            return merkle.inclusion_proof(HASHER, index, size, self._getter(txn))
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from ``old_size`` (>= 1) to ``new_size`` entries."""
+        with self.env.begin() as txn:
+            new_size = self._checked_size(txn, new_size)
+            return merkle.consistency_proof(HASHER, old_size, new_size, self._getter(txn))
+
+    def verify_tree(self) -> int:
+        """Recompute the tree from the ledger log in one snapshot and compare every stored
+        node, the size and the last checkpoint's root; returns the size. Raises
+        LedgerCorruptError naming the first fault."""
+        with self.env.begin() as txn:
+            size, log_size = self._size(txn), self._log_size(txn)
+            if size != log_size:
+                raise LedgerCorruptError(f"the transparency log has {size} leaves, the ledger "
+                                         f"log {log_size} entries")
+            frontier = merkle.Frontier(HASHER)
+            for entry in self.store.iter_log(0, size):
+                for level, index, digest in frontier.append(HASHER.leaf_hash(entry)):
+                    if txn.get(_NODE_KEY.pack(level, index), db=self._tree) != digest:
+                        raise LedgerCorruptError(f"transparency tree node ({level}, {index}) "
+                                                 "is wrong")
+            last = self._last(txn)
+            if last is not None and (last.size > size or merkle.root_at(
+                    HASHER, last.size, self._getter(txn)) != last.checkpoint.root_hash):
+                raise LedgerCorruptError("the last signed checkpoint is not a state of this log")
+        return size
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def _last(self, txn: lmdb.Transaction) -> _Signed | None:
+        raw = txn.get(_META_CHECKPOINT, db=self._meta)
+        return None if raw is None else _parse_signed(raw)
+
+    def last_checkpoint(self) -> str | None:
+        """The last signed checkpoint note, if any."""
+        with self.env.begin() as txn:
+            raw = txn.get(_META_CHECKPOINT, db=self._meta)
+        return None if raw is None else bytes(raw).decode("utf-8")
+
+    def vkey(self, verify_key: VerifyKey | bytes) -> str:
+        """The C2SP verifier key auditors pass to ``n3xus audit`` (name = origin)."""
+        return make_vkey(self.origin, verify_key)
+
+    def _refuse_inconsistent(self, txn: lmdb.Transaction, last: _Signed | None) -> None:
+        if last is None:
+            return
+        size = self._size(txn)
+        if size < last.size:
+            raise CheckpointRefusedError(f"the log has {size} entries, fewer than its last "
+                                         f"signed checkpoint of size {last.size}")
+        if merkle.root_at(HASHER, last.size, self._getter(txn)) != last.checkpoint.root_hash:
+            raise CheckpointRefusedError(f"the log no longer has the root it signed at size "
+                                         f"{last.size}")
+
+    def _read_state(self, txn: lmdb.Transaction, note: str) -> _StateSnapshot:
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        hashes: list[bytes] = []
+        leaf_hash = HASHER.leaf_hash
+        for key, value in _items(txn.cursor(db=self.store.dbs.state)):
+            keys.append(key)
+            values.append(value)
+            hashes.append(leaf_hash(state_leaf(key, value)))
+        return _StateSnapshot(note, keys, values, merkle.MerkleTree(HASHER, hashes))
+
+    def checkpoint(self, signing_key: SigningKey) -> str:
+        """Sign a checkpoint of the whole log (and its state) as a C2SP note named after the
+        origin, unless the last one already covers the whole log (then that one is
+        returned). Raises CheckpointRefusedError rather than sign an inconsistent one."""
+        with self._lock:
+            # Hash the state in a read snapshot, so ingest is not blocked meanwhile; the
+            # snapshot is consistent, so (size, root, state) belong together.
+            with self.env.begin() as txn:
+                size = self._size(txn)
+                if size != self._log_size(txn):
+                    raise LedgerCorruptError("the transparency log is out of step with the log")
+                last = self._last(txn)
+                self._refuse_inconsistent(txn, last)
+                if last is not None and last.size == size:
+                    return last.note
+                root = merkle.root_at(HASHER, size, self._getter(txn))
+                snapshot = self._read_state(txn, "")
+            state = snapshot.commitment
+            checkpoint = Checkpoint(self.origin, size, root, (state.to_line(),))
+            with self.env.begin(write=True) as txn:
+                last = self._last(txn)
+                self._refuse_inconsistent(txn, last)
+                if last is not None and last.size > size:
+                    return last.note  # a concurrent call signed a later one meanwhile
+                if last is not None and last.size == size:
+                    if (last.checkpoint.root_hash, last.state) != (root, state):
+                        raise CheckpointRefusedError(f"a checkpoint of size {size} with another "
+                                                     "root or state was signed before")
+                    return last.note
+                note = checkpoint.sign(self.origin, signing_key)
+                txn.put(_META_CHECKPOINT, note.encode("utf-8"), db=self._meta)
+            self._snapshot = _StateSnapshot(note, snapshot.keys, snapshot.values, snapshot.tree)
+            return note
+
+    def _covering(self, note: str | None) -> _Signed:
+        """``note`` (default: the last signed checkpoint), checked to be of this log."""
+        if note is None:
+            note = self.last_checkpoint()
+            if note is None:
+                raise ProofUnavailableError("no checkpoint has been signed yet")
+        signed = _parse_signed(note.encode("utf-8"))
+        if signed.checkpoint.origin != self.origin:
+            raise ProofUnavailableError(f"checkpoint of another log: {signed.checkpoint.origin}")
+        if signed.size > self.size() or self.root(signed.size) != signed.checkpoint.root_hash:
+            raise ProofUnavailableError(f"checkpoint of size {signed.size} is not a state of this log")
+        return signed
+
+    # --- proofs -----------------------------------------------------------------------------
+
+    def index_of(self, entry: int | CID | bytes) -> int:
+        if isinstance(entry, int):
+            return entry
+        index = self.store.index_of(entry)
+        if index is None:
+            raise ProofUnavailableError(f"no entry {CID(bytes(entry))} in the ledger log")
+        return index
+
+    def inclusion_bundle(self, entry: int | CID | bytes, note: str | None = None) -> str:
+        """An offline inclusion proof (``c2sp.org/tlog-proof@v1`` whose ``extra`` is the
+        entry) of a log entry, by index or id (transaction, fraud proof, network id),
+        against ``note`` (default: the last signed checkpoint)."""
+        index = self.index_of(entry)
+        signed = self._covering(note)
+        if not 0 <= index < signed.size:
+            raise ProofUnavailableError(f"entry {index} is not covered by the checkpoint of size "
+                                        f"{signed.size}; sign a new checkpoint")
+        data = self.store.log_entry(index)
+        if len(data) > MAX_EXTRA_BYTES:
+            raise ProofUnavailableError(f"entry {index} ({len(data)} bytes) is over the "
+                                        f"{MAX_EXTRA_BYTES}-byte tlog-proof extra limit")
+        return make_inclusion_bundle(index, self.inclusion_proof(index, signed.size),
+                                     signed.note, data)
+
+    def consistency_bundle(self, old_size: int, note: str | None = None) -> str:
+        """The proof that the log of ``note`` (default: the last checkpoint) extends the
+        log of ``old_size`` entries, as a ``n3xus.net/ledger-consistency/v1`` bundle."""
+        signed = self._covering(note)
+        if not 1 <= old_size <= signed.size:
+            raise ProofUnavailableError(f"old size {old_size} is not in 1..{signed.size}")
+        proof = self.consistency_proof(old_size, signed.size) if old_size < signed.size else []
+        return ConsistencyBundle(old_size, tuple(proof), signed.note).to_text()
+
+    def _state_snapshot(self, signing_key: SigningKey | None) -> _StateSnapshot:
+        with self._lock:
+            if signing_key is not None:
+                self.checkpoint(signing_key)  # returns the last one if the log has not moved
+            last_note = self.last_checkpoint()
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.note == last_note:
+                return snapshot
+            if last_note is not None:
+                last = _parse_signed(last_note.encode("utf-8"))
+                with self.env.begin() as txn:
+                    if self._size(txn) == last.size:
+                        snapshot = self._read_state(txn, last_note)
+                        if snapshot.commitment != last.state:
+                            raise LedgerCorruptError(f"the state at size {last.size} no longer "
+                                                     "has the root the checkpoint signed")
+                        self._snapshot = snapshot
+                        return snapshot
+            if signing_key is None:
+                raise ProofUnavailableError("the state has changed since the last checkpoint "
+                                            "(or none was signed); sign a checkpoint first")
+            raise ProofUnavailableError("the log moved while signing; ask again")
+
+    def state_proof_bundle(self, target: StateTarget, *,
+                           signing_key: SigningKey | None = None) -> str:
+        """A state proof bundle at the last checkpoint: an account's balance, an edition's
+        owner (``(asset, edition)``), or any raw state key; present with its value, or
+        absent (zero balance, no owner). When the state has moved since the last
+        checkpoint, ``signing_key`` lets it sign a new one first."""
+        key = state_key(target)
+        if not 1 <= len(key) <= 255:
+            raise ValueError("a state key is 1..255 bytes")
+        snapshot = self._state_snapshot(signing_key)
+        position = bisect_left(snapshot.keys, key)
+        count = len(snapshot.keys)
+        if position < count and snapshot.keys[position] == key:
+            return StateProofBundle(key, True, (snapshot.leaf(position),), snapshot.note).to_text()
+        around = [i for i in (position - 1, position) if 0 <= i < count]
+        leaves = tuple(snapshot.leaf(i) for i in around)
+        return StateProofBundle(key, False, leaves, snapshot.note).to_text()

@@ -1,0 +1,200 @@
+"""``n3xus audit …``: verify ledger proofs, checkpoints and exports offline.
+
+Nothing here talks to a node or opens a data dir: an auditor needs the files and the
+log's verifier key (a C2SP vkey ``<origin>+<key id>+<base64>``, given as the string or as
+a file holding it). A file that does not verify is an error naming the part that failed
+(``error: proof-path: ...``), exit 1; ``--json`` prints the verified facts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from n3xus.canon.note import NoteVerifier
+from n3xus.ledger.audit import (
+    ConsistencyResult,
+    EntryProof,
+    StateFact,
+    VerifiedCheckpoint,
+    load_verifier,
+    parse_proof_lines,
+    verify_bundle,
+    verify_consistency,
+)
+from n3xus.ledger.export import ReplayReport, replay_export
+
+from .cli import cli, emit, json_option, stdout
+
+# Proof and checkpoint files are small (a bundle is at most ~150 KB); reading more than
+# this means the file is something else, and is refused before it fills memory.
+MAX_PROOF_FILE_BYTES = 1 << 20
+# A key file holds one vkey line; anything longer is not one.
+MAX_KEY_FILE_BYTES = 4096
+
+
+def _read(path: str, limit: int = MAX_PROOF_FILE_BYTES) -> bytes:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise click.ClickException(f"{path} is over {limit} bytes: not a proof file")
+    return data
+
+
+def _verifier(value: str | None, required: bool = True) -> NoteVerifier | None:
+    if value is None:
+        if required:
+            raise click.UsageError("--key VERIFIER_KEY is required")
+        return None
+    text = value
+    if Path(value).is_file():
+        raw = _read(value, MAX_KEY_FILE_BYTES)
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise click.BadParameter(f"{value} does not hold a verifier key",
+                                     param_hint="--key") from None
+    try:
+        return load_verifier(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from None
+
+
+key_option = click.option(
+    "--key", "key", metavar="VKEY|FILE", default=None,
+    help="The log's C2SP verifier key, or a file holding it.")
+
+
+@cli.group()
+def audit() -> None:
+    """Verify ledger proofs, checkpoints and exports offline (no node, no data dir)."""
+
+
+def _short(hex_text: str | None) -> str:
+    return "-" if hex_text is None else hex_text
+
+
+def _print_checkpoint(checkpoint: VerifiedCheckpoint) -> None:
+    signed = "signature verified" if checkpoint.signature_checked else "signature NOT checked"
+    stdout.print(f"  checkpoint  {checkpoint.checkpoint.origin}  size {checkpoint.size}  ({signed})")
+    stdout.print(f"  log root    {checkpoint.root.hex()}")
+    stdout.print(f"  state root  {checkpoint.state.root.hex()}  ({checkpoint.state.leaves} leaves)")
+
+
+def _print_entry(result: EntryProof) -> None:
+    decoded = result.decoded
+    if decoded.tx is not None:
+        tx = decoded.tx
+        stdout.print(f"OK  transaction {tx.cid} is entry {result.index} of the ledger log")
+        stdout.print(f"  {tx.op.value} by {tx.account.hex()} (seq {tx.seq}, time {tx.time})")
+        for name, value in sorted(tx.to_json()["args"].items()):
+            stdout.print(f"    {name}: {value}")
+    elif decoded.fraud is not None:
+        stdout.print(f"OK  fraud proof {decoded.fraud.cid} is entry {result.index} of the ledger log")
+        stdout.print(f"  account {decoded.fraud.account.hex()} equivocated at seq {decoded.fraud.seq}")
+    else:
+        assert decoded.genesis is not None
+        stdout.print(f"OK  the genesis of network {decoded.genesis.cid} is entry 0 of the ledger log")
+    _print_checkpoint(result.checkpoint)
+
+
+def _print_state(result: StateFact) -> None:
+    fact: dict[str, Any] = result.to_json()["fact"]
+    kind = fact["kind"]
+    at = f"at checkpoint size {result.checkpoint.size}"
+    if kind == "balance":
+        stdout.print(f"OK  balance of {fact['account']} is {fact['balance']} {at}")
+    elif kind == "owner":
+        owner = fact["owner"]
+        what = f"is owned by {owner}" if owner is not None else "has no owner (absent)"
+        stdout.print(f"OK  edition {fact['edition']} of asset {fact['asset']} {what} {at}")
+    elif kind == "supply":
+        stdout.print(f"OK  total supply is {fact['supply']} {at}")
+    else:
+        value = "absent" if result.value is None else result.value.hex()
+        stdout.print(f"OK  state entry {result.key.hex()} ({kind}) is {value} {at}")
+        for name, item in sorted(fact.items()):
+            if name != "kind":
+                stdout.print(f"    {name}: {item}")
+    _print_checkpoint(result.checkpoint)
+
+
+@audit.command("verify")
+@click.argument("bundle", metavar="BUNDLE|-")
+@key_option
+@json_option
+def audit_verify(bundle: str, key: str | None, as_json: bool) -> None:
+    """Verify an inclusion bundle (c2sp.org/tlog-proof) or a state proof bundle."""
+    verifier = _verifier(key)
+    assert verifier is not None
+    result = verify_bundle(_read(bundle), verifier)
+    data = {"ok": True, **result.to_json()}
+    emit(as_json, data, lambda: _print_entry(result) if isinstance(result, EntryProof)
+         else _print_state(result))
+
+
+@audit.command("consistency")
+@click.argument("old", metavar="OLD")
+@click.argument("new", metavar="NEW")
+@key_option
+@click.option("--proof", "proof_file", metavar="FILE", default=None,
+              help="Consistency proof hashes (base64, one per line) when NEW is a bare checkpoint.")
+@json_option
+def audit_consistency(old: str, new: str, key: str | None, proof_file: str | None,
+                      as_json: bool) -> None:
+    """Check that checkpoint NEW extends checkpoint OLD (NEW: a consistency bundle, or a
+    signed checkpoint with --proof; OLD: a signed checkpoint or any bundle holding one)."""
+    verifier = _verifier(key)
+    assert verifier is not None
+    proof = None if proof_file is None else parse_proof_lines(_read(proof_file))
+    result: ConsistencyResult = verify_consistency(_read(old), _read(new), verifier, proof)
+
+    def human() -> None:
+        stdout.print(f"OK  the log of size {result.new.size} extends the log of size "
+                     f"{result.old.size}")
+        _print_checkpoint(result.old)
+        _print_checkpoint(result.new)
+
+    emit(as_json, {"ok": True, **result.to_json()}, human)
+
+
+@audit.command("replay")
+@click.argument("export", metavar="EXPORT.car")
+@key_option
+@json_option
+def audit_replay(export: str, key: str | None, as_json: bool) -> None:
+    """Replay an exported ledger from genesis and compare its roots with its checkpoints."""
+    verifier = _verifier(key, required=False)
+    try:
+        stream = sys.stdin.buffer if export == "-" else open(export, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {export}: {exc.strerror}") from exc
+    try:
+        report: ReplayReport = replay_export(stream, verifier)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+    def human() -> None:
+        rate = report.size / report.seconds if report.seconds > 0 else 0.0
+        stdout.print(f"OK  replayed {report.size} entries of network {report.network} "
+                     f"in {report.seconds:.2f} s ({rate:,.0f} entries/s)")
+        stdout.print(f"  {report.transactions} transactions, {report.fraud_proofs} fraud proofs, "
+                     f"{report.accounts} signing accounts")
+        stdout.print(f"  log root    {report.log_root.hex()}")
+        stdout.print(f"  state root  {report.state.root.hex()}  ({report.state.leaves} leaves)")
+        for checkpoint in report.checkpoints:
+            _print_checkpoint(checkpoint)
+        if verifier is None:
+            stdout.print("  WARNING: checkpoint signatures were NOT checked (no --key)")
+
+    emit(as_json, {"ok": True, **report.to_json()}, human)
