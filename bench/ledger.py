@@ -52,23 +52,30 @@ from n3xus.ledger.store import LedgerStore  # noqa: E402
 from n3xus.ledger.tx import TX_SIGNATURE_TAG, AccountChain, Op, decode_tx  # noqa: E402
 from n3xus.node.storage import open_environment  # noqa: E402
 
+# The workload: 20k pre-signed transfers (--large: 100k, minutes).
 TRANSFERS = 20_000
 TRANSFERS_LARGE = 100_000
 # Senders and receivers of the workload: enough that balances and heads are spread over
 # many LMDB pages, few enough that signing the workload stays quick.
 ACCOUNTS = 100
-# Transactions per write transaction (one fsync each): what a node commits per batch.
+# Each account's opening balance: no transfer of the workload can overdraw it.
+STARTING_BALANCE = 10**12
+# Transactions per write transaction (one commit, so one fsync each) in the headline pair;
+# the variant shows how the fsync cost spreads over a bigger batch.
 INGEST_BATCH = 1_000
-INGEST_BATCH_LARGE = 5_000
-# The variant pairs ingest this fraction of the workload (the headline pair all of it).
+INGEST_BATCH_VARIANT = 5_000
+# The variant pairs ingest this fraction of the workload (the headline pair all of it), so
+# the whole run stays under a minute.
 VARIANT_FRACTION = 4
+# The acceptance ratios.
 INGEST_TARGET = 0.70
+MERKLE_TARGET = 5.0
+# The Merkle workload: a root over 1M leaves and 10k inclusion proofs.
 MERKLE_LEAVES = 1_000_000
 PROOFS = 10_000
 PROOFS_LARGE = 100_000
-MERKLE_TARGET = 5.0
+# LMDB map size of each benchmark store: 100k transfers need well under 200 MiB.
 MAP_SIZE_MIB = 2_048
-STARTING_BALANCE = 10**12
 
 
 def _compiled(name: str) -> ModuleType | None:
@@ -184,8 +191,8 @@ def _ingest_pairs(args: Namespace, extra: dict[str, Any]) -> tuple[list[Pair], S
                     INGEST_BATCH, True, True),
         ingest_pair(f"ingest, batch {INGEST_BATCH}, no fsync", variant, INGEST_BATCH, False,
                     False),
-        ingest_pair(f"ingest, batch {INGEST_BATCH_LARGE}, fsync (node settings)",
-                    2 * variant, INGEST_BATCH_LARGE, True, False),
+        ingest_pair(f"ingest, batch {INGEST_BATCH_VARIANT}, fsync (node settings)",
+                    2 * variant, INGEST_BATCH_VARIANT, True, False),
     ]
     pairs[0].notes["ingest implementation"] = ingest_selector.IMPLEMENTATION
     compiled = _compiled("n3xus.ledger._ingest_c")
@@ -267,13 +274,14 @@ def _merkle_pairs(args: Namespace, extra: dict[str, Any]) -> list[Pair]:
 def build(args: Namespace) -> tuple[list[Pair], dict[str, Any]]:
     extra: dict[str, Any] = {}
     pairs, stores = _ingest_pairs(args, extra)
+    _cleanups.append(stores.remove)
     pairs += _merkle_pairs(args, extra)
     extra["note"] = ("ingest ratio = our ingest rate / raw verify rate (1.0 = no overhead); "
                      "twin ratios = compiled rate / pure rate")
-    _cleanups.append(stores.remove)
     return pairs, extra
 
 
+# Removes the benchmark's LMDB directories however the run ends.
 _cleanups: list[Callable[[], None]] = []
 
 

@@ -9,7 +9,8 @@ limits ingest once the check itself is as fast as libsodium makes it:
   ``nacl/_sodium.abi3.so`` but its cffi module does not expose
   ``crypto_sign_verify_detached``; the symbol is exported by that shared object, so at
   import the address is looked up once through ``ctypes`` on the already loaded file (the
-  same library instance PyNaCl initialised with ``sodium_init``) and called through a C
+  same library instance PyNaCl initialised with ``sodium_init``; with a PyNaCl linked to a
+  system libsodium, ``dlsym`` finds it in that dependency) and called through a C
   function pointer: no Python call, no ``sig || message`` concatenation, no output buffer
   (``crypto_sign_open`` as the pure twin uses it performs exactly this verification and then
   copies the message out). The GIL is released during the check, as cffi does for the pure
@@ -17,11 +18,12 @@ limits ingest once the check itself is as fast as libsodium makes it:
   symbol cannot be found, or a self-test at import (a known good signature must verify, the
   same signature over a changed message must not) fails, the module raises ImportError and
   the selector uses the pure twin (or refuses, under ``N3XUS_REQUIRE_COMPILED=1``).
-* **Transfers are decoded in C** (:func:`_decode_transfer`): the canonical envelope layout
-  of a transfer is fixed (every header, key and length), so the bytes are matched directly,
-  accepting exactly what the fast path of ``tx.decode_tx`` accepts; anything else (other
-  operations, any deviation) goes to ``decode_tx`` itself, so every rejection reason still
-  comes from one place.
+* **Envelopes are decoded in C** (:func:`_decode_fast`) for every operation whose
+  arguments are all of simple kinds (all but mint): their canonical layout is fixed (every
+  header, key and length), so the bytes are matched directly, accepting exactly what the
+  fast path of ``tx.decode_tx`` accepts (the layouts are built from ``tx.ARG_FIELDS`` and
+  checked against ``decode_tx`` at import, which refuses to load on any difference); any
+  other input goes to ``decode_tx`` itself, so every rejection reason comes from one place.
 * **The transfer transition, the chain checks and the head/log writes are typed code:**
   state values are read and written as big-endian u64 in C, keys are built with one
   allocation each, the view's methods are bound once per batch.
@@ -44,7 +46,6 @@ import ctypes
 
 import nacl._sodium
 import nacl.bindings
-from blake3 import blake3
 from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID
