@@ -11,10 +11,11 @@ missing extension into an ImportError, so a test run cannot silently measure the
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from n3xus.canon.twins import PURE_ENV as PURE_ENV
+from n3xus.canon.twins import REQUIRE_COMPILED_ENV as REQUIRE_COMPILED_ENV
+from n3xus.canon.twins import select_twin
 
 __all__ = [
     "IMPLEMENTATION",
@@ -28,31 +29,10 @@ __all__ = [
     "replay",
 ]
 
-PURE_ENV = "N3XUS_PURE_PYTHON"
-REQUIRE_COMPILED_ENV = "N3XUS_REQUIRE_COMPILED"
 _COMPILED_MODULE = "n3xus.ledger._ingest_c"
 _PURE_MODULE = "n3xus.ledger._ingest_py"
 
-
-def _select() -> tuple[ModuleType, Literal["compiled", "pure"]]:
-    force_pure = os.environ.get(PURE_ENV) == "1"
-    require_compiled = os.environ.get(REQUIRE_COMPILED_ENV) == "1"
-    if force_pure and require_compiled:
-        raise ImportError(f"{PURE_ENV}=1 and {REQUIRE_COMPILED_ENV}=1 contradict each other")
-    if not force_pure:
-        try:
-            return importlib.import_module(_COMPILED_MODULE), "compiled"
-        except ImportError as exc:
-            if require_compiled:
-                raise ImportError(
-                    f"{REQUIRE_COMPILED_ENV}=1 but the compiled ledger ingest extension "
-                    f"{_COMPILED_MODULE} cannot be imported ({exc}); build it with "
-                    "`python setup.py build_ext --inplace` or unset the variable"
-                ) from exc
-    return importlib.import_module(_PURE_MODULE), "pure"
-
-
-_impl, IMPLEMENTATION = _select()
+_impl, IMPLEMENTATION = select_twin(_COMPILED_MODULE, _PURE_MODULE, "ledger ingest")
 
 if TYPE_CHECKING:
     # The pure twin is the typed contract; the compiled twin has the same names.
