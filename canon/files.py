@@ -94,9 +94,10 @@ class _TreeBuilder:
     most ``fanout`` CIDs per level, closed into a node only when one more entry arrives,
     so the last (partial) nodes are closed once, at the end."""
 
-    def __init__(self, target: BlockWriter, fanout: int) -> None:
+    def __init__(self, target: BlockWriter, fanout: int, hash: str) -> None:
         self._target = target
         self._fanout = fanout
+        self._hash = hash  # every block of one file uses the caller's hash, nodes included
         self._levels: list[list[CID]] = [[]]
 
     def push(self, level: int, cid: CID) -> None:
@@ -109,7 +110,8 @@ class _TreeBuilder:
         self._levels[level].append(cid)
 
     def _close(self, height: int, children: list[CID]) -> CID:
-        return self._target.put(encode({"type": NODE_TYPE, "height": height, "children": children}))
+        node = encode({"type": NODE_TYPE, "height": height, "children": children})
+        return self._target.put(node, hash=self._hash)
 
     def finish(self) -> tuple[int, list[CID]]:
         """(height, children) of the root."""
@@ -135,7 +137,7 @@ def add_stream(
         raise LimitExceededError(f"chunk_size must be 1..{MAX_BLOCK_SIZE}")
     if not MIN_FANOUT <= fanout <= MAX_FANOUT:
         raise LimitExceededError(f"fanout must be {MIN_FANOUT}..{MAX_FANOUT}")
-    builder = _TreeBuilder(target, fanout)
+    builder = _TreeBuilder(target, fanout, hash)
     size = 0
     batch: list[bytes] = []
     batch_bytes = 0

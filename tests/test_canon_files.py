@@ -251,3 +251,28 @@ def test_add_through_a_session_and_pin(store: BlockStore) -> None:
         store.collect_garbage()
     assert read_range(store, root, 0, len(data)) == data
     assert not store.has(unpinned)
+
+
+def test_sha2_256_files_use_sha2_256_for_every_block(tmp_path: Path) -> None:
+    # Regression: intermediate nodes were always BLAKE3 whatever the requested hash.
+    import lmdb
+
+    from n3xus.canon.blockstore import BlockStore, block_links
+    from n3xus.canon.files import add_bytes, add_stream, read_range
+
+    env = lmdb.open(str(tmp_path / "sha"), max_dbs=16, map_size=1 << 26)
+    store = BlockStore(env)
+    data = bytes(range(256)) * 40
+    import io
+
+    root = add_stream(store, io.BytesIO(data), chunk_size=64, fanout=4, hash="sha2-256")
+    seen, stack = 0, [root]
+    while stack:
+        cid = stack.pop()
+        assert cid.hash_name == "sha2-256", cid
+        seen += 1
+        stack.extend(block_links(cid, store.get(cid)))
+    assert seen > 1 + len(data) // 64  # chunks plus intermediate nodes were all checked
+    assert read_range(store, root, 100, 300) == data[100:400]
+    assert add_bytes(store, data) != root  # the default (BLAKE3) file is a different DAG
+    env.close()
