@@ -99,9 +99,14 @@ def canon_put(source: str, block: bool, codec: str, hash_name: str, no_pin: bool
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (default stdout).")
 @click.option("--block", is_flag=True, help="The raw block bytes, even of a file root.")
 @data_dir_option
-def canon_get(cid: str, output: str | None, block: bool, data_dir: str | None) -> None:
+@json_option
+def canon_get(cid: str, output: str | None, block: bool, data_dir: str | None,
+              as_json: bool) -> None:
     """Write a file's content (or a block's bytes) to stdout or -o FILE."""
+    if as_json and output is None:
+        raise click.UsageError("--json needs -o FILE (without it, stdout carries the content)")
     client = _client(data_dir, STREAM_TIMEOUT_S)
+    written = 0
     path = f"/api/v1/canon/blocks/{cid}"
     if not block:
         stat = client.get(f"/canon/stat/{cid}")
@@ -120,6 +125,7 @@ def canon_get(cid: str, output: str | None, block: bool, data_dir: str | None) -
                 task = progress.add_task("downloading", total=total)
                 for chunk in response.iter_bytes():
                     sink.write(chunk)
+                    written += len(chunk)
                     progress.update(task, advance=len(chunk))
     except BaseException:
         if tmp is not None:
@@ -131,6 +137,8 @@ def canon_get(cid: str, output: str | None, block: bool, data_dir: str | None) -
             sink.close()
     if tmp is not None and output is not None:
         tmp.replace(output)  # only a complete download takes the name
+        emit(as_json, {"cid": cid, "output": output, "bytes": written, "file": path.startswith(
+            "/api/v1/canon/files")}, lambda: None)
 
 
 @canon.command("stat")
