@@ -13,8 +13,6 @@ import importlib
 import os
 import random
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -574,41 +572,3 @@ def test_public_api_is_pinned() -> None:
         assert set(compiled_impl.__all__) == expected
         assert all(hasattr(compiled_impl, name) for name in expected)
         assert compiled_impl.BLAKE3 is _merkle_py.BLAKE3  # shared, so identity dispatch works
-
-
-def _import_in_subprocess(env_updates: dict[str, str], prelude: str = "") -> tuple[int, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("N3XUS_PURE_PYTHON", "N3XUS_REQUIRE_COMPILED")
-    }
-    env.update(env_updates)
-    code = prelude + "import n3xus.canon.merkle as m; print(m.IMPLEMENTATION)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
-    return result.returncode, result.stdout + result.stderr
-
-
-_BLOCK_COMPILED = (
-    "import sys\n"
-    "class Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'n3xus.canon._merkle_c':\n"
-    "            raise ImportError('blocked for the test')\n"
-    "sys.meta_path.insert(0, Block())\n"
-)
-
-
-def test_environment_switches() -> None:
-    code, out = _import_in_subprocess({"N3XUS_PURE_PYTHON": "1"})
-    assert code == 0 and out.strip() == "pure"
-    code, out = _import_in_subprocess({"N3XUS_REQUIRE_COMPILED": "1"}, _BLOCK_COMPILED)
-    assert code != 0 and "N3XUS_REQUIRE_COMPILED=1" in out and "ImportError" in out
-    code, out = _import_in_subprocess({}, _BLOCK_COMPILED)
-    assert code == 0 and out.strip() == "pure"
-    code, out = _import_in_subprocess({"N3XUS_PURE_PYTHON": "1", "N3XUS_REQUIRE_COMPILED": "1"})
-    assert code != 0 and "contradict" in out
-    if _compiled_or_none() is not None:
-        code, out = _import_in_subprocess({"N3XUS_REQUIRE_COMPILED": "1"})
-        assert code == 0 and out.strip() == "compiled"

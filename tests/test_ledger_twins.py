@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -528,43 +526,3 @@ def test_decoder_never_disagrees_on_mutations(op: Op, seed: int, flips: int, cut
     for _ in range(flips):
         data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
     assert_decoder_agrees(compiled, bytes(data[:len(data) - cut]))
-
-
-# ------------------------------------------------------------------- the switch
-
-
-def _import_in_subprocess(env_updates: dict[str, str], prelude: str = "") -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("N3XUS_PURE_PYTHON", "N3XUS_REQUIRE_COMPILED")}
-    env.update(env_updates)
-    code = prelude + "import n3xus.ledger.ingest as m; print(m.IMPLEMENTATION)"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=120)
-    return result.returncode, result.stdout + result.stderr
-
-
-_BLOCK_COMPILED = (
-    "import sys\n"
-    "class Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'n3xus.ledger._ingest_c':\n"
-    "            raise ImportError('blocked for the test')\n"
-    "sys.meta_path.insert(0, Block())\n"
-)
-
-
-def test_environment_switches() -> None:
-    code, out = _import_in_subprocess({"N3XUS_PURE_PYTHON": "1"})
-    assert code == 0 and out.strip() == "pure"
-    code, out = _import_in_subprocess({"N3XUS_REQUIRE_COMPILED": "1"}, _BLOCK_COMPILED)
-    assert code != 0 and "N3XUS_REQUIRE_COMPILED=1" in out and "ImportError" in out
-    code, out = _import_in_subprocess({}, _BLOCK_COMPILED)
-    assert code == 0 and out.strip() == "pure"
-    code, out = _import_in_subprocess({"N3XUS_PURE_PYTHON": "1", "N3XUS_REQUIRE_COMPILED": "1"})
-    assert code != 0 and "contradict" in out
-    try:
-        importlib.import_module("n3xus.ledger._ingest_c")
-    except ImportError:
-        return
-    code, out = _import_in_subprocess({"N3XUS_REQUIRE_COMPILED": "1"})
-    assert code == 0 and out.strip() == "compiled"
