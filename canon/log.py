@@ -59,6 +59,7 @@ from .entries import (
 )
 from .errors import CanonDecodeError, CanonError, LimitExceededError, VerificationError
 from .note import make_vkey, parse_note
+from .stored_tree import StoredTree, check_size
 from .world import BlockSource
 
 # Domain separation for entry signatures, versioned with the entry format.
@@ -84,7 +85,6 @@ _META_TIME = b"time"
 _META_HEAD = b"head"
 _META_CHECKPOINT = b"checkpoint"
 _U64 = struct.Struct(">Q")
-_NODE_KEY = struct.Struct(">BQ")
 _ENTRY_FIELDS = {"type", "version", "author", "time", "payload", "prev", "seq", "sig"}
 
 
@@ -185,10 +185,6 @@ def check_next_entry(head: LogHead, entry_block: bytes, payload_block: bytes) ->
     return entry, check_payload(entry.type, entry.version, payload_block)
 
 
-def _node_key(level: int, index: int) -> bytes:
-    return _NODE_KEY.pack(level, index)
-
-
 class CanonLog:
     """The canon log in the node's LMDB environment (see the module doc for the layout).
 
@@ -202,7 +198,7 @@ class CanonLog:
         self.origin = origin
         self._entries = env.open_db(_DB_ENTRIES)
         self._by_cid = env.open_db(_DB_BY_CID)
-        self._tree = env.open_db(_DB_TREE)
+        self._tree = StoredTree(env.open_db(_DB_TREE), HASHER, "canon log", CanonError)
         self._meta = env.open_db(_DB_META)
 
     # -- reading ---------------------------------------------------------------------------
@@ -291,9 +287,7 @@ class CanonLog:
 
     def _write(self, txn: lmdb.Transaction, entry: LogEntry, entry_block: bytes) -> None:
         index = entry.seq
-        frontier = merkle.Frontier.from_nodes(HASHER, index, lambda lv, i: self._node(txn, lv, i))
-        for level, position, digest in frontier.append(HASHER.leaf_hash(entry_block)):
-            txn.put(_node_key(level, position), digest, db=self._tree)
+        self._tree.append(txn, index, [HASHER.leaf_hash(entry_block)])
         cid = cid_of(entry_block)
         txn.put(_U64.pack(index), entry_block, db=self._entries)
         txn.put(bytes(cid), _U64.pack(index), db=self._by_cid)
@@ -303,41 +297,26 @@ class CanonLog:
 
     # -- Merkle tree -------------------------------------------------------------------------
 
-    def _node(self, txn: lmdb.Transaction, level: int, index: int) -> bytes:
-        digest = txn.get(_node_key(level, index), db=self._tree)
-        if digest is None:
-            raise CanonError(f"canon log tree node ({level}, {index}) is missing")
-        return bytes(digest)
-
-    def _checked_size(self, txn: lmdb.Transaction, size: int | None) -> int:
-        current = self._head(txn).size
-        if size is None:
-            return current
-        if not 0 <= size <= current:
-            raise ValueError(f"tree size {size} is not in 0..{current}")
-        return size
-
     def root(self, size: int | None = None) -> bytes:
         """The Merkle root of the first ``size`` entries (default all)."""
         with self.env.begin() as txn:
-            size = self._checked_size(txn, size)
-            return merkle.root_at(HASHER, size, lambda lv, i: self._node(txn, lv, i))
+            return self._tree.root(txn, check_size(size, self._head(txn).size))
 
     def leaf_hash(self, index: int) -> bytes:
         with self.env.begin() as txn:
-            return self._node(txn, 0, index)
+            return self._tree.node(txn, 0, index)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries."""
         with self.env.begin() as txn:
-            size = self._checked_size(txn, size)
-            return merkle.inclusion_proof(HASHER, index, size, lambda lv, i: self._node(txn, lv, i))
+            size = check_size(size, self._head(txn).size)
+            return self._tree.inclusion_proof(txn, index, size)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """RFC 9162 consistency proof from ``old_size`` to ``new_size`` entries."""
         with self.env.begin() as txn:
-            new_size = self._checked_size(txn, new_size)
-            return merkle.consistency_proof(HASHER, old_size, new_size, lambda lv, i: self._node(txn, lv, i))
+            new_size = check_size(new_size, self._head(txn).size)
+            return self._tree.consistency_proof(txn, old_size, new_size)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -349,15 +328,14 @@ class CanonLog:
         that size is still the one signed (so a consistency proof between them exists)."""
         with self.env.begin(write=True) as txn:
             size = self._head(txn).size
-            get_node = lambda lv, i: self._node(txn, lv, i)  # noqa: E731 - bound to this txn
             last = txn.get(_META_CHECKPOINT, db=self._meta)
             if last is not None:
                 signed = Checkpoint.parse(parse_note(bytes(last).decode("utf-8")).text)
                 if size < signed.size:
                     raise CanonError(f"the log has {size} entries, fewer than its checkpoint of {signed.size}")
-                if merkle.root_at(HASHER, signed.size, get_node) != signed.root_hash:
+                if self._tree.root(txn, signed.size) != signed.root_hash:
                     raise CanonError(f"the log no longer has the root it signed at size {signed.size}")
-            note = Checkpoint(self.origin, size, merkle.root_at(HASHER, size, get_node)).sign(self.origin, key)
+            note = Checkpoint(self.origin, size, self._tree.root(txn, size)).sign(self.origin, key)
             txn.put(_META_CHECKPOINT, note.encode("utf-8"), db=self._meta)
         return note
 
@@ -417,7 +395,7 @@ class CanonLog:
                 except (CanonError, ValueError) as exc:
                     raise VerificationError(f"canon log entry {index}: {exc}") from exc
                 for level, position, digest in frontier.append(HASHER.leaf_hash(block)):
-                    if txn.get(_node_key(level, position), db=self._tree) != digest:
+                    if self._tree.stored(txn, level, position) != digest:
                         raise VerificationError(f"canon log tree node ({level}, {position}) is wrong")
                 cid = cid_of(block)
                 if txn.get(bytes(cid), db=self._by_cid) != _U64.pack(index):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -40,6 +40,7 @@ from n3xus.canon.checkpoint import MAX_EXTRA_BYTES, Checkpoint
 from n3xus.canon.cid import CID
 from n3xus.canon.errors import CanonError
 from n3xus.canon.note import make_vkey, parse_note
+from n3xus.canon.stored_tree import StoredTree, check_size
 
 from .audit import (
     HASHER,
@@ -59,7 +60,6 @@ TREE_DB: Final = b"ledger/tlog/tree"
 META_DB: Final = b"ledger/tlog/meta"
 _META_SIZE: Final = b"size"
 _META_CHECKPOINT: Final = b"checkpoint"
-_NODE_KEY: Final = struct.Struct(">BQ")
 _U64: Final = struct.Struct(">Q")
 # An ed25519 public key's length, for checking the origin is a usable note key name.
 _PUBLIC_KEY_BYTES: Final = 32
@@ -151,7 +151,8 @@ class TransparencyLog:
         self.env = env
         self.store = store
         self.origin = origin
-        self._tree = env.open_db(TREE_DB)
+        self._tree = StoredTree(env.open_db(TREE_DB), HASHER, "transparency",
+                                LedgerCorruptError)
         self._meta = env.open_db(META_DB)
         # Checkpoints and the state snapshot are built by one caller at a time; RLock
         # because a state proof may sign a checkpoint on the way.
@@ -175,17 +176,6 @@ class TransparencyLog:
         cursor = txn.cursor(db=self.store.dbs.log)
         return int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 0
 
-    def _getter(self, txn: lmdb.Transaction) -> Callable[[int, int], bytes]:
-        tree = self._tree
-
-        def get_node(level: int, index: int) -> bytes:
-            digest = txn.get(_NODE_KEY.pack(level, index), db=tree)
-            if digest is None:
-                raise LedgerCorruptError(f"transparency tree node ({level}, {index}) is missing")
-            return bytes(digest)
-
-        return get_node
-
     def _on_commit(self, txn: lmdb.Transaction, first: int, end: int) -> None:
         size = self._size(txn)
         if size == end:
@@ -199,58 +189,42 @@ class TransparencyLog:
         """Add log entries ``[size, end)`` as leaves, inside ``txn``."""
         if size >= end:
             return
-        frontier = merkle.Frontier.from_nodes(HASHER, size, self._getter(txn))
-        nodes: list[tuple[bytes, bytes]] = []
+        leaves: list[bytes] = []
         cursor = txn.cursor(db=self.store.dbs.log)
         expected = size
         if cursor.set_key(_U64.pack(size)):
             for key, entry in _items(cursor):
-                if expected == end:
+                if expected == end or int.from_bytes(key, "big") != expected:
                     break
-                if int.from_bytes(key, "big") != expected:
-                    break
-                for level, index, digest in frontier.append(HASHER.leaf_hash(entry)):
-                    nodes.append((_NODE_KEY.pack(level, index), digest))
+                leaves.append(HASHER.leaf_hash(entry))
                 expected += 1
         if expected != end:
             raise LedgerCorruptError(f"ledger log entry {expected} is missing")
-        nodes.sort()
-        _, added = txn.cursor(db=self._tree).putmulti(nodes, overwrite=False)
-        if added != len(nodes):
-            raise LedgerCorruptError("transparency tree nodes exist beyond the recorded size")
+        self._tree.append(txn, size, leaves)
         txn.put(_META_SIZE, _U64.pack(end), db=self._meta)
 
     def size(self) -> int:
         with self.env.begin() as txn:
             return self._size(txn)
 
-    def _checked_size(self, txn: lmdb.Transaction, size: int | None) -> int:
-        current = self._size(txn)
-        if size is None:
-            return current
-        if not 0 <= size <= current:
-            raise ValueError(f"tree size {size} is not in 0..{current}")
-        return size
-
     def root(self, size: int | None = None) -> bytes:
         with self.env.begin() as txn:
-            return merkle.root_at(HASHER, self._checked_size(txn, size), self._getter(txn))
+            return self._tree.root(txn, check_size(size, self._size(txn)))
 
     def leaf_hash(self, index: int) -> bytes:
         with self.env.begin() as txn:
-            return self._getter(txn)(0, index)
+            return self._tree.node(txn, 0, index)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries."""
         with self.env.begin() as txn:
-            size = self._checked_size(txn, size)
-            return merkle.inclusion_proof(HASHER, index, size, self._getter(txn))
+            return self._tree.inclusion_proof(txn, index, check_size(size, self._size(txn)))
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """RFC 9162 consistency proof from ``old_size`` (>= 1) to ``new_size`` entries."""
         with self.env.begin() as txn:
-            new_size = self._checked_size(txn, new_size)
-            return merkle.consistency_proof(HASHER, old_size, new_size, self._getter(txn))
+            new_size = check_size(new_size, self._size(txn))
+            return self._tree.consistency_proof(txn, old_size, new_size)
 
     def verify_tree(self) -> int:
         """Recompute the tree from the ledger log in one snapshot and compare every stored
@@ -264,12 +238,12 @@ class TransparencyLog:
             frontier = merkle.Frontier(HASHER)
             for entry in self.store.iter_log(0, size):
                 for level, index, digest in frontier.append(HASHER.leaf_hash(entry)):
-                    if txn.get(_NODE_KEY.pack(level, index), db=self._tree) != digest:
+                    if self._tree.stored(txn, level, index) != digest:
                         raise LedgerCorruptError(f"transparency tree node ({level}, {index}) "
                                                  "is wrong")
             last = self._last(txn)
-            if last is not None and (last.size > size or merkle.root_at(
-                    HASHER, last.size, self._getter(txn)) != last.checkpoint.root_hash):
+            if last is not None and (last.size > size or self._tree.root(
+                    txn, last.size) != last.checkpoint.root_hash):
                 raise LedgerCorruptError("the last signed checkpoint is not a state of this log")
         return size
 
@@ -296,7 +270,7 @@ class TransparencyLog:
         if size < last.size:
             raise CheckpointRefusedError(f"the log has {size} entries, fewer than its last "
                                          f"signed checkpoint of size {last.size}")
-        if merkle.root_at(HASHER, last.size, self._getter(txn)) != last.checkpoint.root_hash:
+        if self._tree.root(txn, last.size) != last.checkpoint.root_hash:
             raise CheckpointRefusedError(f"the log no longer has the root it signed at size "
                                          f"{last.size}")
 
@@ -326,7 +300,7 @@ class TransparencyLog:
                 self._refuse_inconsistent(txn, last)
                 if last is not None and last.size == size:
                     return last.note
-                root = merkle.root_at(HASHER, size, self._getter(txn))
+                root = self._tree.root(txn, size)
                 snapshot = self._read_state(txn, "")
             state = snapshot.commitment
             checkpoint = Checkpoint(self.origin, size, root, (state.to_line(),))
