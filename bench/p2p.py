@@ -20,7 +20,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Result, parser, report  # noqa: E402
-from n3xus.node import host as p2p  # noqa: E402
+from n3xus.node.p2p import host as p2p  # noqa: E402
 
 PAYLOAD = b"n" * 32
 

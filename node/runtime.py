@@ -32,21 +32,20 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from . import __version__
-from . import host as p2p
-from .api import ApiProblem, ApiRoute, build_app, read_json, require_str
-from .canon_routes import canon_routes
-from .canon_service import CanonService
+from .api.canon import canon_routes
+from .api.ledger import ledger_routes
+from .api.node import node_routes
+from .api.server import ApiRoute, build_app
 from .config import DataDir, NodeConfig
 from .errors import AddressError, NodeError
-from .ledger_routes import ledger_routes
-from .ledger_service import LedgerService
 from .logs import get_logger
+from .p2p import host as p2p
+from .services.canon import CanonService
+from .services.ledger import LedgerService
+from .services.wallets import ensure_genesis
 from .storage import open_environment
-from .wallets import ensure_genesis
 
 log = get_logger("n3xus.node")
 
@@ -254,56 +253,11 @@ class Node:
 
     # -- HTTP routes -----------------------------------------------------------
     def routes(self) -> Sequence[ApiRoute]:
-        async def get_id(_r: Request) -> Response:
-            return JSONResponse(self.identity())
-
-        async def get_status(_r: Request) -> Response:
-            return JSONResponse(self.status())
-
-        async def get_peers(_r: Request) -> Response:
-            return JSONResponse({"peers": self.peers()})
-
-        async def post_connect(request: Request) -> Response:
-            addr = require_str(await read_json(request), "multiaddr")
-            try:
-                peer = await self.connect(addr)
-            except AddressError as exc:
-                raise ApiProblem(400, "bad_multiaddr", str(exc)) from exc
-            except (NodeError, OSError) as exc:
-                raise ApiProblem(502, "dial_failed", str(exc)) from exc
-            return JSONResponse({"peer_id": peer})
-
-        async def post_ping(request: Request) -> Response:
-            peer = require_str(await read_json(request), "peer_id")
-            try:
-                rtt = await self.ping(peer)
-            except (NodeError, OSError) as exc:
-                raise ApiProblem(502, "ping_failed", str(exc)) from exc
-            return JSONResponse({"peer_id": peer, "rtt_ms": round(rtt * 1000, 3)})
-
-        peer_schema = {
-            "type": "object",
-            "properties": {"peer_id": {"type": "string"},
-                           "addrs": {"type": "array", "items": {"type": "string"}}},
-        }
         feature_routes = [
             *(canon_routes(self.canon) if self.canon is not None else []),
             *(ledger_routes(self.ledger) if self.ledger is not None else []),
         ]
-        return [
-            *feature_routes,
-            ApiRoute("GET", "/id", get_id, "The node's peer ID, public key and addresses", auth=False),
-            ApiRoute("GET", "/status", get_status, "Peer ID, addresses, uptime, peers, counters"),
-            ApiRoute("GET", "/peers", get_peers, "Connected peers",
-                     response_schema={"type": "object", "properties": {
-                         "peers": {"type": "array", "items": peer_schema}}}),
-            ApiRoute("POST", "/peers/connect", post_connect, "Dial a peer by multiaddr",
-                     request_schema={"type": "object", "required": ["multiaddr"],
-                                     "properties": {"multiaddr": {"type": "string"}}}),
-            ApiRoute("POST", "/peers/ping", post_ping, "Ping a connected peer",
-                     request_schema={"type": "object", "required": ["peer_id"],
-                                     "properties": {"peer_id": {"type": "string"}}}),
-        ]
+        return [*feature_routes, *node_routes(self)]
 
 
 def dial_addrs(listen_addrs: list[str]) -> list[str]:

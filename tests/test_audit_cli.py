@@ -17,7 +17,7 @@ import pytest
 from ledger_support import account
 from tlog_support import LOG_KEY, OTHER_KEY, LedgerNet, build_history, flips, open_env
 
-import n3xus.node.audit_cli  # noqa: F401 - registers the `audit` group on the CLI
+import n3xus.node.cli.audit  # noqa: F401 - registers the `audit` group on the CLI
 from n3xus.canon.note import make_vkey
 from n3xus.ledger.audit import open_checkpoint
 from n3xus.ledger.export import export_ledger
@@ -26,7 +26,7 @@ from n3xus.node.cli import main
 # The audit commands must work on a machine with no node: this interpreter line imports
 # only the CLI (as the lead's entry point will) and never touches a data dir.
 AUDIT_ARGV = [sys.executable, "-c",
-              "import n3xus.node.audit_cli; from n3xus.node.cli import main; main()", "audit"]
+              "import n3xus.node.cli.audit; from n3xus.node.cli import main; main()", "audit"]
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
-from n3xus.node import host as p2p
 from n3xus.node.errors import AddressError, ConfigError
+from n3xus.node.p2p import host as p2p
 
 LOCALHOST_ANY_PORT = "/ip4/127.0.0.1/tcp/0"
 

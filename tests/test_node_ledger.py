@@ -14,7 +14,7 @@ from n3xus.canon.cid import CID
 from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node.config import DataDir, NodeConfig
 from n3xus.node.runtime import Node
-from n3xus.node.wallets import ensure_genesis
+from n3xus.node.services.wallets import ensure_genesis
 
 
 def _ok(*args: str) -> dict:  # type: ignore[type-arg]

@@ -2,7 +2,7 @@
 
 0.8.1's swarm keeps every inbound connection's slot until the whole swarm stops,
 so after 250 inbound connections in total (open or long closed) a node refuses all
-new ones. ``n3xus.node.p2p_patches`` fixes that; these tests run real TCP
+new ones. ``n3xus.node.p2p.patches`` fixes that; these tests run real TCP
 connections on 127.0.0.1 with Noise and Yamux, and show both the upstream failure
 and that the fixed host stays healthy and flat after 1,000 connect/disconnect
 cycles. See that module's docstring for the code involved.
@@ -32,7 +32,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
-from n3xus.node import host as p2p
+from n3xus.node.p2p import host as p2p
 
 pytestmark = pytest.mark.slow
 
@@ -266,7 +266,7 @@ async def _run_dial_only(
 async def test_upstream_swarm_refuses_every_inbound_connection_after_250_cycles() -> None:
     """Pins the bug the patch exists for: the same host built on libp2p's own
     Swarm accepts exactly 250 inbound connections in total, then none. If this
-    starts failing, libp2p changed and p2p_patches.py must be revisited."""
+    starts failing, libp2p changed and node/p2p/patches.py must be revisited."""
     server = upstream_host(2)
     clients = [
         p2p.make_host(p2p.keypair_from_seed(seed(200 + i))) for i in range(CONCURRENT_CLIENTS)

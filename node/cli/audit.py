@@ -27,7 +27,7 @@ from n3xus.ledger.audit import (
 )
 from n3xus.ledger.export import ReplayReport, replay_export
 
-from .cli import cli, emit, json_option, stdout
+from .app import cli, emit, json_option, stdout
 
 # Proof and checkpoint files are small (a bundle is at most ~150 KB); reading more than
 # this means the file is something else, and is refused before it fills memory.

@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from .cli import _data_dir, cli, data_dir_option, emit, json_option, print_lines, stdout
+from ..errors import ApiError
+from .app import _data_dir, cli, data_dir_option, emit, json_option, print_lines, stdout
 from .client import ApiClient
-from .errors import ApiError
 
 # Streaming uploads read the source in pieces of this size: big enough to keep the
 # HTTP overhead small, small enough that memory stays flat for any file size.

@@ -25,8 +25,8 @@ from nacl.signing import SigningKey
 from n3xus.ledger.errors import GenesisError
 from n3xus.ledger.genesis import Genesis
 
-from .config import SECRET_FILE_MODE, DataDir, _create_secret_file, _read_secret_file
-from .errors import ConfigError
+from ..config import SECRET_FILE_MODE, DataDir, _create_secret_file, _read_secret_file
+from ..errors import ConfigError
 
 WALLET_DIR = "wallets"
 WALLET_TAG = "n3xus-wallet-v1 ed25519 "

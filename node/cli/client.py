@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from .config import DataDir
-from .errors import ApiError, NodeNotRunningError
+from ..config import DataDir
+from ..errors import ApiError, NodeNotRunningError
 
 # Local API calls answer in milliseconds; a dial or a large upload may take longer.
 DEFAULT_TIMEOUT_S = 30.0

@@ -22,9 +22,9 @@ from n3xus.ledger.errors import (
 from n3xus.ledger.export import export_ledger
 from n3xus.ledger.tx import MAX_TX_BYTES
 
-from .api import ApiProblem, ApiRoute
-from .canon_routes import stream_from_threads
-from .ledger_service import LedgerService, genesis_view
+from ..services.ledger import LedgerService, genesis_view
+from .canon import stream_from_threads
+from .server import ApiProblem, ApiRoute
 
 Handler = Callable[[Request], Awaitable[Response]]
 # Log listings return at most this many entries per call.

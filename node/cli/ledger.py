@@ -18,10 +18,10 @@ from nacl.signing import SigningKey
 from n3xus.canon.cid import CID
 from n3xus.ledger.tx import AccountChain, Op
 
-from .cli import _data_dir, cli, data_dir_option, emit, json_option, print_lines, stdout
+from ..errors import ApiError
+from ..services.wallets import create_wallet, list_wallets, parse_account, wallet_key
+from .app import _data_dir, cli, data_dir_option, emit, json_option, print_lines, stdout
 from .client import ApiClient
-from .errors import ApiError
-from .wallets import create_wallet, list_wallets, parse_account, wallet_key
 
 
 def _now_ms() -> int:

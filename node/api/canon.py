@@ -28,9 +28,9 @@ from n3xus.canon.errors import (
     VerificationError,
 )
 
-from .api import ApiProblem, ApiRoute, read_json
-from .canon_service import CanonService, WorldNotFoundError
+from ..services.canon import CanonService, WorldNotFoundError
 from .jsonview import from_json, to_json
+from .server import ApiProblem, ApiRoute, read_json
 
 # A CAR import or file upload bigger than this is refused: it bounds what one
 # request can write. Recordings and model files fit; a whole disk does not.

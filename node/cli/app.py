@@ -19,10 +19,10 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from .. import __version__
+from ..config import DataDir, NodeConfig, resolve_data_dir
+from ..errors import NodeError
 from .client import ApiClient
-from .config import DataDir, NodeConfig, resolve_data_dir
-from .errors import NodeError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -82,8 +82,8 @@ def node_init(data_dir: str | None, genesis_file: str | None, as_json: bool) -> 
     """Create the data dir, identity key, API token, config and genesis (idempotent)."""
     from pathlib import Path
 
-    from .host import keypair_from_seed, peer_id_of
-    from .wallets import ensure_genesis
+    from ..p2p.host import keypair_from_seed, peer_id_of
+    from ..services.wallets import ensure_genesis
 
     dd = _data_dir(data_dir)
     result = dd.init()
@@ -120,9 +120,9 @@ def node_start(data_dir: str | None, listen: tuple[str, ...], bootstrap: tuple[s
                api_bind: str | None, api_allow_remote: bool, log_level: str | None,
                log_format: str | None) -> None:
     """Start the node (initialising the data dir if needed); stop with Ctrl-C."""
-    from .logs import configure_logging
-    from .runtime import Node, parse_api_bind
-    from .wallets import ensure_genesis
+    from ..logs import configure_logging
+    from ..runtime import Node, parse_api_bind
+    from ..services.wallets import ensure_genesis
 
     dd = _data_dir(data_dir)
     created = dd.init()
@@ -156,7 +156,7 @@ async def _run_until_signal(node_obj: Any) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(node_obj.run)
             stdout.print(f"n3xus node {__version__}  peer {node_obj.peer_id}")
-            from .runtime import dial_addrs
+            from ..runtime import dial_addrs
 
             for addr in node_obj.listen_addrs:
                 stdout.print(f"listening on {addr}")
@@ -207,7 +207,7 @@ def peers() -> None:
 @json_option
 def peers_connect(multiaddr: str, data_dir: str | None, as_json: bool) -> None:
     """Dial a peer: /ip4/HOST/tcp/PORT/p2p/PEER_ID."""
-    from .host import parse_peer_addr
+    from ..p2p.host import parse_peer_addr
 
     parse_peer_addr(multiaddr)  # a clear error before bothering the node
     result = ApiClient(_data_dir(data_dir)).post("/peers/connect", json={"multiaddr": multiaddr})
@@ -239,8 +239,8 @@ def peers_list(data_dir: str | None, as_json: bool) -> None:
 @json_option
 def identity(data_dir: str | None, as_json: bool) -> None:
     """The node's peer ID (and addresses, when it runs)."""
-    from .errors import NodeNotRunningError
-    from .host import keypair_from_seed, peer_id_of
+    from ..errors import NodeNotRunningError
+    from ..p2p.host import keypair_from_seed, peer_id_of
 
     dd = _data_dir(data_dir)
     try:
@@ -263,7 +263,7 @@ def identity(data_dir: str | None, as_json: bool) -> None:
 def _register_feature_commands() -> None:
     """Import the modules that add command groups to ``cli`` (canon, world, …).
     Imported here, not at the top, because they import this module."""
-    from . import audit_cli, canon_cli, ledger_cli  # noqa: F401
+    from . import audit, canon, ledger  # noqa: F401
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -11,7 +11,7 @@ The node runtime uses it like this, inside its own trio nursery::
 
 Security fails closed: the host offers and accepts Noise only (the library's
 default host also speaks TLS, secio and *plaintext*), and Yamux is the only muxer.
-``make_host`` also applies the inbound-slot fix of :mod:`n3xus.node.p2p_patches`.
+``make_host`` also applies the inbound-slot fix of :mod:`n3xus.node.p2p.patches`.
 
 Addresses are checked before anything is started: a malformed multiaddr, an
 unknown or unsupported protocol, a dial address without ``/p2p/<peer id>``, or a
@@ -54,8 +54,8 @@ from multiaddr.exceptions import ParseError as MultiaddrParseError
 from nacl.signing import SigningKey
 from trio_typing import TaskStatus
 
-from .errors import AddressError, ConfigError, NodeError
-from .p2p_patches import InboundSlotReleasingSwarm
+from ..errors import AddressError, ConfigError, NodeError
+from .patches import InboundSlotReleasingSwarm
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def make_host(
 def _swarm_of(host: BasicHost) -> InboundSlotReleasingSwarm:
     swarm = host.get_network()
     if not isinstance(swarm, InboundSlotReleasingSwarm):
-        raise TypeError("this host was not made by n3xus.node.host.make_host")
+        raise TypeError("this host was not made by n3xus.node.p2p.host.make_host")
     return swarm
 
 
