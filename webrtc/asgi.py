@@ -1,0 +1,91 @@
+"""Starlette routes for live rooms: the signaling WebSocket and the three pages.
+
+The node mounts :func:`live_routes` into its ASGI app (Starlette on hypercorn's
+trio worker); tests mount the same routes on a bare Starlette app. Pages are static
+files from ``webrtc/pages/`` (no build step, no CDN); each reads its room name from
+the path and its room token from the URL fragment (``#token=...``), which browsers
+never send in a request, so the token appears in no request line and no log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketState
+
+from .rooms import ROOM_NAME_RE
+from .service import LiveService
+
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+#: The signaling WebSocket (specs/live.md §4).
+SIGNAL_PATH = "/api/v1/rooms/{name}/signal"
+#: Static assets the pages load (absolute, so every page path finds them).
+STATIC_PREFIX = "/live/static"
+#: Page paths -> files (the issue fixes these paths; `n3xus room create` prints them).
+PAGES = {
+    "/rooms/{name}": "room.html",
+    "/rooms/{name}/perform": "perform.html",
+    "/rooms/{name}/watch": "watch.html",
+}
+#: Pages load only their own scripts and connect only to their own origin; the
+#: fragment is never sent, and no Referer leaks the page URL elsewhere.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self'; media-src 'self' blob: mediastream:; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+class StarletteSignalingSocket:
+    """Adapts a Starlette WebSocket to :class:`~n3xus.webrtc.service.SignalingSocket`."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def receive_text(self) -> str | None:
+        message: dict[str, Any] = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        # A binary frame: hand its bytes on as text so that the size, JSON and
+        # schema checks refuse it with their usual clear error.
+        return bytes(message.get("bytes") or b"").decode("utf-8", "replace")
+
+    async def send_text(self, text: str) -> None:
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            await self.websocket.send_text(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            await self.websocket.close(code, reason)
+
+
+def live_routes(service: LiveService) -> list[BaseRoute]:
+    async def signal(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await service.serve_signaling(StarletteSignalingSocket(websocket),
+                                      websocket.path_params["name"])
+
+    def page(filename: str) -> Any:
+        async def endpoint(request: Request) -> Response:
+            if not ROOM_NAME_RE.match(request.path_params["name"]):
+                return Response("no such room name\n", status_code=404, media_type="text/plain")
+            return FileResponse(PAGES_DIR / filename, media_type="text/html; charset=utf-8",
+                                headers=PAGE_HEADERS)
+        return endpoint
+
+    routes: list[BaseRoute] = [WebSocketRoute(SIGNAL_PATH, signal)]
+    routes += [Route(path, page(filename)) for path, filename in PAGES.items()]
+    routes.append(Mount(STATIC_PREFIX, app=StaticFiles(directory=PAGES_DIR), name="live-static"))
+    return routes

@@ -1,0 +1,53 @@
+// Audience page: plays on open (muted autoplay, so browsers allow it), with an
+// unmute control, reactions over the room data channel, and a Tip control.
+import { connectSignal, el, negotiate, newPeerConnection, openRoomChannel, preferVp8, roomName,
+  status } from "./live.js";
+
+const stage = document.getElementById("stage");
+const unmute = document.getElementById("unmute");
+const reactions = document.getElementById("reactions");
+document.getElementById("room").textContent = roomName();
+
+unmute.addEventListener("click", () => {
+  stage.muted = !stage.muted;
+  unmute.textContent = stage.muted ? "Unmute" : "Mute";
+  stage.play().catch(() => {});
+});
+
+// A tip is a ledger transaction signed in the browser; the node-side route is wired
+// in a later phase. The control dispatches an event the ledger integration listens to.
+document.getElementById("tip").addEventListener("click", () => {
+  const amount = Number(document.getElementById("tip-amount").value);
+  window.dispatchEvent(new CustomEvent("n3xus-tip", { detail: { room: roomName(), amount } }));
+  status(`tip of ${amount} requested`);
+});
+
+async function main() {
+  const signal = await connectSignal("viewer");
+  const pc = newPeerConnection(signal);
+  const video = pc.addTransceiver("video", { direction: "recvonly" });
+  preferVp8(video);
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const channel = openRoomChannel(pc, (msg) => {
+    if (msg.type === "reaction" || msg.type === "chat") {
+      const line = el("div");
+      line.append(el("span", msg.from.name, "who"), el("span", msg.emoji || msg.text));
+      reactions.append(line);
+    }
+  });
+  document.getElementById("react").addEventListener("click", () => {
+    if (channel.readyState === "open") channel.send(JSON.stringify({ type: "reaction", emoji: "👏" }));
+  });
+  const stream = new MediaStream();
+  pc.ontrack = (ev) => {
+    stream.addTrack(ev.track);
+    stage.srcObject = stream;
+    stage.play().catch(() => {});
+  };
+  signal.on("live", (msg) => status(msg.live ? "live" : "the performance has ended"));
+  signal.on("close", () => status("signaling connection closed", true));
+  await negotiate(pc, signal);
+  status(signal.welcome.live ? "live" : "waiting for the performer");
+}
+
+main().catch((err) => status(err.message, true));

@@ -1,0 +1,295 @@
+"""The node-facing (trio) side of live rooms: the entry points the node wires in.
+
+``open_live_service(...)`` starts the bridge and the engine and yields a
+:class:`LiveService`; the node's HTTP layer hands each signaling WebSocket to
+:meth:`LiveService.serve_signaling` (see :mod:`n3xus.webrtc.asgi` for the ready
+Starlette route). Everything crosses into aiortc through the bridge only.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from .bridge import AsyncioBridge, TrioInbox, open_bridge
+from .engine import IceServer, LiveEngine, PeerEvent
+from .errors import ForbiddenError, RemoteLiveError, SignalingError, TokenError
+from .relay import EncodedFrame, FrameQueue, TrackRelay
+from .rooms import DEFAULT_TOKEN_TTL_MS, Grant, Permission, Role, RoomTokens, check_room_name
+from .signaling import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    HELLO_TIMEOUT_S,
+    Bye,
+    End,
+    Hello,
+    Offer,
+    Ping,
+    SignalingSession,
+    State,
+    is_fatal,
+)
+
+#: How long the node waits for aiortc to answer one offer (ICE gathering of host
+#: candidates and DTLS setup take well under a second on one machine).
+ANSWER_TIMEOUT_S = 15.0
+
+
+class SignalingSocket(Protocol):
+    """What :meth:`LiveService.serve_signaling` needs of a WebSocket."""
+
+    async def receive_text(self) -> str | None:
+        """The next text message, or ``None`` once the peer has gone."""
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+WorldEditHandler = Callable[[str, dict[str, Any]], Awaitable[bool]]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Connection:
+    room: str
+    peer_id: str
+    socket: SignalingSocket
+    grant: Grant | None = None
+    name: str = "guest"
+    session: SignalingSession = field(default_factory=lambda: SignalingSession(trio.current_time()))
+
+
+class LiveService:
+    def __init__(self, bridge: AsyncioBridge, engine: LiveEngine, tokens: RoomTokens,
+                 ice_servers: Sequence[IceServer], clock_ms: Callable[[], int],
+                 world_edit: WorldEditHandler | None) -> None:
+        self.bridge = bridge
+        self.engine = engine
+        self.tokens = tokens
+        self.ice_servers = tuple(ice_servers)
+        self._clock_ms = clock_ms
+        self._world_edit = world_edit
+        self._connections: dict[str, set[_Connection]] = {}
+
+    # -- signaling --------------------------------------------------------------------
+
+    async def serve_signaling(self, socket: SignalingSocket, room: str, *,
+                              grant: Grant | None = None) -> None:
+        """Serve one signaling WebSocket until it closes (specs/live.md §4).
+
+        ``grant`` is for callers that authenticated the socket otherwise (the node's
+        API token makes the holder the room's owner); without it the first message
+        must be a ``hello`` with a room token for ``room``.
+        """
+        try:
+            check_room_name(room)
+        except TokenError as exc:
+            await self._send_error(socket, exc, fatal=True)
+            await socket.close(CLOSE_POLICY, exc.code)
+            return
+        conn = _Connection(room, secrets.token_hex(8), socket, grant)
+        self._connections.setdefault(room, set()).add(conn)
+        try:
+            await self._serve(conn)
+        finally:
+            self._connections[room].discard(conn)
+            with trio.CancelScope(shield=True):
+                await self.bridge.run(self.engine.close_peer, room, conn.peer_id)
+
+    async def _serve(self, conn: _Connection) -> None:
+        socket = conn.socket
+        while True:
+            if conn.session.state is State.AWAIT_HELLO:
+                with trio.move_on_after(HELLO_TIMEOUT_S) as waited:
+                    raw = await socket.receive_text()
+                if waited.cancelled_caught:
+                    await self._send_error(socket, SignalingError(
+                        f"no hello within {HELLO_TIMEOUT_S:g} s", code="timeout"), fatal=True)
+                    await socket.close(CLOSE_POLICY, "timeout")
+                    return
+            else:
+                raw = await socket.receive_text()
+            if raw is None:
+                return
+            state_before = conn.session.state
+            try:
+                event = conn.session.receive(raw, trio.current_time())
+                if isinstance(event, Bye):
+                    await socket.close(CLOSE_NORMAL, "bye")
+                    return
+                await self._handle(conn, event)
+            except RemoteLiveError as exc:
+                fatal = isinstance(exc, TokenError) or (
+                    isinstance(exc, SignalingError) and is_fatal(exc, state_before))
+                await self._send_error(socket, exc, fatal=fatal)
+                if fatal:
+                    await socket.close(CLOSE_POLICY, exc.code)
+                    return
+
+    async def _handle(self, conn: _Connection, event: Hello | Offer | End | Ping) -> None:
+        if isinstance(event, Ping):
+            await self._send(conn.socket, {"type": "pong", "t": event.t})
+            return
+        if isinstance(event, Hello):
+            if conn.grant is None:
+                conn.grant = self.tokens.verify(event.token, room=conn.room,
+                                                now_ms=self._clock_ms())
+            conn.name = event.name
+            live = await self.bridge.run(self._is_live, conn.room)
+            await self._send(conn.socket, {
+                "type": "welcome", "v": 1, "peer": conn.peer_id, "room": conn.room,
+                "role": conn.grant.role.value, "live": live,
+                "ice_servers": [_ice_json(s) for s in self.ice_servers],
+            })
+            return
+        grant = conn.grant
+        assert grant is not None  # the state machine admits nothing else before hello
+        if self._clock_ms() >= grant.expires_ms:
+            raise TokenError("room token has expired", code="token-expired")
+        if isinstance(event, Offer):
+            with trio.fail_after(ANSWER_TIMEOUT_S):
+                try:
+                    answer = await self.bridge.run(self.engine.answer, conn.room, conn.peer_id,
+                                                   grant.role, conn.name, event.sdp)
+                except ValueError as exc:  # aiortc's SDP parser and negotiation errors
+                    if isinstance(exc, RemoteLiveError):
+                        raise
+                    raise SignalingError(f"unusable SDP offer: {exc}", code="bad-sdp") from None
+            await self._send(conn.socket, {"type": "answer", "sdp": answer})
+        elif isinstance(event, End):
+            if not grant.allows(Permission.END):
+                raise ForbiddenError(f"role {grant.role.value} may not end the performance")
+            # The owner may stop anyone's performance; a performer only their own.
+            await self.bridge.run(self.engine.end_performance, conn.room,
+                                  None if grant.role is Role.OWNER else conn.peer_id)
+
+    async def _is_live(self, room: str) -> bool:
+        return self.engine.relay(room).live
+
+    async def _send(self, socket: SignalingSocket, message: dict[str, Any]) -> None:
+        await socket.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def _send_error(self, socket: SignalingSocket, exc: RemoteLiveError, *,
+                          fatal: bool) -> None:
+        await self._send(socket, {"type": "error", "code": exc.code, "message": exc.message,
+                                  "fatal": fatal})
+
+    # -- events from the engine -------------------------------------------------------
+
+    async def _dispatch(self, inbox: TrioInbox[PeerEvent]) -> None:
+        async for event in inbox:
+            if event.kind == "live":
+                for conn in list(self._connections.get(event.room, ())):
+                    if conn.grant is not None:
+                        await self._send(conn.socket, {"type": "live",
+                                                       "live": event.data["live"]})
+            elif event.kind == "world-edit":
+                applied = self._world_edit is not None and await self._world_edit(
+                    event.room, event.data)
+                await self.bridge.run(self._broadcast, event.room,
+                                      {**event.data, "applied": applied})
+
+    async def _broadcast(self, room: str, message: dict[str, Any]) -> None:
+        self.engine.broadcast(room, message)
+
+    # -- node-facing helpers ----------------------------------------------------------
+
+    def issue_token(self, room: str, role: str, ttl_ms: int | None = None) -> str:
+        return self.tokens.issue(room, Role(role), now_ms=self._clock_ms(),
+                                 ttl_ms=ttl_ms or DEFAULT_TOKEN_TTL_MS)
+
+    async def stats(self, room: str) -> dict[str, Any]:
+        async def get() -> dict[str, Any]:
+            return self.engine.stats(room)
+        return await self.bridge.run(get)
+
+    async def end_room(self, room: str) -> None:
+        for conn in list(self._connections.get(room, ())):
+            await conn.socket.close(CLOSE_NORMAL, "room ended")
+        await self.bridge.run(self.engine.end_room, room)
+
+    @asynccontextmanager
+    async def subscribe(self, room: str, kind: str = "video",
+                        capacity: int | None = None) -> AsyncIterator[FrameSubscription]:
+        """Encoded frames of the room's performance, for the recorder and for the
+        /n3xus/live/1.0.0 pull (a slow consumer is resynchronised, never waited for)."""
+        async def open_queue() -> tuple[TrackRelay, FrameQueue]:
+            relay = self.engine.relay(room, kind)
+            return relay, relay.subscribe(capacity)
+        relay, frames = await self.bridge.run(open_queue)
+        try:
+            yield FrameSubscription(self.bridge, frames)
+        finally:
+            async def close_queue() -> None:
+                relay.unsubscribe(frames)
+            with trio.CancelScope(shield=True):
+                await self.bridge.run(close_queue)
+
+    async def publish_pulled(self, room: str, frame: EncodedFrame) -> None:
+        """Feed a frame pulled from another node into this node's relay."""
+        async def put() -> None:
+            self.engine.relay(room, frame.kind).publish(frame)
+        await self.bridge.run(put)
+
+
+class FrameSubscription:
+    """Trio view of a relay subscription."""
+
+    def __init__(self, bridge: AsyncioBridge, frames: FrameQueue) -> None:
+        self._bridge = bridge
+        self.frames = frames
+
+    async def next(self) -> EncodedFrame | None:
+        return await self._bridge.run(self.frames.get)
+
+    def __aiter__(self) -> FrameSubscription:
+        return self
+
+    async def __anext__(self) -> EncodedFrame:
+        frame = await self.next()
+        if frame is None:
+            raise StopAsyncIteration
+        return frame
+
+
+def _ice_json(server: IceServer) -> dict[str, Any]:
+    out: dict[str, Any] = {"urls": list(server.urls)}
+    if server.username is not None:
+        out["username"] = server.username
+    if server.credential is not None:
+        out["credential"] = server.credential
+    return out
+
+
+@asynccontextmanager
+async def open_live_service(token_key: bytes, *, ice_servers: Sequence[IceServer] = (),
+                            world_edit: WorldEditHandler | None = None,
+                            clock_ms: Callable[[], int] = _now_ms) -> AsyncIterator[LiveService]:
+    """Start live rooms: the bridge thread, the engine on it, the event pump."""
+    tokens = RoomTokens(token_key)
+    async with open_bridge() as bridge, trio.open_nursery() as nursery:
+        inbox: TrioInbox[PeerEvent] = TrioInbox()
+
+        async def make_engine() -> LiveEngine:
+            return LiveEngine(ice_servers, inbox.post)
+
+        engine = await bridge.run(make_engine)
+        service = LiveService(bridge, engine, tokens, ice_servers, clock_ms, world_edit)
+        nursery.start_soon(service._dispatch, inbox)
+        try:
+            yield service
+        finally:
+            with trio.CancelScope(shield=True):
+                await bridge.run(engine.aclose)
+            inbox.close()
