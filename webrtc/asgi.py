@@ -52,7 +52,7 @@ class StarletteSignalingSocket:
         self.websocket = websocket
 
     async def receive_text(self) -> str | None:
-        message: dict[str, Any] = await self.websocket.receive()
+        message = await self.websocket.receive()
         if message["type"] == "websocket.disconnect":
             return None
         text = message.get("text")

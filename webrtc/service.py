@@ -60,7 +60,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass
+@dataclass(eq=False)  # identity: one per socket, kept in sets
 class _Connection:
     room: str
     peer_id: str
