@@ -1,0 +1,161 @@
+"""The signaling handler: bad input gets a clear error, loses nothing, and leaves the
+room's other peers as they were. Real service, real aiortc, in-memory socket."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import trio
+from webrtc_support import TOKEN_KEY, MemorySocket, join, offer
+
+from n3xus.webrtc.bridge import open_bridge
+from n3xus.webrtc.rooms import Role, RoomTokens
+from n3xus.webrtc.service import LiveService, open_live_service
+from n3xus.webrtc.signaling import CLOSE_POLICY, MAX_SIGNAL_MESSAGE_BYTES, SIGNAL_BURST
+
+ROOM = "hall"
+NOW_MS = 1_800_000_000_000
+
+
+def clock() -> int:
+    return NOW_MS
+
+
+async def connect(live: LiveService, nursery: trio.Nursery, room: str = ROOM) -> MemorySocket:
+    socket = MemorySocket()
+    nursery.start_soon(live.serve_signaling, socket, room)
+    return socket
+
+
+async def viewer_offer_sdp(kind: str = "video") -> str:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(kind, direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_hello_with_a_good_token_is_welcomed_with_host_only_ice() -> None:
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        socket, welcome = await join(live, n, ROOM, Role.COLLABORATOR, "ada")
+        assert welcome["role"] == "collaborator" and welcome["room"] == ROOM
+        assert welcome["ice_servers"] == [] and welcome["live"] is False
+        await socket.send({"type": "ping", "t": 5})
+        assert await socket.recv() == {"type": "pong", "t": 5}
+        n.cancel_scope.cancel()
+
+
+async def test_tokens_for_another_room_expired_or_forged_are_refused_and_closed() -> None:
+    tokens = RoomTokens(TOKEN_KEY)
+    other_node = RoomTokens(bytes(32))
+    cases = {
+        "wrong-room": tokens.issue("elsewhere", Role.OWNER, now_ms=NOW_MS),
+        "token-expired": tokens.issue(ROOM, Role.OWNER, now_ms=NOW_MS - 10_000, ttl_ms=5_000),
+        "bad-token": other_node.issue(ROOM, Role.OWNER, now_ms=NOW_MS),
+    }
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        for code, token in cases.items():
+            socket = await connect(live, n)
+            await socket.send({"type": "hello", "v": 1, "token": token})
+            error = await socket.recv()
+            assert error["type"] == "error" and error["code"] == code and error["fatal"], error
+            await trio.sleep(0.01)
+            assert socket.closed == (CLOSE_POLICY, code)
+        n.cancel_scope.cancel()
+
+
+async def test_anything_before_hello_is_fatal_and_a_bad_room_name_too() -> None:
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        socket = await connect(live, n)
+        await socket.send({"type": "offer", "sdp": "v=0\r\n" * 3})
+        error = await socket.recv()
+        assert error["code"] == "unexpected-message" and error["fatal"]
+        socket = await connect(live, n, room="Not A Room")
+        error = await socket.recv()
+        assert error["code"] == "bad-room" and error["fatal"]
+        n.cancel_scope.cancel()
+
+
+async def test_malformed_messages_after_hello_get_errors_and_the_connection_lives() -> None:
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        socket, _ = await join(live, n, ROOM, Role.VIEWER)
+        bad = [
+            ("{not json", "bad-json", "not JSON"),
+            (json.dumps([1, 2]), "bad-message", "JSON object"),
+            (json.dumps({"type": "dance"}), "bad-message", "unknown message type"),
+            (json.dumps({"type": "offer"}), "bad-message", "'sdp' is a required property"),
+            (json.dumps({"type": "offer", "sdp": 5}), "bad-message", "sdp"),
+            (json.dumps({"type": "ping", "extra": 1}), "bad-message", "extra"),
+            (json.dumps({"type": "hello", "v": 1, "token": "x"}), "unexpected-message",
+             "not allowed in state ready"),
+        ]
+        for raw, code, words in bad:
+            await socket.send(raw)
+            error = await socket.recv()
+            assert error["type"] == "error" and error["code"] == code, (raw, error)
+            assert words in error["message"] and error["fatal"] is False, (raw, error)
+            await trio.sleep(0.25)  # stay under the rate limit
+        await socket.send({"type": "ping", "t": 1})
+        assert (await socket.recv())["type"] == "pong"
+        assert socket.closed is None
+        n.cancel_scope.cancel()
+
+
+async def test_an_oversized_message_or_a_flood_closes_only_that_connection() -> None:
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        bystander, _ = await join(live, n, ROOM, Role.VIEWER, "bystander")
+        big, _ = await join(live, n, ROOM, Role.VIEWER, "big")
+        await big.send({"type": "offer", "sdp": "v=0\r\n" + "a" * MAX_SIGNAL_MESSAGE_BYTES})
+        error = await big.recv()
+        assert error["code"] == "too-large" and error["fatal"]
+        flood, _ = await join(live, n, ROOM, Role.VIEWER, "flood")
+        for _ in range(SIGNAL_BURST + 5):
+            await flood.send({"type": "ping"})
+        replies = [await flood.recv() for _ in range(SIGNAL_BURST - 1)]  # hello took one
+        assert {r["type"] for r in replies} <= {"pong"}
+        error = await flood.recv()
+        assert error["code"] == "rate-limited" and error["fatal"]
+        await trio.sleep(0.01)
+        assert flood.closed is not None and big.closed is not None
+        await bystander.send({"type": "ping", "t": 2})
+        assert await bystander.recv() == {"type": "pong", "t": 2}
+        n.cancel_scope.cancel()
+
+
+async def test_offers_the_relay_cannot_serve_are_refused_with_the_reason() -> None:
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, \
+            open_bridge("clients") as clients, trio.open_nursery() as n:
+        viewer, _ = await join(live, n, ROOM, Role.VIEWER)
+        # A viewer may not publish.
+        from webrtc_support import new_performer
+        peer, publish_sdp = await clients.run(new_performer)
+        error = await offer(viewer, publish_sdp)
+        assert error["code"] == "forbidden" and not error["fatal"]
+        # An SDP without VP8 (H.264 only) has no usable codec.
+        watch_sdp = await clients.run(viewer_offer_sdp)
+        h264_only = re.sub(r"a=rtpmap:(\d+) VP8/90000", r"a=rtpmap:\1 H264/90000", watch_sdp)
+        assert "VP8" not in h264_only
+        error = await offer(viewer, h264_only)
+        assert error["code"] == "no-usable-codec" and "VP8" in error["message"]
+        # Garbage that looks like SDP.
+        error = await offer(viewer, "v=0\r\nm=video\r\n")
+        assert error["code"] == "bad-message" and "media line" in error["message"]
+        # The connection still works: a good offer is answered.
+        answer = await offer(viewer, watch_sdp)
+        assert answer["type"] == "answer" and "VP8" in answer["sdp"]
+        assert "H264" not in answer["sdp"]  # the answer keeps the forwarded codec only
+        assert "a=candidate" in answer["sdp"] and " srflx " not in answer["sdp"]
+        await clients.run(peer.pc.close)
+        n.cancel_scope.cancel()
+
+
+async def test_only_performers_and_owners_may_end_the_performance() -> None:
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        viewer, _ = await join(live, n, ROOM, Role.VIEWER)
+        await viewer.send({"type": "end"})
+        error = await viewer.recv()
+        assert error["code"] == "forbidden" and not error["fatal"]
+        n.cancel_scope.cancel()
