@@ -23,6 +23,9 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 CODE_FOLDERS = ("node", "protocol", "ledger", "canon", "imvu", "webrtc")
+# Non-Python files a package serves at run time (read through importlib.resources):
+# the operator console's page and assets.
+STATIC_FILES = {"n3xus.node.console": ["*.html", "*.js", "*.css", "*.svg"]}
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
@@ -91,7 +94,8 @@ packages, package_dir = _packages()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={name: ["*.pyx", "*.pxd", "*.h", "py.typed"] for name in packages},
+    package_data={name: ["*.pyx", "*.pxd", "*.h", "py.typed", *STATIC_FILES.get(name, [])]
+                  for name in packages},
     ext_modules=_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -7,7 +7,8 @@ Task tree (every task belongs to a nursery; cancelling ``Node.run`` stops all)::
     ├── data dir lock (flock) ─ LMDB environment (closed last)
     └── nursery
         ├── libp2p host (listeners, swarm, identify/ping handlers)
-        ├── HTTP API (hypercorn trio worker)
+        ├── HTTP API (hypercorn trio worker; serves the operator console too)
+        ├── metrics history sampler (the console's charts and live events)
         └── bootstrap dials
     later issues add here: gossipsub + discovery, federation protocol handlers,
     agent workers (inference in a worker thread), and the aiortc bridge (its own
@@ -35,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import __version__
 from .api.canon import canon_routes
+from .api.console import ConsoleSampler, console_routes
 from .api.ledger import ledger_routes
 from .api.node import node_routes
 from .api.server import ApiRoute, build_app
@@ -44,6 +46,7 @@ from .logs import get_logger
 from .p2p import host as p2p
 from .services.canon import CanonService
 from .services.ledger import LedgerService
+from .services.metrics_history import MetricsHistory
 from .services.wallets import ensure_genesis
 from .storage import open_environment
 
@@ -133,6 +136,8 @@ class Node:
         self.env: Any = None
         self.canon: CanonService | None = None
         self.ledger: LedgerService | None = None
+        # Short metrics history for the operator console's charts and live view.
+        self.metrics_history = MetricsHistory(ConsoleSampler(self))
 
     # -- lifecycle -------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -171,6 +176,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self.api_url = await nursery.start(self._serve_api, token, api_socket)
                 self.data_dir.write_run_file(self.api_url, self.peer_id)
+                nursery.start_soon(self.metrics_history.run)
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._bootstrap, addr)
                 log.info(
@@ -257,7 +263,8 @@ class Node:
             *(canon_routes(self.canon) if self.canon is not None else []),
             *(ledger_routes(self.ledger) if self.ledger is not None else []),
         ]
-        return [*feature_routes, *node_routes(self)]
+        return [*feature_routes, *node_routes(self),
+                *console_routes(self, self.metrics_history)]
 
 
 def dial_addrs(listen_addrs: list[str]) -> list[str]:

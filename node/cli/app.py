@@ -164,6 +164,8 @@ async def _run_until_signal(node_obj: Any) -> None:
                 for addr in dial_addrs(node_obj.listen_addrs):
                     stdout.print(f"dial me at {addr}")
             stdout.print(f"API {node_obj.api_url}/api/v1  (token: {node_obj.data_dir.token_path})")
+            stdout.print(f"console {node_obj.api_url}/  (open it in a browser; sign in with the "
+                         f"token in {node_obj.data_dir.token_path})")
             stdout.print("press Ctrl-C to stop")
             sys.stdout.flush()
             async for signum in signals:

@@ -1,0 +1,3 @@
+"""Static files of the operator console (index.html, app.js, app.css, icon.svg),
+served by :mod:`n3xus.node.api.console` from the installed package: no CDN, no
+build step, nothing fetched from anywhere but the node itself."""
