@@ -43,6 +43,16 @@ extra or mistyped fields). The schemas, all DAG-CBOR maps:
     policy     the policy checks run on the output, in the order run
     accepted   whether the action was carried out; must be false if any verdict is "deny"
     time       when the decision was taken, ms since the epoch
+
+``agent-decision`` v2 -- an IMVU agent's decision, re-checkable offline (specs/imvu.md §6)::
+
+    {"agent": bytes(32), "manifest": CID, "model": bytes, "policy": int, "request": CID,
+     "state": CID, "prompt": CID | null, "output": CID | null, "action": CID | null,
+     "verdict": "allow" | "refuse" | "escalate", "primitive": str, "reason": str,
+     "executed": bool, "result": str, "prompt_tokens": int, "output_tokens": int,
+     "inference_us": int, "total_us": int, "time": int}
+
+    Only the fields are checked here; imvu.decision re-checks the decision itself.
 """
 
 from __future__ import annotations
@@ -291,12 +301,52 @@ def _check_agent_decision(data: bytes) -> Value:
     return raw
 
 
+# agent-decision v2 (specs/imvu.md §6): texts the record carries.
+DECISION_VERDICTS = ("allow", "refuse", "escalate")
+MAX_PRIMITIVE_CHARS = 32
+MAX_RESULT_CHARS = 256
+# A binary CID of a model file (CIDv1 raw, a 32-byte digest) is 36 bytes.
+MAX_MODEL_CID_BYTES = 64
+_DECISION_V2_FIELDS = {
+    "agent", "manifest", "model", "policy", "request", "state", "prompt", "output", "action",
+    "verdict", "primitive", "reason", "executed", "result", "prompt_tokens", "output_tokens",
+    "inference_us", "total_us", "time",
+}
+
+
+def _check_agent_decision_v2(data: bytes) -> Value:
+    raw = _require_map(decode(data), _DECISION_V2_FIELDS, "agent decision")
+    _require_bytes(raw["agent"], "agent key", ED25519_PUBLIC_KEY_BYTES)
+    _require(isinstance(raw["model"], bytes) and 0 < len(raw["model"]) <= MAX_MODEL_CID_BYTES,
+             "model must be the bytes of a binary CID")
+    for name in ("manifest", "request", "state"):
+        _require_link(raw[name], name)
+    for name in ("prompt", "output", "action"):
+        _optional_link(raw[name], name)
+    _require_int(raw["policy"], "policy version")
+    _require(raw["policy"] >= 1, "policy version starts at 1")
+    _require(raw["verdict"] in DECISION_VERDICTS, "verdict must be allow, refuse or escalate")
+    _require_text(raw["primitive"], "primitive", MAX_PRIMITIVE_CHARS, minimum=0)
+    _require_text(raw["reason"], "reason", MAX_REASON_CHARS, minimum=0)
+    _require(type(raw["executed"]) is bool, "executed must be a boolean")
+    _require_text(raw["result"], "result", MAX_RESULT_CHARS, minimum=0)
+    for name in ("prompt_tokens", "output_tokens", "inference_us", "total_us", "time"):
+        _require_int(raw[name], name)
+    _require((raw["prompt"] is None) == (raw["output"] is None), "prompt and output are null together")
+    _require(raw["action"] is not None or raw["verdict"] == "refuse", "a decision without an action is a refusal")
+    _require(raw["executed"] is False or raw["verdict"] == "allow", "only an allowed action is executed")
+    _require((raw["verdict"] == "allow") == (raw["primitive"] in ("", "approval")),
+             "an allowed decision names no primitive (or approval); others name theirs")
+    return raw
+
+
 # (type, version) -> checker taking the payload block's bytes, returning the parsed payload.
 # Versions are never reused: a changed schema gets a new version and a new checker.
 PAYLOAD_SCHEMAS: Mapping[tuple[str, int], Callable[[bytes], Value]] = {
     ("world-commit", 1): _check_world_commit,
     ("handshake", 1): _check_handshake,
     ("agent-decision", 1): _check_agent_decision,
+    ("agent-decision", 2): _check_agent_decision_v2,
 }
 
 

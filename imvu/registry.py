@@ -1,0 +1,236 @@
+"""The agent registry: which agents this node hosts, their manifest history, memory head,
+recent actions and pending escalations (specs/imvu.md §2.3, §10).
+
+Each agent has one *state block* (``n3xus/imvu-agent/v1``, DAG-CBOR) naming its active
+manifest, every manifest version it has run, its memory head, the events its policy windows
+count and the escalated decisions waiting for approval. The block store pins the state
+block recursively as ``imvu/agent/<agent key hex>``, so everything the agent is and did
+(manifests, memory, every decision's prompt and output, linked from memory) survives GC and
+is one CAR export away (:func:`export_roots`). LMDB holds the pointers::
+
+    imvu/agents   agent key (32 bytes) -> binary CID of the agent's state block
+    imvu/names    agent name (UTF-8)   -> agent key
+
+A pointer is updated by compare-and-swap on the previous state CID, so two writers cannot
+lose each other's update. On open, every agent's pin is re-made if a crash left it behind
+its pointer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import lmdb
+
+from n3xus.canon.blockstore import BlockStore
+from n3xus.canon.cid import CID
+from n3xus.canon.codec import encode
+
+from ._schema import Checker
+from .actions import Kind
+from .errors import DecisionError, RegistryError
+from .manifest import Manifest, decode_manifest
+from .policy import MAX_SNAPSHOT_EVENTS, Event
+
+AGENT_STATE_TYPE: Final = "n3xus/imvu-agent/v1"
+PIN_PREFIX: Final = "imvu/agent/"
+_DB_AGENTS: Final = b"imvu/agents"
+_DB_NAMES: Final = b"imvu/names"
+# Versions an agent keeps in its state block; upgrades are rare, 1000 is years of them.
+MAX_VERSIONS: Final = 1000
+# Escalations waiting for their creator at once; more means the creator is not answering
+# and new escalations are refused rather than queued forever.
+MAX_PENDING: Final = 64
+MAX_STATE_BLOCK_BYTES: Final = 512 * 1024
+
+
+@dataclass(frozen=True)
+class AgentState:
+    agent: bytes
+    name: str
+    manifest: CID  # the active version
+    versions: tuple[CID, ...]  # every version activated, in order of first activation
+    memory: CID | None
+    events: tuple[Event, ...]
+    pending: tuple[CID, ...]  # escalated decisions (payload CIDs) awaiting approval
+    enabled: bool
+    turns: int
+
+    def to_block(self) -> bytes:
+        return encode({
+            "type": AGENT_STATE_TYPE, "agent": self.agent, "name": self.name,
+            "manifest": self.manifest, "versions": list(self.versions), "memory": self.memory,
+            "events": [[e.time, e.kind, e.amount] for e in self.events],
+            "pending": list(self.pending), "enabled": self.enabled, "turns": self.turns,
+        })
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent.hex(), "name": self.name, "manifest": str(self.manifest),
+                "versions": [str(v) for v in self.versions],
+                "memory": None if self.memory is None else str(self.memory),
+                "pending": [str(p) for p in self.pending], "enabled": self.enabled,
+                "turns": self.turns}
+
+
+def decode_agent_state(data: bytes) -> AgentState:
+    check = Checker(DecisionError, "agent state")
+    raw = check.mapping(check.decode(data, MAX_STATE_BLOCK_BYTES),
+                        ("type", "agent", "name", "manifest", "versions", "memory", "events",
+                         "pending", "enabled", "turns"))
+    check.require(raw["type"] == AGENT_STATE_TYPE, f"type must be {AGENT_STATE_TYPE!r}")
+    events = []
+    for item in check.array(raw["events"], "events", MAX_SNAPSHOT_EVENTS):
+        check.require(type(item) is list and len(item) == 3 and item[1] in Kind.__members__.values(),
+                      "an event is [time, kind, amount]")
+        events.append(Event(check.integer(item[0], "event time"), item[1], check.integer(item[2], "event amount")))
+    state = AgentState(
+        agent=check.blob(raw["agent"], "agent", 32), name=check.text(raw["name"], "name", 64, 1),
+        manifest=check.link(raw["manifest"], "manifest"),
+        versions=tuple(check.link(v, "version") for v in check.array(raw["versions"], "versions", MAX_VERSIONS)),
+        memory=check.optional_link(raw["memory"], "memory"), events=tuple(events),
+        pending=tuple(check.link(p, "pending") for p in check.array(raw["pending"], "pending", MAX_PENDING)),
+        enabled=check.boolean(raw["enabled"], "enabled"), turns=check.integer(raw["turns"], "turns"),
+    )
+    check.require(state.to_block() == bytes(data), "block is not canonical")
+    return state
+
+
+class AgentRegistry:
+    """Agents hosted by this node, over the node's LMDB environment and block store."""
+
+    def __init__(self, env: lmdb.Environment, store: BlockStore) -> None:
+        self.env = env
+        self.store = store
+        self._agents = env.open_db(_DB_AGENTS)
+        self._names = env.open_db(_DB_NAMES)
+        self._manifests: dict[CID, Manifest] = {}
+        self._repin()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _pointer(self, agent: bytes) -> CID | None:
+        with self.env.begin(db=self._agents) as txn:
+            raw = txn.get(agent)
+        return None if raw is None else CID(bytes(raw))
+
+    def get(self, agent: bytes) -> AgentState:
+        cid = self._pointer(agent)
+        if cid is None:
+            raise RegistryError(f"no agent {agent.hex()}")
+        return decode_agent_state(self.store.get(cid))
+
+    def state_cid(self, agent: bytes) -> CID:
+        cid = self._pointer(agent)
+        if cid is None:
+            raise RegistryError(f"no agent {agent.hex()}")
+        return cid
+
+    def by_name(self, name: str) -> AgentState:
+        with self.env.begin(db=self._names) as txn:
+            agent = txn.get(name.encode("utf-8"))
+        if agent is None:
+            raise RegistryError(f"no agent named {name!r}")
+        return self.get(bytes(agent))
+
+    def __iter__(self) -> Iterator[AgentState]:
+        with self.env.begin(db=self._agents) as txn:
+            keys = [bytes(key) for key in txn.cursor().iternext(values=False)]
+        for key in keys:
+            yield self.get(key)
+
+    def agents(self) -> list[AgentState]:
+        """Every agent, by name."""
+        return sorted(self, key=lambda state: state.name)
+
+    def manifest(self, cid: CID) -> Manifest:
+        """A manifest version by CID, verified once and then cached (blocks are immutable)."""
+        manifest = self._manifests.get(cid)
+        if manifest is None:
+            manifest = self._manifests[cid] = decode_manifest(self.store.get(cid))
+        return manifest
+
+    def active_manifest(self, agent: bytes) -> tuple[CID, Manifest]:
+        cid = self.get(agent).manifest
+        return cid, self.manifest(cid)
+
+    def history(self, agent: bytes) -> list[tuple[CID, Manifest]]:
+        """Every version the agent has run, in order of first activation."""
+        return [(cid, self.manifest(cid)) for cid in self.get(agent).versions]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def create(self, manifest: Manifest) -> AgentState:
+        """Register a new agent at version 1 of its manifest."""
+        decode_manifest(manifest.to_block())  # verified again: callers may build their own
+        if manifest.version != 1:
+            raise RegistryError("a new agent starts at manifest version 1")
+        cid = self.store.put(manifest.to_block())
+        state = AgentState(manifest.agent, manifest.name, cid, (cid,), None, (), (), True, 0)
+        with self.env.begin(write=True) as txn:
+            if txn.get(manifest.agent, db=self._agents) is not None:
+                raise RegistryError(f"agent {manifest.agent.hex()} already exists")
+            if txn.get(manifest.name.encode(), db=self._names) is not None:
+                raise RegistryError(f"an agent named {manifest.name!r} already exists")
+            txn.put(manifest.name.encode(), manifest.agent, db=self._names)
+        return self._write(state, None)
+
+    def upgrade(self, manifest: Manifest) -> AgentState:
+        """Activate the next version: its ``previous`` must be the active version. Queued
+        turns pick it up when they run (the runtime reads the active version per turn)."""
+        decode_manifest(manifest.to_block())
+        state = self.get(manifest.agent)
+        if manifest.previous != state.manifest:
+            raise RegistryError("the upgrade's previous version is not the active version")
+        if manifest.name != state.name:
+            raise RegistryError("an upgrade keeps the agent's name")
+        cid = self.store.put(manifest.to_block())
+        versions = state.versions if cid in state.versions else (*state.versions, cid)[-MAX_VERSIONS:]
+        return self._write(replace(state, manifest=cid, versions=versions), self.state_cid(manifest.agent))
+
+    def rollback(self, agent: bytes) -> AgentState:
+        """Make the active version's ``previous`` active again (its history is kept)."""
+        state = self.get(agent)
+        previous = self.manifest(state.manifest).previous
+        if previous is None:
+            raise RegistryError("the active version is the first: there is nothing to roll back to")
+        return self._write(replace(state, manifest=previous), self.state_cid(agent))
+
+    def set_enabled(self, agent: bytes, enabled: bool) -> AgentState:
+        """``n3xus agent start|stop``: a stopped agent takes no new turns."""
+        state = self.get(agent)
+        return self._write(replace(state, enabled=enabled), self.state_cid(agent))
+
+    def update(self, state: AgentState, expected: CID) -> AgentState:
+        """Write ``state`` if the agent's state is still ``expected`` (compare-and-swap)."""
+        return self._write(state, expected)
+
+    # -- storage ------------------------------------------------------------------------------
+
+    def _write(self, state: AgentState, expected: CID | None) -> AgentState:
+        block = state.to_block()
+        with self.store.session() as session:
+            cid = session.put(block)
+            with self.env.begin(write=True, db=self._agents) as txn:
+                current = txn.get(state.agent)
+                if (None if current is None else CID(bytes(current))) != expected:
+                    raise RegistryError(f"agent {state.agent.hex()} changed concurrently; retry")
+                txn.put(state.agent, bytes(cid))
+            session.pin(cid, PIN_PREFIX + state.agent.hex())
+        return state
+
+    def _repin(self) -> None:
+        pins = {pin.name: pin.cid for pin in self.store.pins() if pin.name.startswith(PIN_PREFIX)}
+        with self.env.begin(db=self._agents) as txn:
+            pointers = [(bytes(k), CID(bytes(v))) for k, v in txn.cursor()]
+        for agent, cid in pointers:
+            name = PIN_PREFIX + agent.hex()
+            if pins.get(name) != cid:
+                self.store.pin(cid, name, allow_missing=True)
+
+
+def export_roots(registry: AgentRegistry, agent: bytes) -> list[CID]:
+    """CAR roots that carry the agent whole: its state block (manifests, memory, and through
+    memory every decision with its prompt, output, state and action blocks)."""
+    return [registry.state_cid(agent)]
