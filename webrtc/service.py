@@ -21,6 +21,7 @@ import trio
 from .bridge import AsyncioBridge, TrioInbox, open_bridge
 from .engine import IceServer, LiveEngine, PeerEvent
 from .errors import ForbiddenError, RemoteLiveError, SignalingError, TokenError
+from .recording import RecordedSegment, Recorder
 from .relay import EncodedFrame, FrameQueue, TrackRelay
 from .rooms import DEFAULT_TOKEN_TTL_MS, Grant, Permission, Role, RoomTokens, check_room_name
 from .signaling import (
@@ -37,6 +38,9 @@ from .signaling import (
     is_fatal,
 )
 
+#: The recorder's queue: it consumes through the bridge, one hop per frame, so it
+#: gets two seconds of slack before it is resynchronised at a keyframe.
+RECORDER_QUEUE_FRAMES = 60
 #: How long the node waits for aiortc to answer one offer (ICE gathering of host
 #: candidates and DTLS setup take well under a second on one machine).
 ANSWER_TIMEOUT_S = 15.0
@@ -235,6 +239,30 @@ class LiveService:
                 relay.unsubscribe(frames)
             with trio.CancelScope(shield=True):
                 await self.bridge.run(close_queue)
+
+    async def request_keyframe(self, room: str) -> None:
+        async def ask() -> None:
+            self.engine.relay(room, "video").request_keyframe()
+        await self.bridge.run(ask)
+
+    async def record(self, room: str,
+                     on_segment: Callable[[RecordedSegment], Awaitable[None]],
+                     recorder: Recorder | None = None) -> None:
+        """Record the room's video until cancelled or the room ends; every finished
+        WebM segment goes to ``on_segment`` (the node stores it in the canon). The
+        open segment is closed and delivered on the way out, cancellation included."""
+        recorder = recorder or Recorder()
+        try:
+            async with self.subscribe(room, "video", RECORDER_QUEUE_FRAMES) as frames:
+                async for frame in frames:
+                    for segment in recorder.push(frame):
+                        await on_segment(segment)
+                    if recorder.wants_keyframe:
+                        await self.request_keyframe(room)
+        finally:
+            with trio.CancelScope(shield=True):
+                for segment in recorder.finish():
+                    await on_segment(segment)
 
     async def publish_pulled(self, room: str, frame: EncodedFrame) -> None:
         """Feed a frame pulled from another node into this node's relay."""
