@@ -55,6 +55,7 @@ from nacl.signing import SigningKey
 from trio_typing import TaskStatus
 
 from ..errors import AddressError, ConfigError, NodeError
+from .limits import ConnectionGate, ConnectionLimits
 from .patches import InboundSlotReleasingSwarm
 
 logger = logging.getLogger(__name__)
@@ -161,13 +162,24 @@ def parse_peer_id(text: str | ID) -> ID:
         raise AddressError(f"malformed peer ID {text!r}: {error}") from error
 
 
-def default_connection_config() -> ConnectionConfig:
-    """The connection settings make_host uses unless given others."""
-    return ConnectionConfig(max_connections_per_peer=MAX_CONNECTIONS_PER_PEER)
+def default_connection_config(limits: ConnectionLimits | None = None) -> ConnectionConfig:
+    """The connection settings make_host uses unless given others: one connection
+    per peer, and the total and handshake deadline of ``limits``."""
+    limits = limits if limits is not None else ConnectionLimits()
+    return ConnectionConfig(
+        max_connections_per_peer=MAX_CONNECTIONS_PER_PEER,
+        max_connections=limits.max_connections,
+        # The swarm's own deadline for security + muxer upgrade of an inbound
+        # connection is the gate's handshake deadline.
+        inbound_upgrade_timeout=limits.handshake_timeout_s,
+    )
 
 
 def make_host(
-    key_pair: KeyPair, *, connection_config: ConnectionConfig | None = None
+    key_pair: KeyPair,
+    *,
+    connection_config: ConnectionConfig | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> BasicHost:
     """A host with TCP transport, Noise as its only security protocol, Yamux as its
     only muxer, and identify, identify-push and ping handlers (BasicHost's
@@ -176,8 +188,14 @@ def make_host(
     This builds the swarm itself instead of calling ``libp2p.new_host``: new_host
     always constructs the upstream ``Swarm`` (with the inbound-slot leak) and, with
     no ``sec_opt``, offers plaintext and secio beside Noise and TLS.
+
+    Inbound connections pass a :class:`~n3xus.node.p2p.limits.ConnectionGate`
+    built from ``limits`` (see :mod:`n3xus.node.p2p.limits`; read it back with
+    :func:`gate_of`).
     """
-    config = connection_config if connection_config is not None else default_connection_config()
+    limits = limits if limits is not None else ConnectionLimits()
+    config = (connection_config if connection_config is not None
+              else default_connection_config(limits))
     peer_id = ID.from_pubkey(key_pair.public_key)
     # The Noise static key is separate from the identity key and signed by it
     # during the handshake (libp2p noise spec), so a fresh one per host is fine.
@@ -195,6 +213,7 @@ def make_host(
         transports=[TCP()],
         connection_config=config,
         transport_manager=TransportManager(),
+        gate=ConnectionGate(limits),
     )
     # Same default resource manager (stream and memory limits) new_host installs.
     return BasicHost(network=swarm, resource_manager=new_resource_manager())
@@ -205,6 +224,11 @@ def _swarm_of(host: BasicHost) -> InboundSlotReleasingSwarm:
     if not isinstance(swarm, InboundSlotReleasingSwarm):
         raise TypeError("this host was not made by n3xus.node.p2p.host.make_host")
     return swarm
+
+
+def gate_of(host: BasicHost) -> ConnectionGate:
+    """The connection gate of a host made by :func:`make_host`."""
+    return _swarm_of(host).gate
 
 
 # -- addresses ---------------------------------------------------------------

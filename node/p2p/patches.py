@@ -33,14 +33,26 @@ The fix (:class:`InboundSlotReleasingSwarm`) keeps the handler alive exactly as
 long as its own connection: it waits for the Yamux connection's ``event_closed``,
 which ``Yamux.close`` sets on every path -- a local close, the swarm closing the
 peer, the remote's GO_AWAY or EOF, a read error. Then the handler returns and the
-upstream ``finally`` releases the slot. The limit itself is left as it is: it
-still bounds *concurrent* inbound connections, which is what it is for.
+upstream ``finally`` releases the slot.
+
+Connection gating
+=================
+
+The swarm also replaces the upstream inbound admission (one ``CapacityLimiter``
+of 250 tokens, held for up to 10 s by connections that never say a word) with
+:class:`~n3xus.node.p2p.limits.ConnectionGate`: a small pool of pending
+(pre-handshake) connections with eviction of the oldest, a handshake deadline,
+per-address limits, and established capacity that unauthenticated connections
+cannot take. ``_handle_inbound_connection`` (swarm.py 0.8.1 lines 1947-1999) is
+overridden for that; the upstream limiter is no longer used.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import trio
 from libp2p.abc import IMuxedConn
 from libp2p.io.abc import ReadWriteCloser
 from libp2p.metrics.swarm import SwarmEvent
@@ -50,22 +62,67 @@ from libp2p.network.swarm import Swarm
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
+from .limits import ConnectionGate, Refusal, Ticket
+
 logger = logging.getLogger(__name__)
+
+# Closing a refused or evicted socket must not wait on the peer.
+SOCKET_CLOSE_TIMEOUT_SECONDS = 0.5
 
 
 class InboundSlotReleasingSwarm(Swarm):
     """A 0.8.1 ``Swarm`` whose inbound connections give their slot back when they
-    close, not when the swarm stops. See the module docstring."""
+    close, not when the swarm stops, and pass the connection gate. See the module
+    docstring. ``make_host`` sets :attr:`gate` and the handshake deadline
+    (``connection_config.inbound_upgrade_timeout``) from the same limits."""
+
+    def __init__(self, *args: Any, gate: ConnectionGate | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate if gate is not None else ConnectionGate()
+        # The upstream auto-connector re-dials any peerstore entry while the node
+        # has fewer than min_connections (50) connections, with its own backoff.
+        # The node's discovery (n3xus.node.p2p.discovery) decides whom to dial,
+        # with named backoff constants, so this one is kept from running. Its
+        # bookkeeping methods (record_*) still work; only the loop is off.
+        self.auto_connector.run_background_task = _no_background_task  # type: ignore[method-assign]
+
+    async def _handle_inbound_connection(
+        self, read_write_closer: ReadWriteCloser, maddr: Multiaddr
+    ) -> None:
+        # Replaces swarm.py 0.8.1 lines 1947-1999 (the 250-token limiter).
+        remote = read_write_closer.get_remote_address()
+        ip = remote[0] if remote is not None else ""
+        admission = self.gate.accept(ip, trio.current_time())
+        for evicted in admission.evicted:
+            if evicted.on_evict is not None:
+                evicted.on_evict()
+        ticket = admission.ticket
+        if ticket is None:
+            logger.debug("inbound connection from %s refused: %s", ip, admission.refused)
+            await _close_quietly(read_write_closer)
+            return
+        handler_scope = trio.CancelScope()
+        ticket.on_evict = handler_scope.cancel
+        try:
+            with handler_scope:
+                await self._do_handle_inbound_connection(read_write_closer, maddr, ticket)
+        finally:
+            self.gate.release(ticket)
+            # Evicted mid-handshake, refused, or done: the socket is ours to close
+            # (trio's serve_listeners leaves that to the handler). Idempotent.
+            await _close_quietly(read_write_closer)
 
     async def _do_handle_inbound_connection(
         self,
         read_write_closer: ReadWriteCloser,
         maddr: Multiaddr,
-        failure_event: SwarmEvent,
+        ticket: Ticket | SwarmEvent,
     ) -> None:
-        # Replaces swarm.py 0.8.1 lines 2001-2073. The caller
-        # (_handle_inbound_connection) holds one inbound slot for exactly as long
-        # as this coroutine runs and releases it in its ``finally``.
+        # Replaces swarm.py 0.8.1 lines 2001-2073. The caller holds the
+        # connection's gate ticket for exactly as long as this coroutine runs
+        # and releases it in its ``finally``.
+        if not isinstance(ticket, Ticket):
+            raise TypeError("the gated swarm's inbound handler needs its gate ticket")
         if isinstance(read_write_closer, IMuxedConn):
             # Only transports that hand over a ready multiplexed connection (QUIC,
             # WebTransport) take this branch upstream, and it carries the same
@@ -81,7 +138,7 @@ class InboundSlotReleasingSwarm(Swarm):
             remote_maddr
         ):
             logger.debug("inbound connection from %s denied by the gate", remote_maddr)
-            await read_write_closer.close()
+            self.gate.fail(ticket, Refusal.HANDSHAKE_FAILED)
             return
 
         raw_conn = RawConnection(read_write_closer, False)
@@ -90,8 +147,20 @@ class InboundSlotReleasingSwarm(Swarm):
         except SwarmException as error:
             # Peers that do not speak Noise, a full node, a handshake timeout:
             # expected churn. upgrade_inbound_raw_conn has already closed what it
-            # opened; trio's serve_listeners closes the socket when we return.
+            # opened; the caller closes the socket when we return.
+            timed_out = isinstance(error.__context__, trio.TooSlowError)
+            self.gate.fail(ticket, Refusal.HANDSHAKE_TIMEOUT if timed_out
+                           else Refusal.HANDSHAKE_FAILED)
             logger.debug("inbound connection on %s not upgraded: %s", maddr, error)
+            return
+
+        refusal = self.gate.complete(ticket)
+        if refusal is not None:
+            # Too many established connections (in all, or from this address).
+            # upgrade_inbound_raw_conn already registered the connection; close
+            # it through the muxer so the swarm forgets it too.
+            logger.debug("closing an inbound connection after its handshake: %s", refusal)
+            await muxed_conn.close()
             return
 
         if not isinstance(muxed_conn, Yamux):
@@ -106,8 +175,22 @@ class InboundSlotReleasingSwarm(Swarm):
     def inbound_slots_in_use(self) -> int:
         """Inbound slots currently held: the number of inbound connections alive
         (or being upgraded). Returns to 0 when every inbound peer has left."""
-        return int(self._inbound_limiter.borrowed_tokens)
+        return self.gate.in_use()
 
     def inbound_slot_capacity(self) -> int:
-        """Concurrent inbound connections the swarm accepts."""
-        return int(self._inbound_limiter.total_tokens)
+        """Concurrent inbound connections the swarm holds: the pending pool plus
+        the established capacity."""
+        return self.gate.limits.max_pending + self.gate.limits.max_inbound
+
+
+async def _no_background_task(nursery: trio.Nursery) -> None:
+    return None
+
+
+async def _close_quietly(read_write_closer: ReadWriteCloser) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + SOCKET_CLOSE_TIMEOUT_SECONDS
+        try:
+            await read_write_closer.close()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            logger.debug("error closing an inbound socket: %s", error)
