@@ -1,0 +1,100 @@
+"""The registry in real LMDB: create, upgrade, rollback, history, persistence across a
+reopen, pins that survive GC; memory chains and recall within a token budget."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from imvu_support import T0, manifest, open_env
+
+from n3xus.canon.blockstore import BlockStore
+from n3xus.canon.car import export_car
+from n3xus.imvu.errors import RegistryError
+from n3xus.imvu.memory import Memory, bm25_scores
+from n3xus.imvu.registry import PIN_PREFIX, AgentRegistry, export_roots
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_lifecycle_upgrade_rollback_and_reopen(tmp_path: Path) -> None:
+    env = open_env(tmp_path / "db")
+    registry = AgentRegistry(env, BlockStore(env))
+    v1 = manifest()
+    state = registry.create(v1)
+    assert state.manifest == v1.cid and state.versions == (v1.cid,)
+    with pytest.raises(RegistryError, match="already exists"):
+        registry.create(v1)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback(v1.agent)
+    v2 = manifest(previous=v1, persona="You are Nova, version two.")
+    registry.upgrade(v2)
+    with pytest.raises(RegistryError, match="previous version"):
+        registry.upgrade(manifest(previous=v1, persona="a fork of v1"))
+    assert registry.active_manifest(v1.agent) == (v2.cid, v2)
+    back = registry.rollback(v1.agent)
+    assert back.manifest == v1.cid and back.versions == (v1.cid, v2.cid)
+    assert [m.version for _, m in registry.history(v1.agent)] == [1, 2]
+    stopped = registry.set_enabled(v1.agent, False)
+    env.close()
+    env = open_env(tmp_path / "db")  # a restart keeps everything
+    registry = AgentRegistry(env, BlockStore(env))
+    assert registry.by_name("nova") == stopped
+    assert [s.name for s in registry.agents()] == ["nova"]
+    env.close()
+
+
+def test_compare_and_swap_refuses_a_stale_writer(tmp_path: Path) -> None:
+    env = open_env(tmp_path / "db")
+    registry = AgentRegistry(env, BlockStore(env))
+    state = registry.create(manifest())
+    stale = registry.state_cid(state.agent)
+    registry.set_enabled(state.agent, False)
+    with pytest.raises(RegistryError, match="concurrently"):
+        registry.update(state, stale)
+    env.close()
+
+
+def test_memory_persists_is_pinned_and_exported(tmp_path: Path) -> None:
+    env = open_env(tmp_path / "db")
+    store = BlockStore(env)
+    registry = AgentRegistry(env, store)
+    state = registry.create(manifest())
+    memory = Memory(store, None)
+    for i in range(10):
+        memory.append("turn", f"turn number {i} about the weather", "user:sam", T0 + i)
+    memory.append("fact", "The drummer is called Rosa.", "creator", T0 + 20)
+    expected = registry.state_cid(state.agent)
+    registry.update(replace(state, memory=memory.head), expected)
+    pin = {p.name: p for p in store.pins()}[PIN_PREFIX + state.agent.hex()]
+    assert pin.recursive and pin.cid == registry.state_cid(state.agent)
+    orphan = store.put(b"\xa1aa\x01")  # an unpinned block: the control that GC really runs
+    store.collect_garbage()
+    store.collect_garbage()  # two runs: the grace cycle is over, only pinned blocks remain
+    assert not store.has(orphan)
+    again = Memory(store, registry.get(state.agent).memory)
+    assert [item.seq for _, item in again.items()] == list(range(10, -1, -1))
+    with (tmp_path / "agent.car").open("wb") as out:
+        report = export_car(store, export_roots(registry, state.agent), out)
+    assert report.blocks >= 13  # state + manifest + 11 memory items
+    env.close()
+
+
+def test_recall_is_recent_plus_relevant_within_budget() -> None:
+    from n3xus.canon.world import MemoryBlockStore
+
+    memory = Memory(MemoryBlockStore(), None)
+    memory.append("fact", "The drummer of the band is called Rosa.", "creator", T0)
+    for i in range(20):
+        memory.append("turn", f"small talk number {i}", "user:sam", T0 + i + 1)
+    recalled = memory.recall("who plays the drummer part", 60, words)
+    texts = [item.text for item in recalled]
+    assert "The drummer of the band is called Rosa." in texts  # relevant, though old
+    assert texts[-1] == "small talk number 19"  # recent
+    assert sum(words(item.line() + "\n") for item in recalled) <= 60
+    assert [i.seq for i in recalled] == sorted(i.seq for i in recalled)
+    assert memory.recall("anything", 0, words) == []
+    assert bm25_scores("rosa", ["rosa rosa", "nothing here"])[1] == 0.0
