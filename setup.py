@@ -24,8 +24,9 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 CODE_FOLDERS = ("node", "protocol", "ledger", "canon", "imvu", "webrtc")
 # Non-Python files a package serves at run time (read through importlib.resources):
-# the operator console's page and assets.
-STATIC_FILES = {"n3xus.node.console": ["*.html", "*.js", "*.css", "*.svg"]}
+# the operator console's page and assets; the live-room pages.
+STATIC_FILES = {"n3xus.node.console": ["*.html", "*.js", "*.css", "*.svg"],
+                "n3xus.webrtc.pages": ["*.html", "*.js", "*.css"]}
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:

@@ -211,6 +211,9 @@ class TrackRelay:
         self._last_out_pts = -1
         self._last_request = -KEYFRAME_REQUEST_INTERVAL_S
         self._pending_request: asyncio.TimerHandle | None = None
+        #: Where keyframe requests go when the stream is pulled from another node
+        #: (no local performer): set by the /n3xus/live/1.0.0 follower.
+        self.upstream_keyframe: Callable[[], object] | None = None
         self.stats = RelayStats()
 
     # -- performer side --------------------------------------------------------------
@@ -278,7 +281,10 @@ class TrackRelay:
         self._last_request = self._clock()
         receiver = self._receiver
         if receiver is None:
-            return  # nobody to ask: the next performer's first frame is a keyframe
+            if self.upstream_keyframe is not None:
+                self.stats.keyframe_requests_sent += 1
+                self.upstream_keyframe()
+            return  # else nobody to ask: the next performer's first frame is a keyframe
         sources = receiver.getSynchronizationSources()
         if not sources:
             return  # no media yet; the first frame of a stream is a keyframe

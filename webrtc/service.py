@@ -14,15 +14,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol
 
 import trio
 
+from . import pull
 from .bridge import AsyncioBridge, TrioInbox, open_bridge
 from .engine import IceServer, LiveEngine, PeerEvent
-from .errors import ForbiddenError, RemoteLiveError, SignalingError, TokenError
+from .errors import (
+    ForbiddenError,
+    PullProtocolError,
+    RemoteLiveError,
+    SignalingError,
+    TokenError,
+)
 from .recording import RecordedSegment, Recorder
-from .relay import EncodedFrame, FrameQueue, TrackRelay
+from .relay import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedFrame, FrameQueue, TrackRelay
 from .rooms import DEFAULT_TOKEN_TTL_MS, Grant, Permission, Role, RoomTokens, check_room_name
 from .signaling import (
     CLOSE_NORMAL,
@@ -41,6 +49,9 @@ from .signaling import (
 #: The recorder's queue: it consumes through the bridge, one hop per frame, so it
 #: gets two seconds of slack before it is resynchronised at a keyframe.
 RECORDER_QUEUE_FRAMES = 60
+#: A pulling node's queue at the origin: a libp2p stream has backpressure, so a slow
+#: follower fills this and is resynchronised at a keyframe instead of queueing.
+PULL_QUEUE_FRAMES = 30
 #: How long the node waits for aiortc to answer one offer (ICE gathering of host
 #: candidates and DTLS setup take well under a second on one machine).
 ANSWER_TIMEOUT_S = 15.0
@@ -58,6 +69,10 @@ class SignalingSocket(Protocol):
 
 
 WorldEditHandler = Callable[[str, dict[str, Any]], Awaitable[bool]]
+#: One whole /n3xus/live/1.0.0 message out / in (the node adds and strips framing);
+#: ``None`` from a receive means the stream has ended.
+SendMessage = Callable[[bytes], Awaitable[None]]
+ReceiveMessage = Callable[[], Awaitable[bytes | None]]
 
 
 def _now_ms() -> int:
@@ -85,6 +100,7 @@ class LiveService:
         self._clock_ms = clock_ms
         self._world_edit = world_edit
         self._connections: dict[str, set[_Connection]] = {}
+        self._pullers: dict[str, set[Callable[[pull.PullMessage], Awaitable[None]]]] = {}
 
     # -- signaling --------------------------------------------------------------------
 
@@ -198,6 +214,8 @@ class LiveService:
                     if conn.grant is not None:
                         await self._send(conn.socket, {"type": "live",
                                                        "live": event.data["live"]})
+                for send in list(self._pullers.get(event.room, ())):
+                    await send(pull.Live(bool(event.data["live"])))
             elif event.kind == "world-edit":
                 applied = self._world_edit is not None and await self._world_edit(
                     event.room, event.data)
@@ -269,6 +287,109 @@ class LiveService:
         async def put() -> None:
             self.engine.relay(room, frame.kind).publish(frame)
         await self.bridge.run(put)
+
+    # -- /n3xus/live/1.0.0 (the node frames messages and owns the libp2p stream) -------
+
+    async def serve_pull(self, send: SendMessage, receive: ReceiveMessage) -> None:
+        """Origin side of one pull stream: check the request, then stream frames
+        until the follower says bye or goes away (specs/live.md §6)."""
+        send_lock = trio.Lock()
+
+        async def send_locked(message: pull.PullMessage) -> None:
+            async with send_lock:
+                await send(pull.encode(message))
+
+        with trio.move_on_after(HELLO_TIMEOUT_S):
+            first = await receive()
+        try:
+            if first is None:
+                raise PullProtocolError("no pull request", code="timeout")
+            request = pull.decode(first)
+            if not isinstance(request, pull.Pull):
+                raise PullProtocolError("the first message must be pull")
+            grant = self.tokens.verify(request.token, room=request.room,
+                                       now_ms=self._clock_ms())
+            if not grant.allows(Permission.WATCH):
+                raise ForbiddenError(f"role {grant.role.value} may not watch")
+        except RemoteLiveError as exc:
+            await send(pull.encode(pull.Refuse(exc.code, exc.message[:pull.MAX_TEXT_CHARS])))
+            return
+        room = request.room
+        await send_locked(pull.Accept(room, await self.bridge.run(self._is_live, room)))
+        pullers = self._pullers.setdefault(room, set())
+        pullers.add(send_locked)
+        try:
+            async with trio.open_nursery() as nursery:
+                for kind in request.kinds:
+                    nursery.start_soon(self._pump_frames, room, kind, send_locked)
+                while True:
+                    raw = await receive()
+                    if raw is None:
+                        break
+                    try:
+                        message = pull.decode(raw)
+                    except PullProtocolError:
+                        break  # a broken follower: stop streaming to it
+                    if isinstance(message, pull.KeyframeRequest):
+                        await self.request_keyframe(room)
+                    elif isinstance(message, pull.Bye):
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            pullers.discard(send_locked)
+
+    async def _pump_frames(self, room: str, kind: str,
+                           send: Callable[[pull.PullMessage], Awaitable[None]]) -> None:
+        async with self.subscribe(room, kind, PULL_QUEUE_FRAMES) as frames:
+            async for frame in frames:
+                await send(pull.Frame(frame.kind, frame.index, frame.pts, frame.keyframe,
+                                      frame.data))
+        await send(pull.End())
+
+    async def pull_into(self, room: str, token: str, send: SendMessage,
+                        receive: ReceiveMessage, *, remote_room: str | None = None,
+                        kinds: tuple[str, ...] = ("video",)) -> None:
+        """Follower side: pull ``remote_room`` from another node into this node's
+        ``room`` relay, whose local viewers then watch it; returns when the origin
+        ends the stream, raises :class:`RemoteLiveError` if it refuses."""
+        await send(pull.encode(pull.Pull(remote_room or room, token, kinds)))
+        reply = await receive()
+        message = pull.decode(reply) if reply is not None else None
+        if isinstance(message, pull.Refuse):
+            raise RemoteLiveError(f"origin refused the pull: {message.message}",
+                                  code=message.code)
+        if not isinstance(message, pull.Accept):
+            raise PullProtocolError("origin did not accept the pull")
+        wanted: TrioInbox[None] = TrioInbox(capacity=1)
+
+        async def hook(on: bool) -> None:
+            self.engine.relay(room, "video").upstream_keyframe = (
+                (lambda: wanted.post(None)) if on else None)
+
+        async def forward_keyframe_requests() -> None:
+            async for _ in wanted:
+                await send(pull.encode(pull.KeyframeRequest()))
+
+        await self.bridge.run(hook, True)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward_keyframe_requests)
+                await send(pull.encode(pull.KeyframeRequest()))
+                while (raw := await receive()) is not None:
+                    message = pull.decode(raw)
+                    if isinstance(message, pull.Frame):
+                        relay_frame = EncodedFrame(
+                            message.kind, message.data, message.pts,
+                            Fraction(1, VIDEO_CLOCK_RATE if message.kind == "video"
+                                     else AUDIO_CLOCK_RATE),
+                            message.keyframe, message.index)
+                        await self.publish_pulled(room, relay_frame)
+                    elif isinstance(message, pull.End):
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.bridge.run(hook, False)
 
 
 class FrameSubscription:

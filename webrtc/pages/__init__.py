@@ -1,0 +1,1 @@
+"""Static pages of live rooms (room, performer, audience), served by the node."""
