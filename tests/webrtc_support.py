@@ -201,3 +201,42 @@ def rgb_close(seen: tuple[float, float, float] | None,
 
 
 VIDEO_TIME_BASE = Fraction(1, 90000)
+
+
+@dataclass
+class ChannelPeer:
+    """A stand-in room page: only the ``room`` data channel."""
+
+    pc: RTCPeerConnection
+    channel: Any
+    received: list[dict[str, Any]] = field(default_factory=list)
+    opened: bool = False
+
+
+async def new_room_member() -> tuple[ChannelPeer, str]:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("room")
+    peer = ChannelPeer(pc, channel)
+
+    @channel.on("open")
+    def on_open() -> None:
+        peer.opened = True
+
+    @channel.on("message")
+    def on_message(message: str) -> None:
+        peer.received.append(json.loads(message))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    return peer, pc.localDescription.sdp
+
+
+async def channel_accept(peer: ChannelPeer, sdp: str) -> None:
+    await peer.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
+
+
+async def channel_send(peer: ChannelPeer, message: dict[str, Any]) -> None:
+    peer.channel.send(json.dumps(message))
+
+
+async def channel_state(peer: ChannelPeer) -> tuple[bool, list[dict[str, Any]]]:
+    return peer.opened, list(peer.received)
