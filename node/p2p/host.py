@@ -24,8 +24,10 @@ import errno
 import logging
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 from libp2p.abc import INetConn, INetStream
@@ -74,6 +76,9 @@ MAX_CONNECTIONS_PER_PEER = 1
 # The ping protocol (/ipfs/ping/1.0.0) echoes exactly 32 random bytes.
 PING_PAYLOAD_LENGTH = 32
 
+# Last ping RTTs kept for the peers route; old entries (peers long gone) fall out.
+MAX_PING_RECORDS = 1024
+
 # A peer that has not echoed a ping within this time is treated as unreachable.
 PING_TIMEOUT_SECONDS = 10.0
 
@@ -101,7 +106,7 @@ _DIAL_HOST_PROTOCOLS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
 # dial, a stream or a close: libp2p's own errors all derive from BaseLibp2pError,
 # the others come from the socket and trio layers below it. Anything else is a
 # bug and propagates.
-_NETWORK_ERRORS: tuple[type[Exception], ...] = (
+NETWORK_ERRORS: tuple[type[Exception], ...] = (
     BaseLibp2pError,
     OSError,
     EOFError,
@@ -427,7 +432,7 @@ async def _shutdown(host: BasicHost, swarm: InboundSlotReleasingSwarm) -> None:
 async def _close_connection(connection: INetConn) -> None:
     try:
         await connection.close()
-    except _NETWORK_ERRORS as error:
+    except NETWORK_ERRORS as error:
         logger.debug("error while closing a connection at shutdown: %s", error)
 
 
@@ -448,7 +453,7 @@ async def connect(host: BasicHost, multiaddr_text: str | Multiaddr) -> str:
     with trio.move_on_after(CONNECT_TIMEOUT_SECONDS) as timeout:
         try:
             await host.connect(PeerInfo(peer_id, [transport_addr]))
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             raise DialError(f"cannot connect to {multiaddr_text}: {_reason(error)}") from error
     if timeout.cancelled_caught:
         raise DialError(
@@ -484,14 +489,14 @@ async def ping(host: BasicHost, peer: str | ID) -> float:
     with trio.move_on_after(PING_TIMEOUT_SECONDS) as timeout:
         try:
             stream = await host.new_stream(peer_id, [PING_PROTOCOL_ID])
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             raise PingError(f"cannot open a ping stream to {peer_id}: {_reason(error)}") from error
         try:
             started = trio.current_time()
             await stream.write(payload)
             echoed = await read_exactly(stream, PING_PAYLOAD_LENGTH)
             rtt = trio.current_time() - started
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             raise PingError(f"ping to {peer_id} failed: {_reason(error)}") from error
         finally:
             await _close_stream(stream)
@@ -499,7 +504,16 @@ async def ping(host: BasicHost, peer: str | ID) -> float:
         raise PingError(f"no ping answer from {peer_id} within {PING_TIMEOUT_SECONDS:.0f} s")
     if echoed != payload:
         raise PingError(f"{peer_id} answered a ping with different bytes")
+    _record_ping(_swarm_of(host), str(peer_id), rtt)
     return rtt
+
+
+def _record_ping(swarm: InboundSlotReleasingSwarm, peer: str, rtt: float) -> None:
+    records = swarm.last_pings
+    records.pop(peer, None)  # re-insert: the dict stays ordered oldest first
+    records[peer] = (rtt, time.time())
+    while len(records) > MAX_PING_RECORDS:
+        del records[next(iter(records))]
 
 
 async def _close_stream(stream: INetStream) -> None:
@@ -509,7 +523,7 @@ async def _close_stream(stream: INetStream) -> None:
         scope.deadline = trio.current_time() + STREAM_CLOSE_TIMEOUT_SECONDS
         try:
             await stream.close()
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             logger.debug("error while closing a ping stream: %s", error)
 
 
@@ -524,6 +538,46 @@ def connected_peers(host: BasicHost) -> list[tuple[str, list[str]]]:
             addrs = [str(a) for c in open_connections for a in c.get_transport_addresses()]
             peers.append((str(peer_id), addrs))
     return peers
+
+
+def peer_details(host: BasicHost) -> list[dict[str, Any]]:
+    """What the node's peers route shows, one dict per connected peer::
+
+        {"peer_id": "12D3KooW...", "addrs": ["/ip4/.../tcp/..."],
+         "direction": "inbound" | "outbound" | "unknown",
+         "connected_since": 1764400000.123,      # unix seconds, oldest connection
+         "last_ping_rtt_ms": 0.412 | None,       # last successful ping (any caller)
+         "last_ping_at": 1764400042.5 | None}
+
+    Sorted by peer ID."""
+    swarm = _swarm_of(host)
+    details: list[dict[str, Any]] = []
+    for peer_id, connections in list(swarm.connections.items()):
+        open_connections = [c for c in connections if not c.is_closed]
+        if not open_connections:
+            continue
+        first = min(open_connections, key=_connection_created_at)
+        rtt, pinged_at = swarm.last_pings.get(str(peer_id), (None, None))
+        details.append({
+            "peer_id": str(peer_id),
+            "addrs": [str(a) for c in open_connections for a in c.get_transport_addresses()],
+            "direction": _direction_name(first),
+            "connected_since": round(_connection_created_at(first), 3),
+            "last_ping_rtt_ms": None if rtt is None else round(rtt * 1000, 3),
+            "last_ping_at": None if pinged_at is None else round(pinged_at, 3),
+        })
+    return sorted(details, key=lambda d: str(d["peer_id"]))
+
+
+def _connection_created_at(connection: INetConn) -> float:
+    # SwarmConn (0.8.1) stamps time.time() when it is created.
+    return float(getattr(connection, "_created_at", 0.0))
+
+
+def _direction_name(connection: INetConn) -> str:
+    # libp2p.rcmgr.metrics.Direction, an IntEnum: INBOUND / OUTBOUND / UNKNOWN.
+    name = str(getattr(getattr(connection, "direction", None), "name", "")).lower()
+    return name if name in ("inbound", "outbound") else "unknown"
 
 
 def inbound_connections_in_use(host: BasicHost) -> int:

@@ -79,6 +79,9 @@ class InboundSlotReleasingSwarm(Swarm):
     def __init__(self, *args: Any, gate: ConnectionGate | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = gate if gate is not None else ConnectionGate()
+        # peer ID -> (RTT seconds, unix time) of its last successful ping, for
+        # the peers route (written by n3xus.node.p2p.host.ping).
+        self.last_pings: dict[str, tuple[float, float]] = {}
         # The upstream auto-connector re-dials any peerstore entry while the node
         # has fewer than min_connections (50) connections, with its own backoff.
         # The node's discovery (n3xus.node.p2p.discovery) decides whom to dial,
