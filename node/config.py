@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, NodeRunningError
+from .p2p.limits import ConnectionLimits
 
 ENV_HOME = "N3XUS_HOME"
 DEFAULT_HOME = "~/.n3xus"
@@ -70,6 +71,25 @@ CONFIG_TEMPLATE = """\
 # Peers to dial at start-up: /ip4/HOST/tcp/PORT/p2p/PEER_ID
 # bootstrap = []
 
+[p2p]
+# Kademlia DHT (/ipfs/kad/1.0.0): finds the other peers of the network from one
+# bootstrap peer, and who provides a CID.
+# dht = true
+# mDNS (_p2p._udp.local): announce this node on the LAN and dial peers heard there.
+# Off by default: it tells every network the machine joins that a node runs here.
+# mdns = false
+
+[p2p.limits]
+# Inbound connection gating (see node/p2p/limits.py). Loopback is exempt from the
+# per-address limits unless exempt_loopback = false.
+# handshake_timeout_s = 2.0
+# max_pending = 64
+# max_pending_per_ip = 8
+# max_inbound = 200
+# max_inbound_per_ip = 16
+# max_connections = 300
+# exempt_loopback = true
+
 [api]
 # The local HTTP API. Binding anything but loopback needs --api-allow-remote.
 # host = "{api_host}"
@@ -97,6 +117,9 @@ class NodeConfig:
     map_size_mib: int = DEFAULT_MAP_SIZE_MIB
     log_level: str = "info"
     log_format: str = "text"
+    dht: bool = True
+    mdns: bool = False
+    p2p_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -341,6 +364,8 @@ def _config_from_toml(raw: dict[str, Any], path: Path) -> NodeConfig:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{path}: api.port {port} is out of range")
     map_size = typed(storage, "map_size_mib", int, DEFAULT_MAP_SIZE_MIB)
+    p2p = section("p2p")
+    limits = _limits_from_toml(p2p.get("limits", {}), path)
     if map_size < 16:
         raise ConfigError(f"{path}: storage.map_size_mib must be at least 16")
     return NodeConfig(
@@ -351,4 +376,29 @@ def _config_from_toml(raw: dict[str, Any], path: Path) -> NodeConfig:
         map_size_mib=map_size,
         log_level=typed(log, "level", str, "info"),
         log_format=typed(log, "format", str, "text"),
+        dht=typed(p2p, "dht", bool, True),
+        mdns=typed(p2p, "mdns", bool, False),
+        p2p_limits=limits,
     )
+
+
+def _limits_from_toml(raw: Any, path: Path) -> ConnectionLimits:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [p2p.limits] must be a table")
+    defaults = ConnectionLimits()
+    known = set(defaults.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown [p2p.limits] keys {unknown}; known: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(f"{path}: p2p.limits.{key} must be of type {expected.__name__}")
+        values[key] = value
+    try:
+        return ConnectionLimits(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [p2p.limits]: {exc}") from exc

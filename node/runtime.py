@@ -41,9 +41,11 @@ from .api.ledger import ledger_routes
 from .api.node import node_routes
 from .api.server import ApiRoute, build_app
 from .config import DataDir, NodeConfig
-from .errors import AddressError, NodeError
+from .errors import AddressError
 from .logs import get_logger
 from .p2p import host as p2p
+from .p2p.discovery import Discovery, DiscoveryConfig
+from .p2p.limits import register_gate_metrics
 from .services.canon import CanonService
 from .services.ledger import LedgerService
 from .services.metrics_history import MetricsHistory
@@ -52,9 +54,6 @@ from .storage import open_environment
 
 log = get_logger("n3xus.node")
 
-# Bootstrap peers that do not answer in this long are logged and skipped, so a dead
-# bootstrap entry never holds up start-up.
-BOOTSTRAP_DIAL_TIMEOUT_S = 10.0
 # Hypercorn waits this long for in-flight requests when the API shuts down; the
 # node must be gone within 5 s of SIGTERM, so keep well under that.
 API_GRACEFUL_TIMEOUT_S = 1.0
@@ -133,6 +132,7 @@ class Node:
         self.api_url = ""
         self._started_monotonic = 0.0
         self._host: Any = None
+        self.discovery: Discovery | None = None
         self.env: Any = None
         self.canon: CanonService | None = None
         self.ledger: LedgerService | None = None
@@ -168,7 +168,8 @@ class Node:
 
     async def _serve(self, key_pair: Any, token: str, api_socket: socket.socket,
                      task_status: Any) -> None:
-        self._host = p2p.make_host(key_pair)
+        self._host = p2p.make_host(key_pair, limits=self.config.p2p_limits)
+        register_gate_metrics(p2p.gate_of(self._host), self.counters.registry)
         self.peer_id = p2p.peer_id_of(self._host)
         self._started_monotonic = time.monotonic()
         async with p2p.running_host(self._host, list(self.config.listen)) as addrs:
@@ -177,8 +178,13 @@ class Node:
                 self.api_url = await nursery.start(self._serve_api, token, api_socket)
                 self.data_dir.write_run_file(self.api_url, self.peer_id)
                 nursery.start_soon(self.metrics_history.run)
-                for addr in self.config.bootstrap:
-                    nursery.start_soon(self._bootstrap, addr)
+                # Bootstrap dials, reconnects, DHT, mDNS, keepalive (node/p2p/discovery.py).
+                self.discovery = await nursery.start(Discovery(
+                    self._host,
+                    DiscoveryConfig(bootstrap=self.config.bootstrap, dht=self.config.dht,
+                                    mdns=self.config.mdns,
+                                    advertise=dial_addrs(self.listen_addrs)),
+                    registry=self.counters.registry).run)
                 log.info(
                     "node started",
                     peer_id=self.peer_id,
@@ -204,13 +210,6 @@ class Node:
         await hypercorn_serve(_CountingApp(app, self.counters.api_requests), cfg,
                               task_status=_FirstUrl(task_status))
 
-    async def _bootstrap(self, addr: str) -> None:
-        try:
-            with trio.fail_after(BOOTSTRAP_DIAL_TIMEOUT_S):
-                await self.connect(addr)
-        except (NodeError, trio.TooSlowError, OSError) as exc:
-            log.warning("bootstrap peer unreachable", addr=addr, error=str(exc))
-
     # -- operations used by the API (and tests) --------------------------------
     async def connect(self, multiaddr: str) -> str:
         self.counters.dials.inc()
@@ -223,9 +222,10 @@ class Node:
         return peer
 
     def peers(self) -> list[dict[str, Any]]:
-        peers = p2p.connected_peers(self._host)
+        """Connected peers: id, addrs, direction, connected_since, last ping RTT."""
+        peers = p2p.peer_details(self._host)
         self.counters.peers.set(len(peers))
-        return [{"peer_id": pid, "addrs": addrs} for pid, addrs in peers]
+        return peers
 
     async def ping(self, peer_id: str) -> float:
         return await p2p.ping(self._host, peer_id)
@@ -246,6 +246,8 @@ class Node:
             "peers": peers,
             "peer_count": len(peers),
             "counters": self.counters.snapshot(),
+            "connection_gate": p2p.gate_of(self._host).snapshot(),
+            "discovery": self.discovery.snapshot() if self.discovery is not None else None,
             "data_dir": str(self.data_dir.path),
         }
 
