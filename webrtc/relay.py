@@ -285,12 +285,12 @@ class TrackRelay:
                 self.stats.keyframe_requests_sent += 1
                 self.upstream_keyframe()
             return  # else nobody to ask: the next performer's first frame is a keyframe
-        sources = receiver.getSynchronizationSources()
-        if not sources:
+        ssrc = _media_ssrc(receiver)
+        if ssrc is None:
             return  # no media yet; the first frame of a stream is a keyframe
         self.stats.keyframe_requests_sent += 1
         loop = asyncio.get_running_loop()
-        loop.create_task(receiver._send_rtcp_pli(sources[0].source))
+        loop.create_task(receiver._send_rtcp_pli(ssrc))
 
     # -- subscriber side -------------------------------------------------------------
 
@@ -318,6 +318,22 @@ class TrackRelay:
         for subscriber in list(self._subscribers):
             self.unsubscribe(subscriber)
         self._receiver = None
+
+
+def _media_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The performer's media SSRC, the one a PLI must name.
+
+    Not simply the first SSRC seen: Chromium sends bandwidth probes as padding on
+    its RTX SSRC before any media, and ignores a PLI for that SSRC. The offer's
+    ``ssrc-group:FID`` maps RTX to media SSRCs (aiortc keeps it privately).
+    """
+    rtx_to_media: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    if rtx_to_media:
+        return next(iter(rtx_to_media.values()))
+    for source in receiver.getSynchronizationSources():
+        if source.source not in rtx_to_media:
+            return source.source
+    return None
 
 
 class RelayedTrack(MediaStreamTrack):
