@@ -181,8 +181,10 @@ def parse_action(output: str) -> Action:
     if len(output) > MAX_OUTPUT_CHARS:
         raise ActionError(f"action: output of {len(output)} characters (max {MAX_OUTPUT_CHARS})")
     try:
+        # strict=False admits raw newlines and tabs inside strings: llama.cpp's JSON grammar
+        # lets the model write them; every other control character is refused below.
         value = json.loads(output, object_pairs_hook=_no_duplicates, parse_float=_no_floats,
-                           parse_constant=_no_floats)
+                           parse_constant=_no_floats, strict=False)
     except json.JSONDecodeError as exc:
         raise ActionError(f"action: not one JSON object: {exc}") from None
     except RecursionError:

@@ -149,7 +149,9 @@ def build_prompt(manifest: Manifest, request: Request, memory: Sequence[MemoryIt
         lines.append("What you remember:")
         lines.extend(sanitize(item.line()) for item in memory)
     turns = [f"{IM_START}system\n" + "\n".join(lines) + f"{IM_END}\n"]
-    for kind in kinds:
+    # The reply example first: the small model leans on the examples nearest the request,
+    # and those should be the specific actions, not the catch-all reply.
+    for kind in sorted(kinds, key=lambda k: (k is not Kind.REPLY, k.value)):
         question, action = _example(kind, manifest)
         turns.append(f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n{action.to_json()}{IM_END}\n")
     user = sanitize(request.text)
