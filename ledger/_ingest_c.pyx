@@ -2,6 +2,8 @@
 # cython: initializedcheck=False, embedsignature=True, annotation_typing=False
 """Compiled twin of :mod:`n3xus.ledger._ingest_py`: same names, byte-identical results.
 
+:func:`admit` (decode, network, signature) and :func:`apply_tx` (one transaction at its
+canonical position) are compiled; the canonical-order engine (``engine.py``) calls them.
 What is compiled is the per-transaction work around the signature check, which is what
 limits ingest once the check itself is as fast as libsodium makes it:
 
@@ -24,12 +26,12 @@ limits ingest once the check itself is as fast as libsodium makes it:
   fast path of ``tx.decode_tx`` accepts (the layouts are built from ``tx.ARG_FIELDS`` and
   checked against ``decode_tx`` at import, which refuses to load on any difference); any
   other input goes to ``decode_tx`` itself, so every rejection reason comes from one place.
-* **The transfer transition, the chain checks and the head/log writes are typed code:**
+* **The transfer transition, the chain checks and the head write are typed code:**
   state values are read and written as big-endian u64 in C, keys are built with one
-  allocation each, the view's methods are bound once per batch.
+  allocation each.
 
-The rare paths (fraud-proof entries, replays and equivocations) and the other operations'
-transitions are the pure ones, called from here.
+The rare paths (fraud-proof entries) and the other operations' transitions are the pure
+ones, called from here.
 """
 
 from cpython.bytes cimport (
@@ -52,17 +54,16 @@ from n3xus.canon.cid import CID
 
 from . import _ingest_py
 from ._ingest_py import (
+    VOID_REASONS,
     Accepted,
-    LedgerView,
+    Held,
     MemoryView,
     Outcome,
+    Pending,
     Rejected,
-    _conflicting,
-    _ingest_proof,
-    replay_with,
 )
-from .errors import LedgerCorruptError, Reason, TxRejected
-from .fraud import FRAUD_PROOF_PREFIX
+from .errors import FraudProofError, LedgerCorruptError, Reason, TxRejected
+from .fraud import FRAUD_PROOF_PREFIX, verify_fraud_proof
 from .genesis import MAX_AMOUNT
 from .rules import BALANCE, FROZEN, HANDLERS, HEAD
 from .tx import (
@@ -81,14 +82,15 @@ from .tx import (
 )
 
 __all__ = [
+    "VOID_REASONS",
     "Accepted",
-    "LedgerView",
+    "Held",
     "MemoryView",
     "Outcome",
+    "Pending",
     "Rejected",
-    "ingest",
-    "ingest_entry",
-    "replay",
+    "admit",
+    "apply_tx",
 ]
 
 ctypedef int (*VerifyDetached)(const unsigned char *sig, const unsigned char *message,
@@ -116,7 +118,8 @@ cdef bytes _BALANCE = BALANCE
 cdef bytes _FROZEN = FROZEN
 cdef bytes _HEAD = HEAD
 cdef object _TRANSFER = Op.TRANSFER
-cdef object _pure_ingest_entry = _ingest_py.ingest_entry
+cdef object _pure_admit = _ingest_py.admit
+cdef object _pure_apply_tx = _ingest_py.apply_tx
 # Keeps the ctypes handle (and so the mapping of the function pointer) alive.
 cdef object _libsodium = None
 
@@ -537,26 +540,43 @@ cdef int _transfer(object get, object put, object delete, object tx) except -1:
     return 0
 
 
-cdef object _ingest_one(object view, object genesis, object network_id, object entry,
-                        bint verify, object get, object put, object delete, object append):
-    """_ingest_py.ingest_entry, with the view's methods already bound."""
+def admit(genesis, entry, verify=True):
+    """Check an entry on its own (§6.1); raises :class:`TxRejected` with its reason.
+
+    ``verify=False`` skips the transaction signature check: only for entries this node
+    verified before (a replay of its own log). Fraud proofs are always checked in full."""
     cdef Py_ssize_t prefix = PyBytes_GET_SIZE(_FRAUD_PREFIX)
-    cdef Py_ssize_t head_size
-    cdef uint64_t seq_value
     if not PyBytes_CheckExact(entry):
-        return _pure_ingest_entry(view, genesis, entry, verify)
+        return _pure_admit(genesis, entry, verify)
     if (PyBytes_GET_SIZE(entry) >= prefix
             and memcmp(PyBytes_AS_STRING(entry), PyBytes_AS_STRING(_FRAUD_PREFIX), prefix) == 0):
-        return _ingest_proof(view, genesis, entry)
+        try:
+            return verify_fraud_proof(entry, genesis.network_id)
+        except FraudProofError as exc:
+            raise TxRejected(Reason.BAD_PROOF, str(exc)) from None
     tx = _decode(entry)
-    if tx.network != network_id:
+    if tx.network != genesis.network_id:
         raise TxRejected(Reason.WRONG_NETWORK, f"the transaction is for network {tx.network_cid}")
-    cdef bytes account = tx.account
-    if get(_concat(_FROZEN, account)) is not None:
-        raise TxRejected(Reason.FROZEN, "the account is frozen (it equivocated)")
-    head = get(_concat(_HEAD, account))
+    if verify and not _signature_ok(tx):
+        raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
+    return tx
+
+
+def apply_tx(view, genesis, tx):
+    """Run ``tx`` at its canonical position (§8.0): None if it took effect, else the reason
+    it has none. Void results write nothing; failed ones write only the account's head."""
+    cdef Py_ssize_t head_size
+    cdef uint64_t seq_value
+    account = tx.account
     seq = tx.seq
     prev = tx.prev
+    if not (PyBytes_CheckExact(account) and (prev is None or PyBytes_CheckExact(prev))):
+        return _pure_apply_tx(view, genesis, tx)
+    get = view.get
+    frozen = get(_concat(_FROZEN, account))
+    if frozen is not None and seq >= _u64_value(frozen):
+        return TxRejected(Reason.FROZEN, "the account equivocated at or before this seq")
+    head = get(_concat(_HEAD, account))
     if head is None:
         next_seq = 0
         prev_matches = prev is None
@@ -564,60 +584,24 @@ cdef object _ingest_one(object view, object genesis, object network_id, object e
         next_seq = PyLong_FromUnsignedLongLong(
             _be64(<const unsigned char*>PyBytes_AS_STRING(head))) + 1
         head_size = PyBytes_GET_SIZE(head) - SEQ_BYTES
-        prev_matches = (PyBytes_CheckExact(prev) and PyBytes_GET_SIZE(prev) == head_size
+        prev_matches = (prev is not None and PyBytes_GET_SIZE(prev) == head_size
                         and memcmp(PyBytes_AS_STRING(prev), PyBytes_AS_STRING(head) + SEQ_BYTES,
                                    head_size) == 0)
-    else:  # not a head record this store writes: the pure expressions decide
+    else:  # not a head record this ledger writes: the pure expressions decide
         next_seq = int.from_bytes(head[:SEQ_BYTES], "big") + 1
         prev_matches = prev == head[SEQ_BYTES:]
     if seq != next_seq:
-        if seq > next_seq:
-            raise TxRejected(Reason.BAD_SEQ, f"seq {seq}, the account's next is {next_seq}")
-        head_id = None if head is None else head[SEQ_BYTES:]
-        accepted = head_id if seq == next_seq - 1 else view.chain_id(account, seq)
-        _conflicting(view, tx, accepted)
+        return TxRejected(Reason.BAD_SEQ, f"seq {seq}, the account's next is {next_seq}")
     if not prev_matches:
-        raise TxRejected(Reason.BAD_PREV, "prev is not the account's last transaction")
-    if verify and not _signature_ok(tx):
-        raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
-    if tx.op is _TRANSFER:
-        _transfer(get, put, delete, tx)
-    else:
-        HANDLERS[tx.op](view, genesis, tx)
+        return TxRejected(Reason.BAD_PREV, "prev is not the account's last transaction")
+    result = None
+    try:
+        if tx.op is _TRANSFER:
+            _transfer(get, view.put, view.delete, tx)
+        else:
+            HANDLERS[tx.op](view, genesis, tx)
+    except TxRejected as exc:
+        result = exc
     seq_value = seq
-    tx_id = tx.id
-    put(_concat(_HEAD, account), _with_seq(b"", seq_value, tx_id))
-    index = append(tx.raw, tx_id, _with_seq(account, seq_value, b""))
-    return tuple.__new__(Accepted, (tx_id, index, tx))
-
-
-def ingest_entry(view, genesis, entry, verify=True):
-    """Validate one entry against ``view`` and apply it; raises :class:`TxRejected` (the view
-    unchanged, except that an :class:`EquivocationError` has appended its proof).
-
-    ``verify=False`` skips transaction signature checks: only for replaying a log this node
-    already verified (fraud proofs are always checked in full)."""
-    return _ingest_one(view, genesis, genesis.network_id, entry, verify, view.get, view.put,
-                       view.delete, view.append)
-
-
-def ingest(view, genesis, entries, verify=True):
-    """Run every entry through :func:`ingest_entry`, in order; one outcome per entry."""
-    cdef list outcomes = []
-    cdef bint check = verify
-    network_id = genesis.network_id
-    get, put, delete, append = view.get, view.put, view.delete, view.append
-    for entry in entries:
-        try:
-            outcomes.append(_ingest_one(view, genesis, network_id, entry, check, get, put,
-                                        delete, append))
-        except TxRejected as exc:
-            outcomes.append(Rejected(exc))
-    return outcomes
-
-
-def replay(entries, verify=True, genesis=None):
-    """Rebuild a ledger from its log (entry 0 is the genesis block); every entry must be
-    accepted at its own index, else LedgerCorruptError names the first that is not.
-    ``genesis``, when given, must equal entry 0."""
-    return replay_with(ingest_entry, entries, verify, genesis)
+    view.put(_concat(_HEAD, account), _with_seq(b"", seq_value, tx.id))
+    return result

@@ -1,84 +1,80 @@
-"""The validation loop: decode → check the chain → verify the signature → apply → append.
+"""The two per-entry steps of ledger v2: *admission* and the *positional step*.
 
 Pure-Python twin of :mod:`n3xus.ledger._ingest_c`; import :mod:`n3xus.ledger.ingest`, which
-picks one of the two. A pure function of (ledger view, entry bytes): no IO of its own, no
-clock. The view is the state plus the log's indexes; ``store.py`` backs it with one LMDB
-write transaction per batch, :class:`MemoryView` with dicts (tests, offline replay by
-auditors). Public names: :func:`ingest`, :func:`ingest_entry`, :func:`replay`,
-:class:`Accepted`, :class:`Rejected`, :data:`Outcome`, :class:`LedgerView`,
-:class:`MemoryView`; the compiled twin defines the first three again and shares the rest
-(so ``isinstance`` checks hold whichever twin produced an outcome).
+picks one of the two. Both are pure functions: no IO, no clock.
 
-Each entry of a batch is either a transaction envelope or a fraud proof (the two are told
-apart by their first bytes). The order of the checks is normative (``specs/ledger.md``
-§Validation), because it decides which reason a bad transaction is rejected with.
+* :func:`admit` checks an entry on its own (``specs/ledger.md`` §6.1): a transaction
+  envelope decodes, names this network and its signature verifies; a fraud proof verifies.
+  Nothing here depends on the ledger's state, so it can run on any core, in any order.
+* :func:`apply_tx` runs one admitted transaction at its place in the canonical order
+  (§8): the freeze and chain checks against the account's head, then the operation's rules.
+  It returns None when the transaction took effect, or the :class:`TxRejected` saying why it
+  has none: a *void* transaction (``frozen``, ``bad-seq``, ``bad-prev``) leaves the state
+  untouched; a *failed* one (any rule reason) consumes its sequence number (the head moves)
+  and changes nothing else.
+
+The canonical-order engine that calls these lives in ``engine.py``. The outcome types of the
+ledger (:class:`Accepted`, :class:`Rejected`, :class:`Pending`, :class:`Held`) are defined
+here once and shared by both twins, so ``isinstance`` checks hold whichever twin ran.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple
 
-from n3xus.canon.cid import CID, cid_of
+from n3xus.canon.cid import CID
 
-from .errors import (
-    EquivocationError,
-    FraudProofError,
-    LedgerCorruptError,
-    Reason,
-    TxRejected,
-)
-from .fraud import FRAUD_PROOF_PREFIX, make_fraud_proof, verify_fraud_proof
+from .errors import FraudProofError, Reason, TxRejected
+from .fraud import FRAUD_PROOF_PREFIX, FraudProof, verify_fraud_proof
 from .genesis import Genesis
-from .rules import FROZEN, HANDLERS, HEAD, StateView, state_root
+from .rules import FROZEN, HANDLERS, HEAD, StateView
 from .tx import Tx, decode_tx, verify_tx_signature
 
 __all__ = [
+    "VOID_REASONS",
     "Accepted",
-    "LedgerView",
+    "Held",
     "MemoryView",
     "Outcome",
+    "Pending",
     "Rejected",
-    "ingest",
-    "ingest_entry",
-    "replay",
+    "admit",
+    "apply_tx",
 ]
 
 _FRAUD_PREFIX_LEN: Final = len(FRAUD_PROOF_PREFIX)
-
-
-class LedgerView(StateView, Protocol):
-    """The state (``get/put/delete``) plus what the loop needs of the log."""
-
-    def chain_id(self, account: bytes, seq: int) -> bytes | None:
-        """Id of the accepted transaction of ``account`` at ``seq``, if any."""
-        ...
-
-    def entry_by_id(self, entry_id: bytes) -> bytes | None:
-        """The logged bytes of an accepted entry."""
-        ...
-
-    def append(self, entry: bytes, entry_id: bytes, chain_key: bytes | None) -> int:
-        """Append an accepted entry to the log; returns its index. ``chain_key`` is
-        ``account || seq u64`` for a transaction, None for a fraud proof."""
-        ...
+# Results of the positional step that leave the account's head where it was.
+VOID_REASONS: Final = frozenset({Reason.FROZEN, Reason.BAD_SEQ, Reason.BAD_PREV})
 
 
 class Accepted(NamedTuple):
-    """An entry that is now in the log at ``log_index``; ``tx`` is None for a fraud proof."""
+    """An entry now in the node's set and log at ``log_index``; ``tx`` is None for a fraud
+    proof. ``result`` is the transaction's result at its canonical position when the batch
+    ended: None = it took effect, else why it has none (a later arrival that sorts before it
+    can change this; the state is always the replay of the whole set). ``proof`` is the fraud
+    proof an equivocating transaction revealed (logged in its place), for the node to hand on."""
 
     entry_id: bytes
     log_index: int
     tx: Tx | None
+    result: TxRejected | None = None
+    proof: bytes | None = None
 
     @property
     def cid(self) -> CID:
         return CID(self.entry_id)
 
+    @property
+    def applied(self) -> bool:
+        return self.result is None
+
+    @property
+    def reason(self) -> Reason | None:
+        return None if self.result is None else self.result.reason
+
 
 class Rejected(NamedTuple):
-    """An entry that changed nothing. For an equivocation, ``error`` is an
-    :class:`EquivocationError` and the proof it revealed was appended to the log."""
+    """An entry that is not in the set: it changed nothing."""
 
     error: TxRejected
 
@@ -87,69 +83,51 @@ class Rejected(NamedTuple):
         return self.error.reason
 
 
-Outcome = Accepted | Rejected
+class Pending(NamedTuple):
+    """A transaction waiting for its predecessor (``account``, ``seq - 1``): kept aside, not
+    in the set, admitted automatically when the predecessor is."""
 
-IngestEntry = Callable[[LedgerView, Genesis, bytes, bool], Accepted]
-"""The signature of :func:`ingest_entry` (either twin's)."""
-
-
-def _seq_key(account: bytes, seq: int) -> bytes:
-    return account + seq.to_bytes(8, "big")
-
-
-def _conflicting(view: LedgerView, tx: Tx, accepted_id: bytes | None) -> None:
-    """``tx`` sits at a position already taken: a replay, or proof of equivocation."""
-    if accepted_id is None:
-        raise LedgerCorruptError(f"no chain index entry for seq {tx.seq} below the head")
-    if accepted_id == tx.id:
-        raise TxRejected(Reason.REPLAY, f"transaction {tx.cid} was already accepted")
-    # Checked even when replaying without signature checks: a proof must never be built
-    # from an unverified transaction.
-    if not verify_tx_signature(tx):
-        raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
-    accepted = view.entry_by_id(accepted_id)
-    if accepted is None:
-        raise LedgerCorruptError(f"accepted transaction {CID(accepted_id)} is not in the log")
-    try:
-        proof = make_fraud_proof(accepted, tx.raw)
-    except FraudProofError as exc:  # the accepted one no longer verifies: local corruption
-        raise LedgerCorruptError(f"cannot prove the equivocation: {exc}") from exc
-    proof_id = bytes(cid_of(proof))  # make_fraud_proof verified both signatures
-    index = view.append(proof, proof_id, None)
-    view.put(FROZEN + tx.account, proof_id)
-    raise EquivocationError(
-        f"seq {tx.seq} of this account is already {CID(accepted_id)}; the account is frozen",
-        proof, index)
+    entry_id: bytes
+    account: bytes
+    seq: int
 
 
-def _ingest_proof(view: LedgerView, genesis: Genesis, entry: bytes) -> Accepted:
-    try:
-        proof = verify_fraud_proof(entry, genesis.network_id)
-    except FraudProofError as exc:
-        raise TxRejected(Reason.BAD_PROOF, str(exc)) from None
-    if view.get(FROZEN + proof.account) is not None:
-        raise TxRejected(Reason.FROZEN, "the account is already frozen by an earlier proof")
-    proof_id = proof.id
-    index = view.append(proof.raw, proof_id, None)
-    view.put(FROZEN + proof.account, proof_id)
-    return Accepted(proof_id, index, None)
+class Held(NamedTuple):
+    """An entry dated beyond the node's clock plus the allowed skew: kept aside until
+    ``release_ms`` on the node's clock, then admitted."""
+
+    entry_id: bytes
+    release_ms: int
 
 
-def ingest_entry(view: LedgerView, genesis: Genesis, entry: bytes,
-                 verify: bool = True) -> Accepted:
-    """Validate one entry against ``view`` and apply it; raises :class:`TxRejected` (the view
-    unchanged, except that an :class:`EquivocationError` has appended its proof).
+Outcome = Accepted | Rejected | Pending | Held
 
-    ``verify=False`` skips transaction signature checks: only for replaying a log this node
-    already verified (fraud proofs are always checked in full)."""
+
+def admit(genesis: Genesis, entry: bytes, verify: bool = True) -> Tx | FraudProof:
+    """Check an entry on its own (§6.1); raises :class:`TxRejected` with its reason.
+
+    ``verify=False`` skips the transaction signature check: only for entries this node
+    verified before (a replay of its own log). Fraud proofs are always checked in full."""
     if entry[:_FRAUD_PREFIX_LEN] == FRAUD_PROOF_PREFIX:
-        return _ingest_proof(view, genesis, entry)
+        try:
+            return verify_fraud_proof(entry, genesis.network_id)
+        except FraudProofError as exc:
+            raise TxRejected(Reason.BAD_PROOF, str(exc)) from None
     tx = decode_tx(entry)
     if tx.network != genesis.network_id:
         raise TxRejected(Reason.WRONG_NETWORK, f"the transaction is for network {tx.network_cid}")
+    if verify and not verify_tx_signature(tx):
+        raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
+    return tx
+
+
+def apply_tx(view: StateView, genesis: Genesis, tx: Tx) -> TxRejected | None:
+    """Run ``tx`` at its canonical position (§8.0): None if it took effect, else the reason
+    it has none. Void results write nothing; failed ones write only the account's head."""
     account = tx.account
-    if view.get(FROZEN + account) is not None:
-        raise TxRejected(Reason.FROZEN, "the account is frozen (it equivocated)")
+    frozen = view.get(FROZEN + account)
+    if frozen is not None and tx.seq >= int.from_bytes(frozen, "big"):
+        return TxRejected(Reason.FROZEN, "the account equivocated at or before this seq")
     head = view.get(HEAD + account)
     if head is None:
         next_seq = 0
@@ -159,42 +137,23 @@ def ingest_entry(view: LedgerView, genesis: Genesis, entry: bytes,
         head_id = head[8:]
     seq = tx.seq
     if seq != next_seq:
-        if seq > next_seq:
-            raise TxRejected(Reason.BAD_SEQ, f"seq {seq}, the account's next is {next_seq}")
-        accepted = head_id if seq == next_seq - 1 else view.chain_id(account, seq)
-        _conflicting(view, tx, accepted)
+        return TxRejected(Reason.BAD_SEQ, f"seq {seq}, the account's next is {next_seq}")
     if tx.prev != head_id:
-        raise TxRejected(Reason.BAD_PREV, "prev is not the account's last transaction")
-    if verify and not verify_tx_signature(tx):
-        raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
-    HANDLERS[tx.op](view, genesis, tx)
-    seq_bytes = seq.to_bytes(8, "big")
-    view.put(HEAD + account, seq_bytes + tx.id)
-    return Accepted(tx.id, view.append(tx.raw, tx.id, account + seq_bytes), tx)
-
-
-def ingest(view: LedgerView, genesis: Genesis, entries: Iterable[bytes],
-           verify: bool = True) -> list[Outcome]:
-    """Run every entry through :func:`ingest_entry`, in order; one outcome per entry."""
-    outcomes: list[Outcome] = []
-    add = outcomes.append
-    for entry in entries:
-        try:
-            add(ingest_entry(view, genesis, entry, verify))
-        except TxRejected as exc:
-            add(Rejected(exc))
-    return outcomes
+        return TxRejected(Reason.BAD_PREV, "prev is not the account's last transaction")
+    result: TxRejected | None = None
+    try:
+        HANDLERS[tx.op](view, genesis, tx)
+    except TxRejected as exc:
+        result = exc
+    view.put(HEAD + account, seq.to_bytes(8, "big") + tx.id)
+    return result
 
 
 class MemoryView:
-    """A :class:`LedgerView` in dicts, starting from the genesis (log entry 0)."""
+    """A bare state in a dict (the positional step's view in tests and tools)."""
 
-    def __init__(self, genesis: Genesis) -> None:
-        self.genesis = genesis
+    def __init__(self) -> None:
         self.state: dict[bytes, bytes] = {}
-        self.log: list[bytes] = [genesis.block]
-        self.ids: dict[bytes, int] = {genesis.network_id: 0}
-        self.chain: dict[bytes, bytes] = {}
 
     def get(self, key: bytes) -> bytes | None:
         return self.state.get(key)
@@ -204,51 +163,3 @@ class MemoryView:
 
     def delete(self, key: bytes) -> None:
         self.state.pop(key, None)
-
-    def chain_id(self, account: bytes, seq: int) -> bytes | None:
-        return self.chain.get(_seq_key(account, seq))
-
-    def entry_by_id(self, entry_id: bytes) -> bytes | None:
-        index = self.ids.get(entry_id)
-        return None if index is None else self.log[index]
-
-    def append(self, entry: bytes, entry_id: bytes, chain_key: bytes | None) -> int:
-        index = len(self.log)
-        self.log.append(entry)
-        self.ids[entry_id] = index
-        if chain_key is not None:
-            self.chain[chain_key] = entry_id
-        return index
-
-    def state_root(self) -> bytes:
-        return state_root(sorted(self.state.items()))
-
-
-def replay(entries: Iterable[bytes], verify: bool = True,
-           genesis: Genesis | None = None) -> MemoryView:
-    """Rebuild a ledger from its log (entry 0 is the genesis block); every entry must be
-    accepted at its own index, else LedgerCorruptError names the first that is not.
-    ``genesis``, when given, must equal entry 0."""
-    return replay_with(ingest_entry, entries, verify, genesis)
-
-
-def replay_with(step: IngestEntry, entries: Iterable[bytes], verify: bool = True,
-                genesis: Genesis | None = None) -> MemoryView:
-    """:func:`replay` running each entry through ``step`` (the compiled twin passes its own
-    :func:`ingest_entry`)."""
-    iterator = iter(entries)
-    first = next(iterator, None)
-    if first is None:
-        raise LedgerCorruptError("the log is empty (entry 0 must be the genesis block)")
-    found = Genesis.from_bytes(first)
-    if genesis is not None and found.block != genesis.block:
-        raise LedgerCorruptError(f"the log is of network {found.cid}, not {genesis.cid}")
-    view = MemoryView(found)
-    for index, entry in enumerate(iterator, start=1):
-        try:
-            accepted = step(view, found, entry, verify)
-        except TxRejected as exc:
-            raise LedgerCorruptError(f"log entry {index} does not replay: {exc}") from exc
-        if accepted.log_index != index:
-            raise LedgerCorruptError(f"log entry {index} replayed at index {accepted.log_index}")
-    return view

@@ -7,7 +7,7 @@ definition of each:
 * signed checkpoints: C2SP tlog-checkpoint notes whose one extension line
   ``n3xus-state <leaves> <base64 root>`` commits the ledger state (§13.2);
 * inclusion bundles: C2SP ``c2sp.org/tlog-proof@v1`` whose ``extra`` is the log entry;
-* state proof bundles (``n3xus.net/ledger-state-proof/v1``) and consistency bundles
+* state proof bundles (``n3xus.net/ledger-state-proof/v2``, sparse Merkle paths) and consistency bundles
   (``n3xus.net/ledger-consistency/v1``), line formats in the tlog-proof manner;
 * the export CAR, whose format and replay from genesis live in ``export.py``
   (:func:`replay_export` here delegates to it).
@@ -43,10 +43,11 @@ from n3xus.canon.note import (
     parse_vkey,
 )
 
+from . import smt
 from .errors import AuditError, AuditPart, FraudProofError, GenesisError, TxRejected
 from .fraud import FRAUD_PROOF_PREFIX, FraudProof, verify_fraud_proof
 from .genesis import Genesis
-from .rules import ASSET, BALANCE, FROZEN, HEAD, LISTING, OWNER, SUPPLY, Asset, Listing, state_leaf
+from .rules import ASSET, BALANCE, FROZEN, HEAD, LISTING, OWNER, SUPPLY, Asset, Listing
 from .tx import Tx, decode_tx, verify_tx_signature
 
 if TYPE_CHECKING:
@@ -57,16 +58,19 @@ HASHER: Final = merkle.BLAKE3
 STATE_LINE_KEYWORD: Final = "n3xus-state"
 # Origins of ledger logs: n3xus.net/ledger/<network id>/<node>; the network part is checked.
 ORIGIN_PREFIX: Final = "n3xus.net/ledger/"
-STATE_PROOF_HEADER: Final = "n3xus.net/ledger-state-proof/v1"
+STATE_PROOF_HEADER: Final = "n3xus.net/ledger-state-proof/v2"
 CONSISTENCY_HEADER: Final = "n3xus.net/ledger-consistency/v1"
 # Most hashes on one proof path: trees have at most 2**64 - 1 leaves.
 MAX_PROOF_HASHES: Final = 64
-# A state leaf is u8 len(key) || key || value; the largest v1 values are ~120 bytes (an
-# asset record with a long artifact CID). The limit bounds parsing, with ample room.
-MAX_STATE_LEAF_BYTES: Final = 1024
-# Largest state proof or consistency bundle: two leaves with full paths, a few header
-# lines, and the signed checkpoint at its own limit.
-MAX_BUNDLE_BYTES: Final = 2 * (MAX_STATE_LEAF_BYTES * 2 + MAX_PROOF_HASHES * 45) + 4096 + MAX_NOTE_BYTES
+# State keys are at most 255 bytes (a leaf's u8 length); the largest v1 values are ~120
+# bytes (an asset record with a long artifact CID). The limit bounds parsing, with room.
+MAX_STATE_KEY_BYTES: Final = 255
+MAX_STATE_VALUE_BYTES: Final = 1024
+# Largest state proof or consistency bundle: a full state path (255 hashes) or two
+# consistency paths, two keys and values in base64, a few header lines, and the signed
+# checkpoint at its own limit.
+MAX_BUNDLE_BYTES: Final = (256 * 45 + 4 * (MAX_STATE_KEY_BYTES + MAX_STATE_VALUE_BYTES)
+                           + 4096 + MAX_NOTE_BYTES)
 # Largest file of any of these kinds (an inclusion bundle is a tlog-proof: canon's limit).
 MAX_ANY_BUNDLE_BYTES: Final = max(MAX_BUNDLE_BYTES, MAX_PROOF_BUNDLE_BYTES)
 
@@ -214,7 +218,7 @@ def load_verifier(key: str | NoteVerifier) -> NoteVerifier:
     try:
         return parse_vkey(key.strip())
     except (CanonError, ValueError) as exc:
-        raise ValueError(f"not a C2SP verifier key: {exc}") from None
+        raise _fail(AuditPart.FORMAT, f"not a C2SP verifier key: {exc}") from None
 
 
 def open_checkpoint(note: str | bytes, key: str | NoteVerifier | None) -> VerifiedCheckpoint:
@@ -360,75 +364,62 @@ def verify_inclusion_bundle(text: str | bytes, key: str | NoteVerifier) -> Entry
 
 
 @dataclass(frozen=True)
-class StateLeafProof:
-    index: int
-    key: bytes
-    value: bytes
-    proof: tuple[bytes, ...]
-
-    @property
-    def leaf(self) -> bytes:
-        return state_leaf(self.key, self.value)
-
-
-def _parse_leaf(data: bytes) -> tuple[bytes, bytes]:
-    if not data or len(data) < 1 + data[0] or data[0] == 0:
-        raise _fail(AuditPart.FORMAT, "a state leaf is u8 len(key) || key || value")
-    return data[1:1 + data[0]], data[1 + data[0]:]
-
-
-@dataclass(frozen=True)
 class StateProofBundle:
-    """``present``: one leaf, the key's entry. ``absent <key>``: the leaves around where
-    the key would be (none in an empty state, one at an edge, else two adjacent)."""
+    """A key's value (or absence) in the state a checkpoint commits: the walk of the key's
+    path in the state tree (``smt.py``): sibling hashes from the root down, ending at the
+    key's own leaf (``present``), at an empty subtree (``absent``) or at the leaf of another
+    key on that path (``absent`` with that key and value)."""
 
     key: bytes
-    present: bool
-    leaves: tuple[StateLeafProof, ...]
+    value: bytes | None
+    other: tuple[bytes, bytes] | None
+    siblings: tuple[bytes, ...]
     signed_checkpoint: str
 
+    @property
+    def proof(self) -> smt.Proof:
+        leaf = (self.key, self.value) if self.value is not None else self.other
+        return smt.Proof(self.key, self.siblings, leaf)
+
     def to_text(self) -> str:
-        lines = [STATE_PROOF_HEADER, "present" if self.present else f"absent {_b64e(self.key)}"]
-        for leaf in self.leaves:
-            lines.append(f"leaf {leaf.index} {_b64e(leaf.leaf)}")
-            lines.extend(_b64e(h) for h in leaf.proof)
+        if self.value is not None:
+            claim = f"present {_b64e(self.value)}"
+        elif self.other is not None:
+            claim = f"absent {_b64e(self.other[0])} {_b64e(self.other[1])}"
+        else:
+            claim = "absent"
+        lines = [STATE_PROOF_HEADER, f"key {_b64e(self.key)}", claim,
+                 *(_b64e(h) for h in self.siblings)]
         return "\n".join(lines) + "\n\n" + self.signed_checkpoint
 
     @classmethod
     def parse(cls, text: str | bytes) -> StateProofBundle:
         lines, note = _split_bundle(_text(text, "state proof", MAX_BUNDLE_BYTES),
                                     STATE_PROOF_HEADER, "state proof")
-        if len(lines) < 2:
-            raise _fail(AuditPart.FORMAT, "state proof has no claim line")
-        claim, leaves = lines[1], []
-        for line in lines[2:]:
-            if line.startswith("leaf "):
-                parts = line.split(" ")
-                if len(parts) != 3:
-                    raise _fail(AuditPart.FORMAT, "a leaf line is 'leaf <index> <base64>'")
-                data = _b64(parts[2], "state leaf")
-                if len(data) > MAX_STATE_LEAF_BYTES:
-                    raise _fail(AuditPart.FORMAT, f"state leaf over {MAX_STATE_LEAF_BYTES} bytes")
-                key, value = _parse_leaf(data)
-                leaves.append(StateLeafProof(_decimal(parts[1], "leaf index"), key, value, ()))
-            elif not leaves:
-                raise _fail(AuditPart.FORMAT, "a proof hash before any leaf line")
-            elif len(leaves[-1].proof) >= MAX_PROOF_HASHES:
-                raise _fail(AuditPart.FORMAT, f"more than {MAX_PROOF_HASHES} hashes on a path")
-            else:
-                last = leaves[-1]
-                leaves[-1] = StateLeafProof(last.index, last.key, last.value,
-                                            (*last.proof, _hash_line(line, "state proof hash")))
-        if claim == "present":
-            if len(leaves) != 1:
-                raise _fail(AuditPart.FORMAT, "a present proof has exactly one leaf")
-            return cls(leaves[0].key, True, tuple(leaves), note)
-        if not claim.startswith("absent "):
-            raise _fail(AuditPart.FORMAT, "the claim line is 'present' or 'absent <base64 key>'")
-        key = _b64(claim[len("absent "):], "absent key")
-        if not 1 <= len(key) <= 255 or len(leaves) > 2:
-            raise _fail(AuditPart.FORMAT, "an absent proof has a 1..255-byte key and 0..2 leaves")
-        return cls(key, False, tuple(leaves), note)
+        if len(lines) < 3 or not lines[1].startswith("key "):
+            raise _fail(AuditPart.FORMAT, "a state proof has a 'key <base64>' line and a claim line")
+        key = _b64(lines[1][len("key "):], "state key")
+        if not 1 <= len(key) <= MAX_STATE_KEY_BYTES:
+            raise _fail(AuditPart.FORMAT, f"a state key is 1..{MAX_STATE_KEY_BYTES} bytes")
+        claim = lines[2].split(" ")
+        value: bytes | None = None
+        other: tuple[bytes, bytes] | None = None
+        if claim[0] == "present" and len(claim) == 2:
+            value = _b64(claim[1], "state value")
+        elif claim[0] == "absent" and len(claim) == 3:
+            other = (_b64(claim[1], "leaf key"), _b64(claim[2], "leaf value"))
+            if not 1 <= len(other[0]) <= MAX_STATE_KEY_BYTES or other[0] == key:
+                raise _fail(AuditPart.FORMAT, "the leaf of an absent proof is of another key")
+        elif claim != ["absent"]:
+            raise _fail(AuditPart.FORMAT, "the claim line is 'present <value>', 'absent' or "
+                        "'absent <leaf key> <leaf value>'")
+        for part in (value, None if other is None else other[1]):
+            if part is not None and len(part) > MAX_STATE_VALUE_BYTES:
+                raise _fail(AuditPart.FORMAT, f"a state value is over {MAX_STATE_VALUE_BYTES} bytes")
+        if len(lines) - 3 > smt.MAX_DEPTH:
+            raise _fail(AuditPart.FORMAT, f"more than {smt.MAX_DEPTH} hashes on a state path")
+        siblings = tuple(_hash_line(line, "state proof hash") for line in lines[3:])
+        return cls(key, value, other, siblings, note)
 
 
 @dataclass(frozen=True)
@@ -470,7 +461,7 @@ def describe_state(key: bytes, value: bytes | None) -> dict[str, Any]:
                 int.from_bytes(value[:8], "big"), "tx": None if value is None else str(CID(value[8:]))}
     if prefix == FROZEN and len(rest) == 32:
         return {"kind": "frozen", "account": rest.hex(),
-                "proof": None if value is None else str(CID(value))}
+                "from_seq": None if value is None else int.from_bytes(value, "big")}
     return {"kind": "unknown"}
 
 
@@ -479,34 +470,16 @@ def u64_or_zero(value: bytes | None) -> int:
 
 
 def verify_state_bundle(text: str | bytes, key: str | NoteVerifier) -> StateFact:
-    """Verify a state proof bundle offline: checkpoint, every leaf's path to the committed
-    state root, and that the leaves prove the claim (present, or absent by adjacency)."""
+    """Verify a state proof bundle offline: the checkpoint, then the walk of the key's path
+    to the committed state root, which proves the claim (present, or absent)."""
     bundle = StateProofBundle.parse(text)
     verified = open_checkpoint(bundle.signed_checkpoint, key)
-    state = verified.state
-    for number, leaf in enumerate(bundle.leaves):
-        try:
-            merkle.verify_inclusion(HASHER, leaf.index, state.leaves, HASHER.leaf_hash(leaf.leaf),
-                                    list(leaf.proof), state.root)
-        except VerificationError as exc:
-            raise _fail(AuditPart.STATE_PROOF, f"state leaf {number} (index {leaf.index}) is not "
-                        f"in the committed state tree: {exc}") from None
-    if bundle.present:
-        return StateFact(verified, bundle.key, bundle.leaves[0].value)
-    if _proves_absence(bundle.key, bundle.leaves, state):
-        return StateFact(verified, bundle.key, None)
-    raise _fail(AuditPart.STATE_PROOF, "the leaves do not enclose the key: its absence is not proved")
-
-
-def _proves_absence(key: bytes, leaves: Sequence[StateLeafProof], state: StateCommitment) -> bool:
-    if not leaves:
-        return state.leaves == 0 and state.root == HASHER.empty_root()
-    if len(leaves) == 1:
-        leaf = leaves[0]
-        return ((leaf.index == 0 and key < leaf.key)
-                or (leaf.index == state.leaves - 1 and key > leaf.key))
-    low, high = leaves
-    return high.index == low.index + 1 and low.key < key < high.key
+    try:
+        value = smt.verify_proof(verified.state.root, bundle.proof)
+    except ValueError as exc:
+        raise _fail(AuditPart.STATE_PROOF, f"the proof of the key does not lead to the "
+                    f"committed state root: {exc}") from None
+    return StateFact(verified, bundle.key, value)
 
 
 def verify_bundle(text: str | bytes, key: str | NoteVerifier) -> EntryProof | StateFact:

@@ -44,6 +44,8 @@ class Reason(StrEnum):
     OWN_LISTING = "own-listing"
     # A fraud proof entry that does not verify.
     BAD_PROOF = "bad-proof"
+    # Ledger v2: dated too far beyond the node's clock to be held (specs/ledger.md §6.2).
+    TOO_EARLY = "too-early"
 
 
 class LedgerError(Exception):
@@ -63,9 +65,10 @@ class TxRejected(LedgerError):
 
 
 class EquivocationError(TxRejected):
-    """The transaction conflicts with an accepted one at the same (account, seq). It is
-    rejected, but it proved fraud: ``proof`` (the fraud proof bytes) was appended to the log
-    at ``proof_index`` and the account is frozen from now on."""
+    """The transaction conflicts with a known one at the same (account, seq): it proved
+    fraud. ``proof`` (the fraud proof bytes) was appended to the log at ``proof_index`` in
+    its place, and the account is frozen from that seq: both transactions and every later
+    one of the account are void (``specs/ledger.md`` §9)."""
 
     def __init__(self, message: str, proof: bytes, proof_index: int) -> None:
         super().__init__(Reason.EQUIVOCATION, message)

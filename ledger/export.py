@@ -36,7 +36,8 @@ from n3xus.canon.note import NoteVerifier, parse_note
 from .audit import HASHER, StateCommitment, VerifiedCheckpoint, open_checkpoint
 from .errors import AuditError, AuditPart, GenesisError, ProofUnavailableError, Reason, TxRejected
 from .genesis import Genesis
-from .ingest import MemoryView, ingest_entry
+from .ingest import Accepted, Rejected
+from .memory import MemoryLedger
 from .rules import HEAD
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ _DAG_CBOR: Final = 0x71
 _BLAKE3: Final = 0x1E
 _MANIFEST_KEYS: Final = frozenset({"v", "page", "size", "type", "pages", "network", "checkpoints"})
 _CHAIN_REASONS: Final = frozenset({Reason.BAD_SEQ, Reason.BAD_PREV, Reason.REPLAY,
-                                   Reason.EQUIVOCATION})
+                                   Reason.EQUIVOCATION, Reason.FROZEN})
 _ENTRY_REASONS: Final = frozenset({Reason.MALFORMED, Reason.UNSUPPORTED_VERSION, Reason.UNKNOWN_OP,
                                    Reason.BAD_AMOUNT, Reason.OVERFLOW, Reason.BAD_PROOF})
 
@@ -282,7 +283,7 @@ def replay_export(stream: BinaryIO, key: str | NoteVerifier | None = None) -> Re
     _check_export_checkpoints(checkpoints, export.size)
     pending = list(checkpoints)
     frontier = merkle.Frontier(HASHER)
-    view: MemoryView | None = None
+    view: MemoryLedger | None = None
     genesis: Genesis | None = None
     report: ReplayReport | None = None
     for index, entry in export.entries:
@@ -291,7 +292,7 @@ def replay_export(stream: BinaryIO, key: str | NoteVerifier | None = None) -> Re
                 genesis = Genesis.from_bytes(entry)
             except GenesisError as exc:
                 raise AuditError(AuditPart.ENTRY, f"entry 0 is not a genesis block: {exc}", 0) from None
-            view = MemoryView(genesis)
+            view = MemoryLedger(genesis)
             report = ReplayReport(genesis.cid, 0, b"", StateCommitment(0, b""))
             for checkpoint in checkpoints:
                 if checkpoint.network is not None and checkpoint.network != genesis.cid:
@@ -299,13 +300,19 @@ def replay_export(stream: BinaryIO, key: str | NoteVerifier | None = None) -> Re
                                 f"network {checkpoint.network}, the export's genesis is {genesis.cid}")
         else:
             assert view is not None and genesis is not None and report is not None
-            try:
-                accepted = ingest_entry(view, genesis, entry, True)
-            except TxRejected as exc:
-                raise AuditError(_rejection_part(exc), str(exc), index) from None
+            # Each logged entry must be admitted again at its own index (the set grows in
+            # log order, so every node's export replays to the roots it signed).
+            accepted = view.ingest([entry])[0]
+            if isinstance(accepted, Rejected):
+                error = accepted.error
+                raise AuditError(_rejection_part(error), str(error), index) from None
+            if not isinstance(accepted, Accepted):
+                raise AuditError(AuditPart.CHAIN_LINK, f"the entry is not admitted at its index "
+                                 f"({type(accepted).__name__}: its predecessor is not before it)",
+                                 index)
             if accepted.log_index != index:  # pragma: no cover - ingest appends in order
                 raise AuditError(AuditPart.CHAIN_LINK, f"replayed at index {accepted.log_index}", index)
-            if accepted.tx is None:
+            if accepted.tx is None or accepted.proof is not None:
                 report.fraud_proofs += 1
             else:
                 report.transactions += 1
@@ -341,7 +348,7 @@ def _check_export_checkpoints(checkpoints: Iterable[VerifiedCheckpoint], size: i
             raise AuditError(AuditPart.CONSISTENCY, f"two checkpoints of size {older.size} differ")
 
 
-def _check_roots(checkpoint: VerifiedCheckpoint, log_root: bytes, view: MemoryView) -> None:
+def _check_roots(checkpoint: VerifiedCheckpoint, log_root: bytes, view: MemoryLedger) -> None:
     size = checkpoint.size
     if log_root != checkpoint.root:
         raise AuditError(AuditPart.LOG_ROOT, f"the log root of the first {size} entries is "

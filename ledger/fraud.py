@@ -42,6 +42,7 @@ class FraudProof:
     seq: int
     network: bytes  # binary CID of the network the two transactions name
     tx_ids: tuple[bytes, bytes]  # binary CIDs, ascending
+    txs: tuple[Tx, Tx] | None = None  # the two transactions, in the proof's order
 
     @property
     def id(self) -> bytes:
@@ -110,4 +111,5 @@ def verify_fraud_proof(data: bytes, network: bytes | CID | None = None) -> Fraud
     if first.id > second.id:
         raise FraudProofError("the envelopes are not in ascending transaction-id order")
     _conflict(first, second, None if network is None else bytes(network))
-    return FraudProof(data, first.account, first.seq, first.network, (first.id, second.id))
+    return FraudProof(data, first.account, first.seq, first.network, (first.id, second.id),
+                      (first, second))

@@ -1,12 +1,13 @@
-"""The ledger's validation loop: decode → check the chain → verify the signature → apply.
+"""The per-entry steps of ledger v2: :func:`admit` (decode, network, signature: no state) and
+:func:`apply_tx` (one transaction at its canonical position), plus the outcome types.
 
 Two implementations with the same names and byte-identical results (the same outcomes and
-reason codes, the same state, log bytes and state root): the compiled ``_ingest_c``
-(Cython; signatures checked by calling libsodium directly) and the pure-Python
-``_ingest_py``, which documents the loop step by step. The compiled one is used when it is
-built. ``N3XUS_PURE_PYTHON=1`` forces the pure one; ``N3XUS_REQUIRE_COMPILED=1`` turns a
-missing extension into an ImportError, so a test run cannot silently measure the slow path.
-:data:`IMPLEMENTATION` says which one is in use.
+reason codes, the same state): the compiled ``_ingest_c`` (Cython; signatures checked by
+calling libsodium directly) and the pure-Python ``_ingest_py``, which documents each step.
+The compiled one is used when it is built. ``N3XUS_PURE_PYTHON=1`` forces the pure one;
+``N3XUS_REQUIRE_COMPILED=1`` turns a missing extension into an ImportError, so a test run
+cannot silently measure the slow path. :data:`IMPLEMENTATION` says which one is in use.
+The canonical-order engine over these steps is ``engine.py``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from n3xus.canon.twins import select_twin
 
 __all__ = [
     "IMPLEMENTATION",
+    "VOID_REASONS",
     "Accepted",
-    "LedgerView",
+    "Held",
     "MemoryView",
     "Outcome",
+    "Pending",
     "Rejected",
-    "ingest",
-    "ingest_entry",
-    "replay",
+    "admit",
+    "apply_tx",
 ]
 
 _COMPILED_MODULE = "n3xus.ledger._ingest_c"
@@ -36,13 +38,14 @@ _impl, IMPLEMENTATION = select_twin(_COMPILED_MODULE, _PURE_MODULE, "ledger inge
 
 if TYPE_CHECKING:
     # The pure twin is the typed contract; the compiled twin has the same names.
+    from ._ingest_py import VOID_REASONS as VOID_REASONS
     from ._ingest_py import Accepted as Accepted
-    from ._ingest_py import LedgerView as LedgerView
+    from ._ingest_py import Held as Held
     from ._ingest_py import MemoryView as MemoryView
     from ._ingest_py import Outcome as Outcome
+    from ._ingest_py import Pending as Pending
     from ._ingest_py import Rejected as Rejected
-    from ._ingest_py import ingest as ingest
-    from ._ingest_py import ingest_entry as ingest_entry
-    from ._ingest_py import replay as replay
+    from ._ingest_py import admit as admit
+    from ._ingest_py import apply_tx as apply_tx
 else:
     globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})

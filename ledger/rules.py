@@ -10,17 +10,16 @@ zero balance or supply is deleted, so equal states have equal key sets::
 
     b"B" account(32)              -> balance u64             (> 0)
     b"H" account(32)              -> seq u64 || head tx id   (the account's last tx)
-    b"F" account(32)              -> fraud proof id          (the account is frozen)
+    b"F" account(32)              -> freeze seq u64          (the account equivocated there)
     b"S"                          -> total supply u64        (> 0)
     b"A" asset id                 -> creator(32) || editions u32 || royalty_bps u16
                                      || creator_bps u16 || platform_bps u16 || artifact CID
     b"O" asset id || edition u32  -> owner(32)
     b"L" asset id || edition u32  -> seller(32) || price u64 || listing tx id
 
-The state root is the RFC 9162 Merkle tree hash (BLAKE3) over the entries in ascending key
-order, each leaf being ``len(key) u8 || key || value`` (:func:`state_root`). A single key is
-proved by its leaf index and an inclusion proof; an absent key by the two neighbouring
-leaves.
+The state root is the root of the sparse Merkle tree of ``smt.py`` over the entries, each
+leaf being ``len(key) u8 || key || value`` (:func:`state_leaf`); ``state_root`` computes it
+from scratch, ``smt.SparseMerkleTree`` keeps it incrementally in LMDB.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from collections.abc import Callable, Iterable
 from typing import Final, NamedTuple, Protocol
 
 from n3xus.canon.cid import CID
-from n3xus.canon.merkle import BLAKE3, root_from_leaf_hashes
 
 from .errors import LedgerCorruptError, Reason, TxRejected
 from .genesis import BPS_WHOLE, MAX_AMOUNT, Genesis
@@ -297,8 +295,6 @@ def _buy(view: StateView, genesis: Genesis, tx: Tx) -> None:
                          f"offered {price}, the listing asks {listing.price}")
     if listing.seller == tx.account:
         raise TxRejected(Reason.OWN_LISTING, "an account cannot buy its own listing")
-    if view.get(FROZEN + listing.seller) is not None:
-        raise TxRejected(Reason.FROZEN, "the seller's account is frozen")
     balance = _require_funds(view, tx.account, price)
     payout = sale_payout(price, info.royalty_bps, info.platform_bps)
     # All checks passed: payment, royalty, fee and ownership move together.
@@ -339,13 +335,11 @@ def state_leaf(key: bytes, value: bytes) -> bytes:
 
 
 def state_root(items: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """The state root over entries given in strictly ascending key order."""
-    leaf_hash = BLAKE3.leaf_hash
-    hashes: list[bytes] = []
-    previous = b""
-    for key, value in items:
-        if hashes and key <= previous:
+    """The state root (``smt.root_of``) over entries given in strictly ascending key order."""
+    from .smt import root_of  # smt.py imports state_leaf from here
+
+    listed = list(items)
+    for (a, _), (b, _) in zip(listed, listed[1:], strict=False):
+        if b <= a:
             raise LedgerCorruptError("state entries are not in ascending key order")
-        previous = key
-        hashes.append(leaf_hash(state_leaf(key, value)))
-    return root_from_leaf_hashes(BLAKE3, hashes)
+    return root_of(listed)

@@ -1,21 +1,29 @@
-"""The ledger in LMDB: the log of accepted entries, its indexes and the derived state, all
-changed in one write transaction per batch, so a crash never leaves them apart.
+"""The ledger in LMDB: the node's log of admitted entries, the indexes of the set, the
+derived state with its undo log and its state tree, all changed in one write transaction
+per batch, so a crash never leaves them apart.
 
 Named databases of the node's LMDB environment::
 
-    ledger/log    u64 index (big-endian) -> entry bytes (0: the genesis block; then accepted
-                  transaction envelopes and fraud proofs, in acceptance order)
-    ledger/ids    binary CID of an entry -> u64 index    (transaction id, proof id, genesis)
-    ledger/chain  account(32) || seq u64 -> transaction id (for replays and equivocations)
-    ledger/state  the state entries of rules.py (balances, heads, supply, assets, ...)
+    ledger/log      u64 index (big-endian) -> entry bytes (0: the genesis block; then
+                    admitted transaction envelopes and fraud proofs, in arrival order)
+    ledger/ids      binary CID of an entry -> locator (engine.locator: u64 log index, plus
+                    one byte 1/2 for a transaction known from the fraud proof logged there)
+    ledger/chain    account(32) || seq u64 || tx id -> time u64   (the set, per account)
+    ledger/order    time u64 || account || seq u64 || tx id -> locator (canonical order)
+    ledger/undo     order key -> previous values of the state keys that entry wrote
+    ledger/state    the state entries of rules.py (balances, heads, supply, assets, ...)
+    ledger/smt      the sparse Merkle tree of the state (smt.py positions)
+    ledger/dirty    state keys changed since the tree was last brought up to date
+    ledger/pending  account || seq u64 || tx id -> envelope waiting for its predecessor
+    ledger/held     release time u64 || entry id -> entry dated ahead of the clock
 
-``ledger/state`` is a pure function of ``ledger/log``: :meth:`LedgerStore.rebuild_state`
-replays the log from genesis into fresh state and returns the same state root. The state
-root is not maintained per transaction (that would cost more than the signature check); it
-is computed when asked for, once per log size, normally at checkpoint time.
+``ledger/state`` is a pure function of the set of admitted transactions (``engine.py``):
+:meth:`LedgerStore.rebuild_state` replays the log into fresh state and returns the same
+root. The tree is brought up to date lazily (:meth:`LedgerStore.state_root`, checkpoints):
+a key changed many times between two checkpoints is hashed once.
 
 A batch (:meth:`LedgerStore.ingest`) is one LMDB write transaction: when it returns, every
-accepted entry of it is durable, and a crash before that loses the whole batch and nothing
+admitted entry of it is durable, and a crash before that loses the whole batch and nothing
 else. Commit hooks (:meth:`LedgerStore.add_commit_hook`) run inside that transaction, so a
 transparency log built on top stays in step with the ledger log.
 """
@@ -31,10 +39,17 @@ import lmdb
 
 from n3xus.canon.cid import CID
 
-from .errors import LedgerCorruptError, TxRejected
-from .fraud import FRAUD_PROOF_PREFIX
+from .engine import (
+    MAX_HELD_ENTRIES,
+    MAX_PENDING_PER_ACCOUNT,
+    load_tx_bytes,
+    run_batch,
+)
+from .errors import EquivocationError, LedgerCorruptError
+from .fraud import FRAUD_PROOF_PREFIX, make_fraud_proof
 from .genesis import Genesis
-from .ingest import Accepted, Outcome, ingest, ingest_entry
+from .ingest import Accepted, Outcome
+from .memory import refuse_unless_applied
 from .rules import (
     ASSET,
     BALANCE,
@@ -47,22 +62,32 @@ from .rules import (
     Listing,
     edition_key,
     parse_head,
-    state_root,
     u64,
 )
+from .smt import SparseMerkleTree
 from .tx import Tx, decode_tx
 
 LOG_DB: Final = b"ledger/log"
 IDS_DB: Final = b"ledger/ids"
 CHAIN_DB: Final = b"ledger/chain"
+ORDER_DB: Final = b"ledger/order"
+UNDO_DB: Final = b"ledger/undo"
 STATE_DB: Final = b"ledger/state"
+SMT_DB: Final = b"ledger/smt"
+DIRTY_DB: Final = b"ledger/dirty"
+PENDING_DB: Final = b"ledger/pending"
+HELD_DB: Final = b"ledger/held"
 
-# Rebuilding writes the index entries in chunks of this many log entries, bounding the
-# buffers' memory however long the log is.
-REPLAY_FLUSH_ENTRIES: Final = 10_000
+# Rebuilding replays the log in chunks of this many entries per engine batch, bounding the
+# batch's memory however long the log is.
+REPLAY_CHUNK_ENTRIES: Final = 10_000
 
 CommitHook = Callable[[lmdb.Transaction, int, int], None]
 """``hook(txn, first, end)``: log entries ``[first, end)`` were appended in ``txn``."""
+
+
+def _items(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
+    return cast(Iterator[tuple[bytes, bytes]], cursor.iternext())
 
 
 def _index_key(index: int) -> bytes:
@@ -77,26 +102,29 @@ class LedgerDatabases:
     log: Any
     ids: Any
     chain: Any
+    order: Any
+    undo: Any
     state: Any
+    smt: Any
+    dirty: Any
+    pending: Any
+    held: Any
 
 
-class _LmdbView:
-    """The LedgerView of one write transaction.
+def _prefix_items(cursor: lmdb.Cursor, low: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Items from ``low`` on while their keys start with ``prefix`` (bytes: no environment
+    opens buffers=True)."""
+    if not cursor.set_range(low):
+        return
+    for key, value in cast(Iterator[tuple[bytes, bytes]], cursor.iternext()):
+        if not key.startswith(prefix):
+            return
+        yield key, value
 
-    State reads and writes go straight to the transaction. Log appends and their index
-    entries are buffered and written by :meth:`flush` with one ``putmulti`` per database:
-    one C loop instead of three Python-level puts per transaction (the index keys are
-    random, so sorted bulk insertion also touches fewer pages). Lookups see the buffers.
 
-    In replay mode the log already holds the entries: ``append`` checks that the entry is
-    the one at that index instead of writing it."""
-
-    __slots__ = ("_txn", "_dbs", "first_index", "next_index", "_replay", "_log", "_ids",
-                 "_chain", "get", "put", "delete")
-
-    get: Callable[[bytes], bytes | None]
-    put: Callable[[bytes, bytes], object]
-    delete: Callable[[bytes], object]
+class _LmdbBatch:
+    """The engine's Batch over one write transaction. ``replay`` re-admits the entries of
+    the log (rebuilding): appending checks the entry is already there at that index."""
 
     def __init__(self, txn: lmdb.Transaction, dbs: LedgerDatabases, next_index: int,
                  replay: bool = False) -> None:
@@ -105,64 +133,105 @@ class _LmdbView:
         self.first_index = next_index
         self.next_index = next_index
         self._replay = replay
-        self._log: list[tuple[bytes, bytes]] = []
-        self._ids: dict[bytes, bytes] = {}
-        self._chain: dict[bytes, bytes] = {}
-        # The state accessors are the transaction's own methods bound to the state database
-        # (partial objects are called in C): they run several times per transaction.
+        self.dirty: set[bytes] = set()
         self.get = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state))
-        self.put = partial(txn.put, db=dbs.state)
-        self.delete = partial(txn.delete, db=dbs.state)
+        self._put = partial(txn.put, db=dbs.state)
+        self._delete = partial(txn.delete, db=dbs.state)
 
-    def chain_id(self, account: bytes, seq: int) -> bytes | None:
-        key = account + seq.to_bytes(8, "big")
-        found = self._chain.get(key)
-        if found is None:
-            found = cast(bytes | None, self._txn.get(key, db=self._dbs.chain))
-        return found
+    def put(self, key: bytes, value: bytes) -> None:
+        self._put(key, value)
+        self.dirty.add(key)
 
-    def entry_by_id(self, entry_id: bytes) -> bytes | None:
-        index = self._ids.get(entry_id)
-        if index is None:
-            index = cast(bytes | None, self._txn.get(entry_id, db=self._dbs.ids))
-            if index is None:
-                return None
-        position = int.from_bytes(index, "big") - self.first_index
-        if 0 <= position < len(self._log):
-            return self._log[position][1]
-        return cast(bytes | None, self._txn.get(index, db=self._dbs.log))
+    def delete(self, key: bytes) -> None:
+        self._delete(key)
+        self.dirty.add(key)
 
-    def append(self, entry: bytes, entry_id: bytes, chain_key: bytes | None) -> int:
+    def locator(self, entry_id: bytes) -> bytes | None:
+        return cast(bytes | None, self._txn.get(entry_id, db=self._dbs.ids))
+
+    def set_locator(self, entry_id: bytes, where: bytes) -> None:
+        self._txn.put(entry_id, where, db=self._dbs.ids)
+
+    def append_log(self, entry: bytes) -> int:
         index = self.next_index
         key = _index_key(index)
         if self._replay:
             if self._txn.get(key, db=self._dbs.log) != entry:
                 raise LedgerCorruptError(f"replay of log entry {index} produced another entry")
-        self._log.append((key, entry))
-        self._ids[entry_id] = key
-        if chain_key is not None:
-            self._chain[chain_key] = entry_id
+        elif not self._txn.put(key, entry, db=self._dbs.log, append=True):
+            raise LedgerCorruptError(f"log entry {index} exists already")
         self.next_index = index + 1
         return index
 
-    def __len__(self) -> int:
-        """Entries appended and not yet flushed."""
-        return len(self._log)
+    def log_entry(self, index: int) -> bytes:
+        entry = self._txn.get(_index_key(index), db=self._dbs.log)
+        if entry is None:
+            raise LedgerCorruptError(f"log entry {index} is missing")
+        return cast(bytes, entry)
 
-    def flush(self) -> None:
-        """Write the buffered log entries and index entries into the transaction."""
-        txn, dbs = self._txn, self._dbs
-        if not self._replay and self._log:
-            txn.cursor(db=dbs.log).putmulti(self._log, append=True)
-        for db, items in ((dbs.ids, self._ids), (dbs.chain, self._chain)):
-            if items:
-                _, added = txn.cursor(db=db).putmulti(sorted(items.items()), overwrite=False)
-                if added != len(items):
-                    raise LedgerCorruptError("an entry id or chain position was already indexed")
-        self._log.clear()
-        self._ids.clear()
-        self._chain.clear()
-        self.first_index = self.next_index
+    def chain_add(self, account: bytes, seq: int, tx_id: bytes, time_ms: int) -> None:
+        self._txn.put(account + seq.to_bytes(8, "big") + tx_id, time_ms.to_bytes(8, "big"),
+                      db=self._dbs.chain)
+
+    def chain_ids(self, account: bytes, seq: int) -> list[bytes]:
+        prefix = account + seq.to_bytes(8, "big")
+        cursor = self._txn.cursor(db=self._dbs.chain)
+        return [key[40:] for key, _ in _prefix_items(cursor, prefix, prefix)]
+
+    def chain_from(self, account: bytes, seq: int) -> Iterator[tuple[int, bytes, int]]:
+        cursor = self._txn.cursor(db=self._dbs.chain)
+        found = [(int.from_bytes(key[32:40], "big"), key[40:], int.from_bytes(value, "big"))
+                 for key, value in _prefix_items(cursor, account + seq.to_bytes(8, "big"),
+                                                 account)]
+        return iter(found)
+
+    def order_add(self, key: bytes, where: bytes) -> None:
+        self._txn.put(key, where, db=self._dbs.order)
+
+    def order_from(self, key: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._dbs.order)
+        if not cursor.set_range(key):
+            return iter(())
+        return cast(Iterator[tuple[bytes, bytes]], cursor.iternext())
+
+    def undo_put(self, key: bytes, record: bytes) -> None:
+        self._txn.put(key, record, db=self._dbs.undo)
+
+    def undo_pop_from(self, key: bytes) -> list[bytes]:
+        cursor = self._txn.cursor(db=self._dbs.undo)
+        records: list[bytes] = []
+        while cursor.last() and cast(bytes, cursor.key()) >= key:
+            records.append(cast(bytes, cursor.value()))
+            cursor.delete()
+        return records
+
+    def pending_add(self, account: bytes, seq: int, tx_id: bytes, entry: bytes) -> bool:
+        cursor = self._txn.cursor(db=self._dbs.pending)
+        waiting = sum(1 for _ in _prefix_items(cursor, account, account))
+        if waiting >= MAX_PENDING_PER_ACCOUNT:
+            return False
+        self._txn.put(account + seq.to_bytes(8, "big") + tx_id, entry, db=self._dbs.pending)
+        return True
+
+    def pending_take(self, account: bytes, seq: int) -> list[bytes]:
+        prefix = account + seq.to_bytes(8, "big")
+        cursor = self._txn.cursor(db=self._dbs.pending)
+        found = list(_prefix_items(cursor, prefix, prefix))
+        for key, _ in found:
+            self._txn.delete(key, db=self._dbs.pending)
+        return [value for _, value in found]
+
+    def held_add(self, release_ms: int, entry_id: bytes, entry: bytes) -> bool:
+        if self._txn.stat(self._dbs.held)["entries"] >= MAX_HELD_ENTRIES:
+            return False
+        self._txn.put(release_ms.to_bytes(8, "big") + entry_id, entry, db=self._dbs.held)
+        return True
+
+    def flush_dirty(self) -> None:
+        if self.dirty:
+            items = [(key, b"") for key in sorted(self.dirty)]
+            self._txn.cursor(db=self._dbs.dirty).putmulti(items)
+            self.dirty.clear()
 
 
 class LedgerStore:
@@ -176,10 +245,12 @@ class LedgerStore:
         self.genesis = genesis
         self.dbs = LedgerDatabases(
             log=env.open_db(LOG_DB), ids=env.open_db(IDS_DB), chain=env.open_db(CHAIN_DB),
-            state=env.open_db(STATE_DB),
+            order=env.open_db(ORDER_DB), undo=env.open_db(UNDO_DB), state=env.open_db(STATE_DB),
+            smt=env.open_db(SMT_DB), dirty=env.open_db(DIRTY_DB),
+            pending=env.open_db(PENDING_DB), held=env.open_db(HELD_DB),
         )
         self._hooks: list[CommitHook] = []
-        self._root_cache: tuple[int, bytes] | None = None
+        self.replays = 0  # entries re-processed because an arrival sorted before them
         with env.begin(write=True) as txn:
             stored = txn.get(_index_key(0), db=self.dbs.log)
             if stored is None:
@@ -206,65 +277,127 @@ class LedgerStore:
             raise LedgerCorruptError("the ledger log lost its genesis entry")
         return int.from_bytes(cursor.key(), "big") + 1
 
-    def ingest(self, entries: Iterable[bytes], *, verify: bool = True) -> list[Outcome]:
-        """Validate and apply a batch in one write transaction; one outcome per entry, in
-        order. Rejected entries change nothing; accepted ones are durable on return."""
+    def _run(self, entries: Iterable[bytes], verify: bool, now_ms: int | None,
+             check: Callable[[list[Outcome]], None] | None) -> list[Outcome]:
         with self._env.begin(write=True) as txn:
             first = self._next_index(txn)
-            view = _LmdbView(txn, self.dbs, first)
-            outcomes = ingest(view, self.genesis, entries, verify)
-            view.flush()
-            if view.next_index != first:
+            batch = _LmdbBatch(txn, self.dbs, first)
+            outcomes, run = run_batch(batch, self.genesis, entries, verify=verify, now_ms=now_ms)
+            if check is not None:
+                check(outcomes)
+            batch.flush_dirty()
+            if batch.next_index != first:
                 for hook in self._hooks:
-                    hook(txn, first, view.next_index)
+                    hook(txn, first, batch.next_index)
+        self.replays += run.replays
         return outcomes
 
-    def submit(self, entry: bytes) -> Accepted:
-        """Ingest one entry; raises its TxRejected if it is rejected."""
-        outcome = self.ingest([entry])[0]
-        if isinstance(outcome, Accepted):
-            return outcome
-        raise outcome.error
+    def ingest(self, entries: Iterable[bytes], *, verify: bool = True,
+               now_ms: int | None = None) -> list[Outcome]:
+        """Admit a batch (arrival order) in one write transaction and bring the state to the
+        canonical replay of the grown set; one outcome per entry. ``now_ms`` (the node's
+        clock) holds entries dated ahead of it; None admits them as they are."""
+        return self._run(entries, verify, now_ms, None)
+
+    def submit(self, entry: bytes, *, now_ms: int | None = None) -> Accepted:
+        """A local client's transaction: kept only if it takes effect where it sorts, else
+        its TxRejected is raised and nothing is kept. An equivocation is kept (the account
+        is frozen) and raised as EquivocationError."""
+        outcome = self._run([entry], True, now_ms, refuse_unless_applied)[0]
+        assert isinstance(outcome, Accepted)
+        if isinstance(outcome.result, EquivocationError):
+            raise outcome.result
+        return outcome
+
+    def release(self, now_ms: int) -> list[Outcome]:
+        """Admit the held entries whose release time has come (the node calls this as its
+        clock advances)."""
+        with self._env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self.dbs.held)
+            due: list[bytes] = []
+            if cursor.first():
+                for key, value in cursor.iternext():
+                    if int.from_bytes(key[:8], "big") > now_ms:
+                        break
+                    due.append(value)
+            if not due:
+                return []
+            for _ in range(len(due)):
+                cursor.first()
+                cursor.delete()
+        return self.ingest(due, now_ms=now_ms)
 
     def rebuild_state(self, *, verify: bool = True) -> bytes:
-        """Drop the derived state and indexes, replay the whole log from genesis into fresh
-        ones (one write transaction), and return the state root."""
+        """Drop the derived state, indexes, undo log and tree, re-admit the whole log from
+        genesis into fresh ones (one write transaction), and return the state root."""
         with self._env.begin(write=True) as txn:
             dbs = self.dbs
-            for db in (dbs.state, dbs.chain, dbs.ids):
+            for db in (dbs.state, dbs.chain, dbs.ids, dbs.order, dbs.undo, dbs.smt, dbs.dirty):
                 txn.drop(db, delete=False)
             txn.put(self.genesis.network_id, _index_key(0), db=dbs.ids)
-            view = _LmdbView(txn, dbs, 1, replay=True)
-            cursor = txn.cursor(db=dbs.log)
-            logged = cursor.iternext() if cursor.set_range(_index_key(1)) else iter(())
-            for key, entry in logged:
-                index = int.from_bytes(key, "big")
-                if index != view.next_index:
-                    raise LedgerCorruptError(f"log index {view.next_index} is missing")
-                try:
-                    ingest_entry(view, self.genesis, entry, verify)
-                except TxRejected as exc:
-                    raise LedgerCorruptError(f"log entry {index} does not replay: {exc}") from exc
-                if len(view) >= REPLAY_FLUSH_ENTRIES:
-                    view.flush()
-            view.flush()
-            root = state_root(txn.cursor(db=dbs.state).iternext())
-            size = view.next_index
-        self._root_cache = (size, root)
+            size = self._next_index(txn)
+            batch = _LmdbBatch(txn, dbs, 1, replay=True)
+            for start in range(1, size, REPLAY_CHUNK_ENTRIES):
+                cursor = txn.cursor(db=dbs.log)
+                cursor.set_key(_index_key(start))
+                chunk = [item[1] for _, item in zip(range(REPLAY_CHUNK_ENTRIES), cursor.iternext(),
+                                                    strict=False)]
+                outcomes, _ = run_batch(batch, self.genesis, chunk, verify=verify)
+                for offset, outcome in enumerate(outcomes):
+                    if not isinstance(outcome, Accepted):
+                        raise LedgerCorruptError(f"log entry {start + offset} is not admitted "
+                                                 f"again: {outcome}")
+            if batch.next_index != size:
+                raise LedgerCorruptError(f"the log replayed to {batch.next_index} entries, not {size}")
+            batch.dirty.clear()
+            tree = self._tree(txn)
+            root, nodes = tree.bulk_load(_items(txn.cursor(db=dbs.state)))
+            txn.cursor(db=dbs.smt).putmulti(nodes, append=True)
         return root
 
-    # --- reading ---------------------------------------------------------------------------
+    # --- the state tree --------------------------------------------------------------------
+
+    def _tree(self, txn: lmdb.Transaction) -> SparseMerkleTree:
+        db = self.dbs.smt
+        return SparseMerkleTree(cast(Callable[[bytes], bytes | None], partial(txn.get, db=db)),
+                                partial(txn.put, db=db), partial(txn.delete, db=db))
+
+    def update_tree(self, txn: lmdb.Transaction) -> tuple[int, bytes]:
+        """Bring the state tree up to date inside a write transaction: (leaves, root)."""
+        dbs = self.dbs
+        tree = self._tree(txn)
+        keys = list(txn.cursor(db=dbs.dirty).iternext(values=False))
+        if keys:
+            get = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state))
+            tree.update([(cast(bytes, key), get(cast(bytes, key))) for key in keys])
+            txn.drop(dbs.dirty, delete=False)
+        return txn.stat(dbs.state)["entries"], tree.root()
+
+    def tree_is_current(self, txn: lmdb.Transaction) -> bool:
+        return txn.stat(self.dbs.dirty)["entries"] == 0
+
+    def prove(self, txn: lmdb.Transaction, key: bytes) -> tuple[list[bytes], tuple[bytes, bytes] | None]:
+        """Siblings and the leaf (key, value) where ``key``'s path ends, in ``txn`` (whose
+        tree must be current)."""
+        siblings, content = self._tree(txn).walk(key)
+        if content is None:
+            return siblings, None
+        leaf_key = content[1]
+        assert leaf_key is not None
+        value = txn.get(leaf_key, db=self.dbs.state)
+        if value is None:
+            raise LedgerCorruptError("the state tree has a leaf for a key not in the state")
+        return siblings, (leaf_key, cast(bytes, value))
 
     def state_root(self) -> bytes:
-        """The root over the current state (cached per log size)."""
+        """The root over the current state (brings the tree up to date first)."""
         with self._env.begin() as txn:
-            size = self._next_index(txn)
-            cached = self._root_cache
-            if cached is not None and cached[0] == size:
-                return cached[1]
-            root = state_root(txn.cursor(db=self.dbs.state).iternext())
-        self._root_cache = (size, root)
-        return root
+            if self.tree_is_current(txn):
+                return self._tree(txn).root()
+        with self._env.begin(write=True) as txn:
+            return self.update_tree(txn)[1]
+
+    # --- reading ---------------------------------------------------------------------------
 
     def _get(self, key: bytes, db: Any = None) -> bytes | None:
         with self._env.begin() as txn:
@@ -293,24 +426,48 @@ class LedgerStore:
                 yield value
 
     def index_of(self, entry_id: CID | bytes) -> int | None:
+        """The log index of an entry (for a transaction known from a fraud proof: the
+        proof's)."""
         value = self._get(bytes(entry_id), self.dbs.ids)
-        return None if value is None else int.from_bytes(value, "big")
+        return None if value is None else int.from_bytes(value[:8], "big")
+
+    def has(self, entry_id: CID | bytes) -> bool:
+        return self._get(bytes(entry_id), self.dbs.ids) is not None
 
     def entry(self, entry_id: CID | bytes) -> bytes | None:
-        """The logged bytes of an entry (transaction envelope or fraud proof) by its id."""
+        """The bytes of an entry of the set (transaction envelope or fraud proof) by id."""
         with self._env.begin() as txn:
-            index = txn.get(bytes(entry_id), db=self.dbs.ids)
-            value: bytes | None = None if index is None else txn.get(index, db=self.dbs.log)
-        return value
+            where = txn.get(bytes(entry_id), db=self.dbs.ids)
+            if where is None:
+                return None
+            return load_tx_bytes(_LmdbBatch(txn, self.dbs, 0), bytes(where))
 
     def tx(self, tx_id: CID | bytes) -> Tx | None:
-        """The accepted transaction with this id (None for unknown ids, the genesis and
+        """The transaction with this id in the set (None for unknown ids, the genesis and
         fraud proofs)."""
         data = self.entry(tx_id)
         if (data is None or bytes(tx_id) == self.genesis.network_id
                 or data.startswith(FRAUD_PROOF_PREFIX)):
             return None
         return decode_tx(data)
+
+    def account_chain(self, account: bytes, from_seq: int = 0) -> list[tuple[int, bytes]]:
+        """(seq, tx id) of the account's transactions in the set, by seq then id."""
+        with self._env.begin() as txn:
+            return [(seq, tx_id) for seq, tx_id, _ in
+                    _LmdbBatch(txn, self.dbs, 0).chain_from(account, from_seq)]
+
+    def accounts(self, after: bytes = b"", limit: int = 1 << 62) -> list[bytes]:
+        """Accounts with a transaction in the set, ascending, after ``after``."""
+        found: list[bytes] = []
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self.dbs.chain)
+            key = after + b"\xff" * 44 if after else b""
+            while len(found) < limit and cursor.set_range(key):
+                account = bytes(cursor.key()[:32])
+                found.append(account)
+                key = account + b"\xff" * 44
+        return found
 
     def balance(self, account: bytes) -> int:
         return u64(self._get(BALANCE + account))
@@ -319,31 +476,37 @@ class LedgerStore:
         return u64(self._get(SUPPLY))
 
     def head(self, account: bytes) -> tuple[int, CID] | None:
-        """(seq, id) of the account's last accepted transaction."""
+        """(seq, id) of the account's last transaction that took its place in the chain."""
         value = self._get(HEAD + account)
         if value is None:
             return None
         seq, tx_id = parse_head(value)
         return seq, CID(tx_id)
 
+    def freeze_seq(self, account: bytes) -> int | None:
+        value = self._get(FROZEN + account)
+        return None if value is None else int.from_bytes(value, "big")
+
     def is_frozen(self, account: bytes) -> bool:
         return self._get(FROZEN + account) is not None
 
     def fraud_proof(self, account: bytes) -> bytes | None:
-        """The proof that froze ``account`` (to hand on to other nodes), if any."""
-        proof_id = self._get(FROZEN + account)
-        return None if proof_id is None else self.entry(proof_id)
+        """A proof that froze ``account`` (of the two lowest ids at its freeze seq), to hand
+        on to other nodes."""
+        seq = self.freeze_seq(account)
+        if seq is None:
+            return None
+        ids = [tx_id for at, tx_id in self.account_chain(account, seq) if at == seq][:2]
+        if len(ids) != 2:
+            raise LedgerCorruptError("a frozen account lacks its two transactions")
+        first, second = (self.entry(tx_id) for tx_id in ids)
+        assert first is not None and second is not None
+        return make_fraud_proof(first, second)
 
     def frozen_accounts(self) -> list[bytes]:
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self.dbs.state)
-            found: list[bytes] = []
-            if cursor.set_range(FROZEN):
-                for key in cursor.iternext(values=False):
-                    if not key.startswith(FROZEN):
-                        break
-                    found.append(key[len(FROZEN):])
-        return found
+            return [bytes(key[1:]) for key, _ in _prefix_items(cursor, FROZEN, FROZEN)]
 
     def asset(self, asset: CID) -> Asset | None:
         value = self._get(ASSET + bytes(asset))

@@ -13,21 +13,22 @@ The tree is written by a commit hook inside the write transaction that appends t
 entries, so a crash never leaves the log and its tree apart; roots and proofs read
 O(log n) stored nodes (``canon.merkle``), as the canon log does.
 
-Checkpoints carry one extension line ``n3xus-state <leaves> <base64 root>``: the state
-root of ``rules.state_root`` after exactly ``size`` entries, under the same signature as
-(size, root). The node never signs two inconsistent checkpoints: in the write transaction
-that records a checkpoint it checks that the log has not shrunk below the last signed
-size and that the tree there still has the signed root (and, at equal size, the signed
-state). State proofs need the state *at* the checkpoint; the store keeps only the current
-state, so the state tree of the last checkpoint is kept in memory (a sorted copy of the
-state plus its Merkle tree, built once per checkpoint: O(state) time and memory).
+Checkpoints carry one extension line ``n3xus-state <leaves> <base64 root>``: the number of
+state entries and the root of the state tree (``smt.py``) after exactly ``size`` entries,
+under the same signature as (size, root). The node never signs two inconsistent
+checkpoints: in the write transaction that records a checkpoint it checks that the log has
+not shrunk below the last signed size and that the tree there still has the signed root
+(and, at equal size, the signed state). The state tree lives in LMDB and is brought up to
+date in that same write transaction (O(k log n) for k changed keys), so a checkpoint costs
+what changed. State proofs are walks of that tree at the current head: they are served
+against a checkpoint of the current log size (the state is a function of the log, so equal
+sizes mean equal states), signing one first when the log has moved.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, cast
@@ -47,13 +48,12 @@ from .audit import (
     ORIGIN_PREFIX,
     ConsistencyBundle,
     StateCommitment,
-    StateLeafProof,
     StateProofBundle,
     make_inclusion_bundle,
     parse_state_line,
 )
 from .errors import AuditError, CheckpointRefusedError, LedgerCorruptError, ProofUnavailableError
-from .rules import BALANCE, OWNER, edition_key, state_leaf
+from .rules import BALANCE, OWNER, edition_key
 from .store import LedgerStore
 
 TREE_DB: Final = b"ledger/tlog/tree"
@@ -107,24 +107,6 @@ class _Signed:
         return self.checkpoint.size
 
 
-@dataclass(frozen=True)
-class _StateSnapshot:
-    """The state at a signed checkpoint: sorted keys, their values and the state tree."""
-
-    note: str
-    keys: list[bytes]
-    values: list[bytes]
-    tree: merkle.MerkleTree
-
-    @property
-    def commitment(self) -> StateCommitment:
-        return StateCommitment(self.tree.size, self.tree.root())
-
-    def leaf(self, index: int) -> StateLeafProof:
-        return StateLeafProof(index, self.keys[index], self.values[index],
-                              tuple(self.tree.inclusion_proof(index)))
-
-
 def _items(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, bytes]]:
     """A cursor's items from its position (bytes: no environment opens buffers=True)."""
     return cast(Iterator[tuple[bytes, bytes]], cursor.iternext())
@@ -154,10 +136,9 @@ class TransparencyLog:
         self._tree = StoredTree(env.open_db(TREE_DB), HASHER, "transparency",
                                 LedgerCorruptError)
         self._meta = env.open_db(META_DB)
-        # Checkpoints and the state snapshot are built by one caller at a time; RLock
-        # because a state proof may sign a checkpoint on the way.
+        # Checkpoints are signed by one caller at a time; RLock because a state proof may
+        # sign a checkpoint on the way.
         self._lock = threading.RLock()
-        self._snapshot: _StateSnapshot | None = None
         with env.begin(write=True) as txn:
             size, log_size = self._size(txn), self._log_size(txn)
             if size > log_size:
@@ -274,49 +255,29 @@ class TransparencyLog:
             raise CheckpointRefusedError(f"the log no longer has the root it signed at size "
                                          f"{last.size}")
 
-    def _read_state(self, txn: lmdb.Transaction, note: str) -> _StateSnapshot:
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        hashes: list[bytes] = []
-        leaf_hash = HASHER.leaf_hash
-        for key, value in _items(txn.cursor(db=self.store.dbs.state)):
-            keys.append(key)
-            values.append(value)
-            hashes.append(leaf_hash(state_leaf(key, value)))
-        return _StateSnapshot(note, keys, values, merkle.MerkleTree(HASHER, hashes))
-
     def checkpoint(self, signing_key: SigningKey) -> str:
         """Sign a checkpoint of the whole log (and its state) as a C2SP note named after the
         origin, unless the last one already covers the whole log (then that one is
-        returned). Raises CheckpointRefusedError rather than sign an inconsistent one."""
-        with self._lock:
-            # Hash the state in a read snapshot, so ingest is not blocked meanwhile; the
-            # snapshot is consistent, so (size, root, state) belong together.
-            with self.env.begin() as txn:
-                size = self._size(txn)
-                if size != self._log_size(txn):
-                    raise LedgerCorruptError("the transparency log is out of step with the log")
-                last = self._last(txn)
-                self._refuse_inconsistent(txn, last)
-                if last is not None and last.size == size:
-                    return last.note
-                root = self._tree.root(txn, size)
-                snapshot = self._read_state(txn, "")
-            state = snapshot.commitment
+        returned). Raises CheckpointRefusedError rather than sign an inconsistent one. One
+        write transaction: the state tree is brought up to date, so (size, root, state)
+        belong together."""
+        with self._lock, self.env.begin(write=True) as txn:
+            size = self._size(txn)
+            if size != self._log_size(txn):
+                raise LedgerCorruptError("the transparency log is out of step with the log")
+            last = self._last(txn)
+            self._refuse_inconsistent(txn, last)
+            leaves, state_root = self.store.update_tree(txn)
+            state = StateCommitment(leaves, state_root)
+            root = self._tree.root(txn, size)
+            if last is not None and last.size == size:
+                if (last.checkpoint.root_hash, last.state) != (root, state):
+                    raise CheckpointRefusedError(f"a checkpoint of size {size} with another "
+                                                 "root or state was signed before")
+                return last.note
             checkpoint = Checkpoint(self.origin, size, root, (state.to_line(),))
-            with self.env.begin(write=True) as txn:
-                last = self._last(txn)
-                self._refuse_inconsistent(txn, last)
-                if last is not None and last.size > size:
-                    return last.note  # a concurrent call signed a later one meanwhile
-                if last is not None and last.size == size:
-                    if (last.checkpoint.root_hash, last.state) != (root, state):
-                        raise CheckpointRefusedError(f"a checkpoint of size {size} with another "
-                                                     "root or state was signed before")
-                    return last.note
-                note = checkpoint.sign(self.origin, signing_key)
-                txn.put(_META_CHECKPOINT, note.encode("utf-8"), db=self._meta)
-            self._snapshot = _StateSnapshot(note, snapshot.keys, snapshot.values, snapshot.tree)
+            note = checkpoint.sign(self.origin, signing_key)
+            txn.put(_META_CHECKPOINT, note.encode("utf-8"), db=self._meta)
             return note
 
     def _covering(self, note: str | None) -> _Signed:
@@ -367,43 +328,29 @@ class TransparencyLog:
         proof = self.consistency_proof(old_size, signed.size) if old_size < signed.size else []
         return ConsistencyBundle(old_size, tuple(proof), signed.note).to_text()
 
-    def _state_snapshot(self, signing_key: SigningKey | None) -> _StateSnapshot:
-        with self._lock:
-            if signing_key is not None:
-                self.checkpoint(signing_key)  # returns the last one if the log has not moved
-            last_note = self.last_checkpoint()
-            snapshot = self._snapshot
-            if snapshot is not None and snapshot.note == last_note:
-                return snapshot
-            if last_note is not None:
-                last = _parse_signed(last_note.encode("utf-8"))
-                with self.env.begin() as txn:
-                    if self._size(txn) == last.size:
-                        snapshot = self._read_state(txn, last_note)
-                        if snapshot.commitment != last.state:
-                            raise LedgerCorruptError(f"the state at size {last.size} no longer "
-                                                     "has the root the checkpoint signed")
-                        self._snapshot = snapshot
-                        return snapshot
-            if signing_key is None:
-                raise ProofUnavailableError("the state has changed since the last checkpoint "
-                                            "(or none was signed); sign a checkpoint first")
-            raise ProofUnavailableError("the log moved while signing; ask again")
-
     def state_proof_bundle(self, target: StateTarget, *,
                            signing_key: SigningKey | None = None) -> str:
         """A state proof bundle at the last checkpoint: an account's balance, an edition's
         owner (``(asset, edition)``), or any raw state key; present with its value, or
-        absent (zero balance, no owner). When the state has moved since the last
-        checkpoint, ``signing_key`` lets it sign a new one first."""
+        absent (zero balance, no owner). When the log has moved since the last checkpoint,
+        ``signing_key`` lets it sign a new one first."""
         key = state_key(target)
         if not 1 <= len(key) <= 255:
             raise ValueError("a state key is 1..255 bytes")
-        snapshot = self._state_snapshot(signing_key)
-        position = bisect_left(snapshot.keys, key)
-        count = len(snapshot.keys)
-        if position < count and snapshot.keys[position] == key:
-            return StateProofBundle(key, True, (snapshot.leaf(position),), snapshot.note).to_text()
-        around = [i for i in (position - 1, position) if 0 <= i < count]
-        leaves = tuple(snapshot.leaf(i) for i in around)
-        return StateProofBundle(key, False, leaves, snapshot.note).to_text()
+        with self._lock:
+            if signing_key is not None:
+                self.checkpoint(signing_key)  # returns the last one if the log has not moved
+            with self.env.begin(write=True) as txn:
+                last = self._last(txn)
+                if last is None or last.size != self._size(txn):
+                    raise ProofUnavailableError(
+                        "the state has changed since the last checkpoint (or none was signed); "
+                        "sign a checkpoint first")
+                leaves, root = self.store.update_tree(txn)
+                if StateCommitment(leaves, root) != last.state:
+                    raise LedgerCorruptError(f"the state at size {last.size} no longer has the "
+                                             "root the checkpoint signed")
+                siblings, leaf = self.store.prove(txn, key)
+        value = leaf[1] if leaf is not None and leaf[0] == key else None
+        other = leaf if leaf is not None and leaf[0] != key else None
+        return StateProofBundle(key, value, other, tuple(siblings), last.note).to_text()

@@ -8,8 +8,10 @@ from blake3 import blake3
 from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID, cid_of
+from n3xus.ledger.errors import TxRejected
 from n3xus.ledger.genesis import Genesis
-from n3xus.ledger.ingest import Accepted, LedgerView, MemoryView, Outcome, Rejected, ingest
+from n3xus.ledger.ingest import Accepted, Outcome, Rejected
+from n3xus.ledger.memory import MemoryLedger
 from n3xus.ledger.tx import AccountChain, Op
 
 SUPPLY_CAP = 1_000_000_000
@@ -31,11 +33,12 @@ def make_genesis(**params: int) -> Genesis:
 
 
 class Net:
-    """A network in memory: genesis, per-name signing chains, a MemoryView (or any view)."""
+    """A network in memory: genesis, per-name signing chains, a MemoryLedger. ``run`` is a
+    local client's submit: a transaction is kept only if it takes effect."""
 
-    def __init__(self, genesis: Genesis | None = None, view: LedgerView | None = None) -> None:
+    def __init__(self, genesis: Genesis | None = None) -> None:
         self.genesis = genesis or make_genesis()
-        self.view: LedgerView = view if view is not None else MemoryView(self.genesis)
+        self.view = MemoryLedger(self.genesis)
         self.chains: dict[str, AccountChain] = {}
         self.clock = 1_700_000_000_000
 
@@ -55,7 +58,10 @@ class Net:
         return chain.sign_at(chain.seq, chain.prev, op, args, time_ms=self.clock)
 
     def run(self, envelope: bytes) -> Outcome:
-        return ingest(self.view, self.genesis, [envelope])[0]
+        try:
+            return self.view.submit(envelope)
+        except TxRejected as exc:
+            return Rejected(exc)
 
     def do(self, name: str, op: Op | str, **args: Any) -> Accepted:
         """Sign and ingest; the transaction must be accepted."""
@@ -93,7 +99,7 @@ class Net:
         return accepted.cid
 
 
-def snapshot(view: MemoryView) -> tuple[dict[bytes, bytes], int]:
+def snapshot(view: MemoryLedger) -> tuple[dict[bytes, bytes], int]:
     return dict(view.state), len(view.log)
 
 

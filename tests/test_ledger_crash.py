@@ -15,7 +15,8 @@ import lmdb
 import pytest
 from ledger_support import presigned_workload
 
-from n3xus.ledger.ingest import Accepted, replay
+from n3xus.ledger.ingest import Accepted
+from n3xus.ledger.memory import replay_log as replay
 from n3xus.ledger.store import LedgerStore
 from n3xus.ledger.tx import decode_tx
 

@@ -12,7 +12,9 @@ from n3xus.canon.cid import CID, cid_of
 from n3xus.canon.codec import decode, encode
 from n3xus.ledger.errors import Reason
 from n3xus.ledger.genesis import MAX_AMOUNT, Genesis
-from n3xus.ledger.ingest import Accepted, MemoryView, Rejected, ingest, replay
+from n3xus.ledger.ingest import Accepted, Rejected
+from n3xus.ledger.memory import MemoryLedger
+from n3xus.ledger.memory import replay_log as replay
 from n3xus.ledger.rules import sale_payout, tip_split
 from n3xus.ledger.tx import TX_SIGNATURE_TAG, AccountChain, Op, decode_tx, encode_tx_map, sign_tx
 
@@ -26,7 +28,7 @@ def net() -> Net:
 
 def rejected_without_change(net: Net, envelope: bytes, reason: Reason) -> None:
     """Ingest a bad envelope: the reason must match and state and log must be unchanged."""
-    assert isinstance(net.view, MemoryView)
+    assert isinstance(net.view, MemoryLedger)
     before = snapshot(net.view)
     root = net.view.state_root()
     outcome = net.run(envelope)
@@ -56,14 +58,18 @@ def test_overdraft_and_double_spend_are_rejected(net: Net) -> None:
     # Double spend: two different transactions at the same position; the first wins...
     chain = net.chain("alice")
     seq, prev = chain.seq, chain.prev
-    first = chain.sign_at(seq, prev, Op.TRANSFER, {"to": account("bob"), "amount": 800}, time_ms=5)
+    when = net.clock + 10
+    first = chain.sign_at(seq, prev, Op.TRANSFER, {"to": account("bob"), "amount": 800},
+                          time_ms=when)
     second = chain.sign_at(seq, prev, Op.TRANSFER, {"to": account("carol"), "amount": 800},
-                           time_ms=5)
+                           time_ms=when)
     assert isinstance(net.run(first), Accepted)
-    # ...the second is an equivocation: rejected, and it freezes the account.
+    assert net.balance("bob") == 800
+    # ...the second is an equivocation: it freezes the account from that seq, and both are
+    # void (ledger v2: the same result whichever a node saw first).
     outcome = net.run(second)
     assert isinstance(outcome, Rejected) and outcome.reason is Reason.EQUIVOCATION
-    assert net.balance("bob") == 800 and net.balance("carol") == 0
+    assert net.balance("bob") == 0 and net.balance("carol") == 0 and net.balance("alice") == 1_000
     # Sequential double spend with a fresh seq: just an overdraft (only 200 left) - but the
     # account is frozen now, which is checked first.
     chain.seq, chain.prev = seq + 1, first_cid(first)
@@ -100,12 +106,20 @@ def test_forged_signature_is_rejected(net: Net) -> None:
 def test_chain_gaps_and_wrong_links_are_rejected(net: Net) -> None:
     chain = net.chain("alice")
     net.do("alice", Op.TRANSFER, to=account("bob"), amount=1)
+    when = net.clock + 10
+    # A client's submit keeps nothing that does not take effect now: a gap (which the
+    # network path would hold as pending) and a wrong link are refused.
     ahead = chain.sign_at(chain.seq + 1, chain.prev, Op.TRANSFER,
-                          {"to": account("bob"), "amount": 1}, time_ms=1)
+                          {"to": account("bob"), "amount": 1}, time_ms=when)
     rejected_without_change(net, ahead, Reason.BAD_SEQ)
     wrong_prev = chain.sign_at(chain.seq, cid_of(b"not the head"), Op.TRANSFER,
-                               {"to": account("bob"), "amount": 1}, time_ms=1)
+                               {"to": account("bob"), "amount": 1}, time_ms=when)
     rejected_without_change(net, wrong_prev, Reason.BAD_PREV)
+    # Dated before its predecessor: it sorts before it, so it can never follow it.
+    early = chain.sign_at(chain.seq, chain.prev, Op.TRANSFER,
+                          {"to": account("bob"), "amount": 1}, time_ms=1)
+    rejected_without_change(net, early, Reason.BAD_SEQ)
+    assert not net.view.pending
 
 
 def test_wrong_network_is_rejected(net: Net) -> None:
@@ -286,7 +300,7 @@ def test_sales_conserve_total_supply(sales: list[tuple[str, int, int]]) -> None:
                               price=price)
         if isinstance(outcome, Rejected):
             assert outcome.reason is Reason.OVERDRAFT
-        assert isinstance(net.view, MemoryView)
+        assert isinstance(net.view, MemoryLedger)
         total = sum(int.from_bytes(v, "big") for k, v in net.view.state.items() if k[:1] == b"B")
         assert total == 3_000
 
@@ -296,7 +310,7 @@ def test_replay_of_the_log_gives_the_same_root(net: Net) -> None:
     listing = net.do("creator", Op.LIST, asset=asset, edition=1, price=10).cid
     net.do("alice", Op.BUY, asset=asset, edition=1, listing=listing, price=10)
     net.do("alice", Op.TIP, to=account("creator"), ref=None, amount=7)
-    assert isinstance(net.view, MemoryView)
+    assert isinstance(net.view, MemoryLedger)
     rebuilt = replay(net.view.log, genesis=net.genesis)
     assert rebuilt.state == net.view.state
     assert rebuilt.state_root() == net.view.state_root()
@@ -307,7 +321,7 @@ def test_replay_of_the_log_gives_the_same_root(net: Net) -> None:
 def test_rejected_entries_in_a_batch_do_not_disturb_the_others(net: Net) -> None:
     good = [net.sign("alice", Op.TRANSFER, to=account("bob"), amount=1) for _ in range(3)]
     bad = b"\xa2\x62tx\xa0\x63sig\x40"
-    outcomes = ingest(net.view, net.genesis, [good[0], bad, good[1], good[1], good[2]])
+    outcomes = net.view.ingest([good[0], bad, good[1], good[1], good[2]])
     kinds = [type(o).__name__ for o in outcomes]
     assert kinds == ["Accepted", "Rejected", "Accepted", "Rejected", "Accepted"]
     assert net.balance("bob") == 3

@@ -18,7 +18,9 @@ from n3xus.canon.codec import decode, encode
 from n3xus.ledger.errors import LedgerCorruptError, Reason, TxRejected
 from n3xus.ledger.fraud import verify_fraud_proof
 from n3xus.ledger.genesis import MAX_AMOUNT, Genesis
-from n3xus.ledger.ingest import Accepted, MemoryView, Outcome, Rejected, replay
+from n3xus.ledger.ingest import Accepted, Outcome, Rejected
+from n3xus.ledger.memory import MemoryLedger
+from n3xus.ledger.memory import replay_log as replay
 from n3xus.ledger.store import LedgerStore
 from n3xus.ledger.tx import TX_SIGNATURE_TAG, Op, decode_tx, encode_tx_map
 
@@ -29,15 +31,23 @@ def open_env(path: Path) -> lmdb.Environment:
     return lmdb.open(str(path), max_dbs=64, map_size=1 << 28)
 
 
+def submit(store: LedgerStore, envelope: bytes) -> Outcome:
+    """A client's submit (one LMDB batch, kept only if it takes effect) as an outcome."""
+    try:
+        return store.submit(envelope)
+    except TxRejected as exc:
+        return Rejected(exc)
+
+
 class StoreNet(Net):
-    """The test network, ingesting through a LedgerStore (one LMDB batch per envelope)."""
+    """The test network, submitting through a LedgerStore (one LMDB batch per envelope)."""
 
     def __init__(self, store: LedgerStore) -> None:
         super().__init__(store.genesis)
         self.store = store
 
     def run(self, envelope: bytes) -> Outcome:
-        return self.store.ingest([envelope])[0]
+        return submit(self.store, envelope)
 
     def balance(self, name: str) -> int:
         return self.store.balance(account(name))
@@ -109,11 +119,26 @@ def test_every_rejection_leaves_state_and_log_unchanged(net: StoreNet) -> None:
         outcome = net.run(envelope)
         assert isinstance(outcome, Rejected) and outcome.reason is reason, outcome
         assert everything(net.store) == before
-    # A batch mixing them with good transactions commits exactly the good ones.
+    # A network batch mixing the inadmissible ones with a good transaction commits exactly
+    # the good one. (A transaction that fails the rules is admitted on the network path: it
+    # consumes its seq without effect, see test_a_failing_transaction_consumes_its_seq.)
     good = net.sign("alice", Op.TRANSFER, to=account("bob"), amount=7)
-    outcomes = net.store.ingest([envelope for envelope, _ in cases] + [good])
-    assert [type(o) for o in outcomes] == [Rejected] * len(cases) + [Accepted]
+    inadmissible = [cases[0][0], cases[1][0], cases[-1][0]]
+    outcomes = net.store.ingest(inadmissible + [good])
+    assert [type(o) for o in outcomes] == [Rejected] * 3 + [Accepted]
     assert net.store.log_size() == len(before[1]) + 1 and net.balance("bob") == 8
+
+
+def test_a_failing_transaction_consumes_its_seq(net: StoreNet) -> None:
+    """Network path (ledger v2 §8.0): an overdraft arriving from a peer is kept in the set;
+    at its position it fails, changing nothing but the account's head, and its successor
+    chains from it."""
+    failing = net.sign("alice", Op.TRANSFER, to=account("bob"), amount=5_000)
+    after = net.sign("alice", Op.TRANSFER, to=account("bob"), amount=5)
+    outcomes = net.store.ingest([failing, after])
+    assert isinstance(outcomes[0], Accepted) and outcomes[0].reason is Reason.OVERDRAFT
+    assert isinstance(outcomes[1], Accepted) and outcomes[1].applied
+    assert net.balance("bob") == 5 and net.store.head(account("alice")) == (1, outcomes[1].cid)
 
 
 def test_integer_overflow_is_rejected_without_trace(net: StoreNet) -> None:
@@ -215,13 +240,13 @@ def test_store_and_memory_view_agree(tmp_path: Path, steps: list[tuple[str, str,
     env = open_env(path)
     try:
         store = LedgerStore(env, GENESIS)
-        memory = MemoryView(GENESIS)
+        memory = MemoryLedger(GENESIS)
         net = Net(GENESIS)
         assets: list[Any] = []
         listings: dict[Any, Any] = {}
         for name in NAMES:  # everyone starts with some money
             funding = net.draft("issuer", Op.ISSUE, to=account(name), amount=500)
-            store.ingest([funding])
+            submit(store, funding)
             net.view = memory
             assert isinstance(net.run(funding), Accepted)
             net.chain("issuer").seq += 1
@@ -258,7 +283,7 @@ def test_store_and_memory_view_agree(tmp_path: Path, steps: list[tuple[str, str,
                     op, args = Op.TRANSFER_ASSET, {"to": account(other), "asset": asset,
                                                    "edition": edition}
             envelope = net.draft(who, op, **args)
-            from_store = store.ingest([envelope])[0]
+            from_store = submit(store, envelope)
             net.view = memory
             from_memory = net.run(envelope)
             assert type(from_store) is type(from_memory)

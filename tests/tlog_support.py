@@ -12,6 +12,7 @@ from ledger_support import Net, account
 from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID
+from n3xus.ledger.errors import TxRejected
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.ingest import Outcome, Rejected
 from n3xus.ledger.store import LedgerStore
@@ -38,7 +39,10 @@ class LedgerNet(Net):
         self.vkey = self.tlog.vkey(LOG_KEY.verify_key)
 
     def run(self, envelope: bytes) -> Outcome:
-        return self.store.ingest([envelope])[0]
+        try:
+            return self.store.submit(envelope)
+        except TxRejected as exc:
+            return Rejected(exc)
 
     def balance(self, name: str) -> int:
         return self.store.balance(account(name))
