@@ -2,8 +2,7 @@
 
 Decoding errors (manifests, actions, approvals, wire messages) also subclass
 :class:`ValueError`, as the canon codec's do, so a caller that only knows "bad input" can
-catch that. :class:`RemoteAgentError` is the peer's fault (a message we received broke the
-rules); :class:`LocalAgentError` is ours (we were asked to send something invalid).
+catch that. Wire errors of /n3xus/imvu/1.0.0 are those of n3xus.protocol (local vs remote).
 """
 
 from __future__ import annotations
@@ -50,15 +49,3 @@ class GenerationCancelled(SchedulerError):
 
 class DecisionError(ImvuError, ValueError):
     """A decision record (or a block it links) that does not decode or does not re-check."""
-
-
-class WireError(ImvuError, ValueError):
-    """Base of /n3xus/imvu/1.0.0 message errors."""
-
-
-class RemoteAgentError(WireError):
-    """A message received from a peer broke the protocol (the peer's fault)."""
-
-
-class LocalAgentError(WireError):
-    """We were asked to send a message that breaks the protocol (our fault)."""
