@@ -1,0 +1,132 @@
+"""specs/live.md and specs/vectors/live.json agree with the code: schemas, the role
+and state tables, the limits quoted, token and /n3xus/live/1.0.0 vectors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from n3xus.webrtc import pull, recording, relay, rooms, sdp, service, signaling
+from n3xus.webrtc.datachannel import MAX_DATA_MESSAGE_BYTES
+from n3xus.webrtc.errors import PullProtocolError, TokenError
+from n3xus.webrtc.rooms import ROLE_PERMISSIONS, Permission, Role, RoomTokens
+from n3xus.webrtc.schemas import CLIENT_SIGNAL_SCHEMA, DATA_MESSAGE_SCHEMA, SERVER_SIGNAL_SCHEMA
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+TEXT = (SPECS / "live.md").read_text()
+VECTORS = json.loads((SPECS / "vectors" / "live.json").read_text())
+
+
+def json_blocks() -> list[Any]:
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", TEXT, re.S)]
+
+
+def table_rows(header: str) -> list[list[str]]:
+    start = TEXT.index(header)
+    rows = []
+    for line in TEXT[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_spec_embeds_the_code_schemas() -> None:
+    assert json_blocks() == [CLIENT_SIGNAL_SCHEMA, SERVER_SIGNAL_SCHEMA, DATA_MESSAGE_SCHEMA]
+
+
+def test_the_role_table_is_the_codes() -> None:
+    header = "| role | " + " | ".join(p.value for p in Permission) + " |"
+    rows = table_rows(header)
+    table = {Role(r[0]): frozenset(p for p, cell in zip(Permission, r[1:], strict=True)
+                                   if cell == "yes") for r in rows}
+    assert table == ROLE_PERMISSIONS
+
+
+def test_the_state_table_is_the_codes() -> None:
+    rows = table_rows("| state | message | next state |")
+    assert {(signaling.State(s), m): signaling.State(n) for s, m, n in rows} == \
+        signaling.TRANSITIONS
+
+
+@pytest.mark.parametrize("name, value", [
+    ("MAX_TOKEN_CHARS", rooms.MAX_TOKEN_CHARS),
+    ("MAX_TOKEN_TTL_MS", rooms.MAX_TOKEN_TTL_MS),
+    ("DEFAULT_TOKEN_TTL_MS", rooms.DEFAULT_TOKEN_TTL_MS),
+    ("SIGNAL_BURST", signaling.SIGNAL_BURST),
+    ("SIGNAL_RATE_PER_S", int(signaling.SIGNAL_RATE_PER_S)),
+    ("MAX_SIGNAL_MESSAGE_BYTES", signaling.MAX_SIGNAL_MESSAGE_BYTES),
+    ("HELLO_TIMEOUT_S", int(signaling.HELLO_TIMEOUT_S)),
+    ("MAX_SDP_BYTES", sdp.MAX_SDP_BYTES),
+    ("MAX_MEDIA_SECTIONS_PER_KIND", sdp.MAX_MEDIA_SECTIONS_PER_KIND),
+    ("MAX_DATA_MESSAGE_BYTES", MAX_DATA_MESSAGE_BYTES),
+    ("MAX_PULL_MESSAGE_BYTES", pull.MAX_PULL_MESSAGE_BYTES),
+    ("KEYFRAME_REQUEST_INTERVAL_S", relay.KEYFRAME_REQUEST_INTERVAL_S),
+    ("PULL_QUEUE_FRAMES", service.PULL_QUEUE_FRAMES),
+    ("SUBSCRIBER_QUEUE_FRAMES", relay.SUBSCRIBER_QUEUE_FRAMES),
+    ("SEGMENT_TARGET_MS", recording.SEGMENT_TARGET_MS),
+])
+def test_the_limits_quoted_are_the_codes(name: str, value: float) -> None:
+    quoted = re.search(rf"`{name}` =\s+([0-9,.]+)", TEXT)
+    assert quoted is not None, name
+    assert float(quoted.group(1).rstrip(".").replace(",", "")) == value
+
+
+def test_room_token_vectors() -> None:
+    for vector in VECTORS["room_tokens"]:
+        tokens = RoomTokens(bytes.fromhex(vector["key_hex"]))
+        token = tokens.issue(vector["room"], Role(vector["role"]), now_ms=vector["now_ms"],
+                             ttl_ms=vector["ttl_ms"])
+        assert token == vector["token"]
+        payload_b64, mac_b64 = token.removeprefix(rooms.TOKEN_PREFIX).split(".")
+        assert rooms._unb64(payload_b64).hex() == vector["payload_hex"]
+        assert rooms._unb64(mac_b64).hex() == vector["mac_hex"]
+        for check in vector["checks"]:
+            if check["result"] == "ok":
+                grant = tokens.verify(token, room=check["room"], now_ms=check["now_ms"])
+                assert grant.role.value == vector["role"]
+            else:
+                with pytest.raises(TokenError) as refused:
+                    tokens.verify(token, room=check["room"], now_ms=check["now_ms"])
+                assert refused.value.code == check["result"]
+        for forged in vector["forged"]:
+            with pytest.raises(TokenError):
+                tokens.verify(forged, room=vector["room"], now_ms=vector["now_ms"])
+
+
+def _message_from_json(doc: dict[str, Any]) -> pull.PullMessage:
+    kinds = {"v": "video", "a": "audio"}
+    t = doc["t"]
+    if t == "pull":
+        return pull.Pull(doc["room"], doc["token"], tuple(kinds[k] for k in doc["kinds"]))
+    if t == "accept":
+        return pull.Accept(doc["room"], doc["live"])
+    if t == "refuse":
+        return pull.Refuse(doc["code"], doc["message"])
+    if t == "frame":
+        return pull.Frame(kinds[doc["k"]], doc["i"], doc["pts"], doc["key"],
+                          bytes.fromhex(doc["data_hex"]))
+    if t == "live":
+        return pull.Live(doc["live"])
+    return {"keyframe": pull.KeyframeRequest(), "end": pull.End(), "bye": pull.Bye()}[t]
+
+
+def test_pull_message_vectors() -> None:
+    for vector in VECTORS["pull_messages"]:
+        message = _message_from_json(vector["message"])
+        assert pull.encode(message).hex() == vector["hex"]
+        assert pull.decode(bytes.fromhex(vector["hex"])) == message
+    for vector in VECTORS["invalid_pull_messages"]:
+        with pytest.raises(PullProtocolError):
+            pull.decode(bytes.fromhex(vector["hex"]))
+
+
+def test_the_protocol_id_is_registered() -> None:
+    registry = (SPECS / "README.md").read_text()
+    assert pull.PROTOCOL_ID in registry and "live.md" in registry
+    assert recording.RECORDING_TYPE in registry
+    assert "n3xus/room-token/v1" in registry
