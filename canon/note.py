@@ -115,8 +115,15 @@ def _b64decode_strict(value: str, what: str) -> bytes:
 
 
 def _is_valid_name(name: str) -> bool:
-    # Non-empty, no Unicode space, no "+" (it separates the fields of a vkey).
-    return bool(name) and "+" not in name and not any(ch.isspace() for ch in name)
+    # Non-empty, no Unicode space, no "+" (it separates the fields of a vkey), and
+    # encodable as UTF-8 (a lone surrogate, e.g. from an undecodable argv, is not).
+    if not name or "+" in name or any(ch.isspace() for ch in name):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_name(name: object) -> str:

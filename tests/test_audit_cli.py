@@ -177,3 +177,24 @@ def test_works_without_a_node_or_a_data_dir(files: dict[str, Path], tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["fact"]["owner"] == account("dave").hex()
     assert list(home.iterdir()) == []  # nothing created: no data dir, no config
+
+
+def test_a_key_name_with_a_lone_surrogate_is_a_clean_error(capsys: pytest.CaptureFixture[str],
+                                                           files: dict[str, Path]) -> None:
+    """Regression: parse_vkey raised UnicodeEncodeError on a name holding a lone surrogate
+    (what an undecodable argv byte becomes), and load_verifier a plain ValueError."""
+    from n3xus.canon.errors import CanonDecodeError
+    from n3xus.canon.note import parse_vkey
+    from n3xus.ledger.audit import load_verifier
+    from n3xus.ledger.errors import AuditError, AuditPart
+
+    key = "origin\udc80+01234567+" + base64.b64encode(bytes([1]) + bytes(32)).decode()
+    with pytest.raises(CanonDecodeError, match="invalid key name"):
+        parse_vkey(key)
+    with pytest.raises(AuditError) as caught:
+        load_verifier(key)
+    assert caught.value.part is AuditPart.FORMAT
+    with pytest.raises(AuditError):
+        load_verifier("not-a-key")
+    code, _, err = run(capsys, "verify", str(files["tx.tlog-proof"]), "--key", key)
+    assert code == 2 and "--key" in err and "Traceback" not in err
