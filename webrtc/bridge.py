@@ -141,7 +141,8 @@ class AsyncioBridge:
         self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any
     ) -> concurrent.futures.Future[T]:
         """Schedule ``fn(*args)`` on the loop from any thread; returns its future."""
-        return asyncio.run_coroutine_threadsafe(fn(*args), self.loop)
+        loop = self.loop  # raises before the coroutine object exists if closed
+        return asyncio.run_coroutine_threadsafe(fn(*args), loop)
 
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         """Run a plain function on the loop thread (thread-safe, fire and forget)."""
