@@ -97,6 +97,13 @@ SHUTDOWN_GRACE_SECONDS = 2.0
 # finished (or cancelled) ping open.
 STREAM_CLOSE_TIMEOUT_SECONDS = 1.0
 
+# Accept queue of the TCP listeners. 0.8.1 listens with a backlog of 128; a burst
+# of connections (a flood, or every peer re-dialing a restarted node) beyond that
+# makes the kernel drop handshakes silently before the connection gate ever sees
+# them. The gate turns unwanted connections away faster once they are accepted.
+# (The kernel caps it at net.core.somaxconn.)
+LISTEN_BACKLOG = 1024
+
 # Protocols that may name the host part of an address. Listening needs a literal
 # IP; a dial address may also use DNS (resolved by libp2p's TCP transport).
 _LISTEN_HOST_PROTOCOLS = frozenset({"ip4", "ip6"})
@@ -321,6 +328,10 @@ async def _listen_on(swarm: InboundSlotReleasingSwarm, addr: Multiaddr) -> None:
     # Swarm.listen logs and swallows bind errors and only reports a bool.
     if not await swarm.listen(addr):
         raise AddressError(f"cannot listen on {addr}: the TCP transport refused it")
+    listener = swarm.listeners.get(str(addr))
+    for socket_listener in getattr(listener, "listeners", []):
+        # listen() again only changes the backlog of a listening socket (Linux).
+        socket_listener.socket.listen(LISTEN_BACKLOG)
 
 
 def listen_addrs(host: BasicHost) -> list[str]:

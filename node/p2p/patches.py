@@ -86,8 +86,12 @@ class InboundSlotReleasingSwarm(Swarm):
         # has fewer than min_connections (50) connections, with its own backoff.
         # The node's discovery (n3xus.node.p2p.discovery) decides whom to dial,
         # with named backoff constants, so this one is kept from running. Its
-        # bookkeeping methods (record_*) still work; only the loop is off.
+        # bookkeeping methods (record_*) still work; its periodic loop and the
+        # swarm's trigger on every disconnect (_schedule_auto_connect) are off.
         self.auto_connector.run_background_task = _no_background_task  # type: ignore[method-assign]
+
+    def _schedule_auto_connect(self) -> None:
+        return None  # see __init__: the node's discovery does the re-dialing
 
     async def _handle_inbound_connection(
         self, read_write_closer: ReadWriteCloser, maddr: Multiaddr
