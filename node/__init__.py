@@ -2,9 +2,19 @@
 API and the trio task tree that ties them together. ``node/`` owns sockets, LMDB,
 clocks and tasks; the protocol cores it drives are sans-IO."""
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-try:
-    __version__ = version("n3xus")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str) -> Any:
+    # ``__version__`` is looked up on first use: importlib.metadata costs ~25 ms at
+    # import, which every CLI call would otherwise pay (issue 7 §2).
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("n3xus")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        value = "0.0.0+unknown"
+    globals()["__version__"] = value
+    return value

@@ -22,7 +22,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         renderer = structlog.processors.JSONRenderer()
         extra = [structlog.processors.format_exc_info]  # tracebacks as one JSON field
     elif fmt == "text":
-        renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
+        # Plain tracebacks: the default (rich) formatter prints every frame's local
+        # variables, which put the API token into the log (issue 7 §4).
+        renderer = structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0,
+                                                 exception_formatter=structlog.dev.plain_traceback)
     else:
         raise ValueError(f"unknown log format {fmt!r} (text or json)")
     structlog.configure(

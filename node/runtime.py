@@ -48,6 +48,7 @@ from .p2p.discovery import Discovery, DiscoveryConfig
 from .p2p.limits import register_gate_metrics
 from .services.canon import CanonService
 from .services.ledger import LedgerService
+from .services.metrics import register_service_metrics
 from .services.metrics_history import MetricsHistory
 from .services.wallets import ensure_genesis
 from .storage import open_environment
@@ -203,6 +204,7 @@ class Node:
         cfg.graceful_timeout = API_GRACEFUL_TIMEOUT_S
         cfg.accesslog = None
         cfg.errorlog = None  # errors surface through our own logging
+        register_service_metrics(self.counters.registry, self.canon, self.ledger)
         app = build_app(self.routes(), token=token, registry=self.counters.registry,
                         version=__version__)
         if not is_loopback(self.config.api_host):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import trio
 from starlette.requests import Request
@@ -23,8 +24,25 @@ from n3xus.ledger.export import export_ledger
 from n3xus.ledger.tx import MAX_TX_BYTES
 
 from ..services.ledger import LedgerService, genesis_view
-from .canon import stream_from_threads
-from .server import ApiProblem, ApiRoute
+from .canon import parse_cid, stream_from_threads
+from .schemas import (
+    BINARY,
+    BOOLEAN,
+    CAR,
+    CID_TEXT,
+    DAG_CBOR,
+    HEX32,
+    MAX_I63,
+    MAX_U32,
+    STRING,
+    TEXT,
+    arr,
+    enum,
+    integer,
+    nullable,
+    obj,
+)
+from .server import ApiProblem, ApiRoute, Body, Param, query
 
 Handler = Callable[[Request], Awaitable[Response]]
 # Log listings return at most this many entries per call.
@@ -58,23 +76,46 @@ def _account(text: str) -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        raise ApiProblem(400, "bad_account", f"{text!r} is not a 64-hex-digit account key")
+        raise ApiProblem(400, "bad_account", f"{text[:80]!r} is not a 64-hex-digit account key")
     return raw
 
 
-def _cid(text: str) -> CID:
-    try:
-        return CID(text)
-    except ValueError as exc:
-        raise ApiProblem(400, "bad_cid", f"malformed id {text!r}: {exc}") from exc
+_cid = parse_cid
+ACCOUNT_HEX = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
+               "description": "an account: its ed25519 public key as 64 hex digits"}
+ACCOUNT = obj({"account": HEX32, "balance": integer(), "next_seq": integer(),
+               "prev": nullable(CID_TEXT), "frozen": BOOLEAN})
+TX = {"id": CID_TEXT, "op": STRING, "account": HEX32, "seq": integer(),
+      "prev": nullable(CID_TEXT), "time": integer(), "network": CID_TEXT,
+      "args": {"type": "object", "description": "the operation's arguments (accounts and "
+                                                "bytes as hex, CIDs as text)"}}
+LOG_ROW = {"oneOf": [
+    obj({"index": {"const": 0}, "kind": {"const": "genesis"}, "id": CID_TEXT}),
+    obj({"index": integer(), "kind": {"const": "fraud-proof"}}),
+    obj({"index": integer(), "kind": {"const": "tx"}, **TX}),
+]}
+GENESIS = obj({"cid": CID_TEXT, "v": integer(), "name": STRING, "issuers": arr(HEX32),
+               "supply_cap": integer(), "platform": HEX32, "royalty_bps": integer(),
+               "creator_bps": integer(), "platform_bps": integer(),
+               "max_royalty_bps": integer(), "max_editions": integer()}, extra=True)
+ASSET = obj({
+    "asset": CID_TEXT, "creator": HEX32, "artifact": CID_TEXT, "royalty_bps": integer(),
+    "creator_bps": integer(), "platform_bps": integer(),
+    "editions": arr(obj({"edition": integer(1), "owner": nullable(HEX32),
+                         "listing": nullable(obj({"seller": HEX32, "price": integer(),
+                                                  "listing": CID_TEXT}))})),
+})
+STATUS = obj({"network": CID_TEXT, "name": STRING, "log_size": integer(), "supply": integer(),
+              "supply_cap": integer(), "state_root": {"type": "string", "pattern": "^[0-9a-f]*$"},
+              "frozen_accounts": arr(HEX32)})
 
 
 def ledger_routes(service: LedgerService) -> list[ApiRoute]:
     run = trio.to_thread.run_sync
 
     async def genesis(request: Request) -> Response:
-        if request.query_params.get("format") == "cbor":
-            return Response(bytes(service.genesis), media_type="application/cbor")
+        if query(request).get("format") == "cbor":
+            return Response(bytes(service.genesis), media_type=DAG_CBOR)
         return JSONResponse(genesis_view(service.genesis))
 
     @_ledger_problems
@@ -97,38 +138,35 @@ def ledger_routes(service: LedgerService) -> list[ApiRoute]:
 
     @_ledger_problems
     async def get_tx(request: Request) -> Response:
-        view = await run(service.tx, _cid(request.path_params["id"]))
+        tx_id = _cid(request.path_params["id"])
+        view = await run(service.tx, tx_id)
         if view is None:
-            raise ApiProblem(404, "not_found", f"no transaction {request.path_params['id']}")
+            raise ApiProblem(404, "not_found", f"transaction {tx_id} is not in this node's ledger")
         return JSONResponse(view)
 
     @_ledger_problems
     async def get_asset(request: Request) -> Response:
-        view = await run(service.asset, _cid(request.path_params["id"]))
+        asset_id = _cid(request.path_params["id"])
+        view = await run(service.asset, asset_id)
         if view is None:
-            raise ApiProblem(404, "not_found", f"no asset {request.path_params['id']}")
+            raise ApiProblem(404, "not_found", f"asset {asset_id} is not in this node's ledger")
         return JSONResponse(view)
 
     @_ledger_problems
     async def log(request: Request) -> Response:
-        start = int(request.query_params.get("start", "0") or 0)
-        limit = min(int(request.query_params.get("limit", "100") or 100), MAX_LOG_LIMIT)
-        if start < 0 or limit < 0:
-            raise ApiProblem(400, "bad_request", "start and limit must be >= 0")
-        return JSONResponse({"entries": await run(service.log, start, limit),
+        q = query(request)
+        return JSONResponse({"entries": await run(service.log, q.get("start", 0), q.get("limit", 100)),
                              "size": await run(service.store.log_size)})
 
     @_ledger_problems
     async def fraud_proof(request: Request) -> Response:
         proof = await run(service.store.fraud_proof, _account(request.path_params["account"]))
         if proof is None:
-            raise ApiProblem(404, "not_found", "no fraud proof for that account")
-        return Response(proof, media_type="application/cbor")
-
-    text = {"type": "string"}
+            raise ApiProblem(404, "not_found", "no fraud proof froze that account")
+        return Response(proof, media_type=DAG_CBOR)
 
     def _text(body: str) -> Response:
-        return Response(body, media_type="text/plain; charset=utf-8")
+        return Response(body, media_type=TEXT)
 
     async def vkey(_request: Request) -> Response:
         return _text(await run(service.vkey) + "\n")
@@ -143,21 +181,18 @@ def ledger_routes(service: LedgerService) -> list[ApiRoute]:
 
     @_ledger_problems
     async def state_proof(request: Request) -> Response:
-        q = request.query_params
-        if "account" in q:
+        q = query(request)
+        if "account" in q and "asset" not in q and "edition" not in q:
             target: bytes | tuple[CID, int] = _account(q["account"])
-        elif "asset" in q and q.get("edition", "").isdigit():
-            target = (_cid(q["asset"]), int(q["edition"]))
+        elif "asset" in q and "edition" in q and "account" not in q:
+            target = (_cid(q["asset"]), q["edition"])
         else:
             raise ApiProblem(400, "bad_request", "give account=HEX, or asset=CID and edition=N")
         return _text(await run(service.state_proof, target))
 
     @_ledger_problems
     async def consistency(request: Request) -> Response:
-        old = request.query_params.get("old", "")
-        if not old.isdigit():
-            raise ApiProblem(400, "bad_request", "old=SIZE (a checkpoint's tree size) is required")
-        return _text(await run(service.consistency_bundle, int(old)))
+        return _text(await run(service.consistency_bundle, query(request)["old"]))
 
     @_ledger_problems
     async def export(_request: Request) -> Response:
@@ -175,32 +210,63 @@ def ledger_routes(service: LedgerService) -> list[ApiRoute]:
                 while piece := spool.read(EXPORT_PIECE_BYTES):
                     yield piece
 
-        return StreamingResponse(stream_from_threads(pieces()), media_type="application/vnd.ipld.car; version=1")
+        return StreamingResponse(stream_from_threads(pieces()), media_type=CAR)
+
+    text = {"type": "string"}
+    id_path = Param("id", CID_TEXT, where="path", required=True)
+    account_path = Param("account", ACCOUNT_HEX, where="path", required=True)
+
+    def text_route(method: str, path: str, handler: Any, summary: str, **kw: Any) -> ApiRoute:
+        return ApiRoute(method, path, handler, summary, tag="ledger", response_schema=text,
+                        response_media_type=TEXT, **kw)
 
     return [
-        ApiRoute("GET", "/ledger/vkey", vkey, "Verifier key (C2SP vkey) of this node's ledger checkpoints", auth=False,
-                 tag="ledger", response_schema=text, response_media_type="text/plain"),
-        ApiRoute("GET", "/ledger/checkpoint", checkpoint, "The last signed checkpoint (signs one if none yet)", tag="ledger",
-                 response_schema=text, response_media_type="text/plain"),
-        ApiRoute("POST", "/ledger/checkpoint", checkpoint, "Sign a checkpoint of the log as it is now", tag="ledger",
-                 response_schema=text, response_media_type="text/plain"),
-        ApiRoute("GET", "/ledger/proofs/tx/{id}", tx_proof, "Offline inclusion bundle (C2SP tlog-proof) for a transaction",
-                 tag="ledger", response_schema=text, response_media_type="text/plain"),
-        ApiRoute("GET", "/ledger/proofs/state", state_proof, "State proof: account=HEX balance, or asset=&edition= owner",
-                 tag="ledger", response_schema=text, response_media_type="text/plain"),
-        ApiRoute("GET", "/ledger/proofs/consistency", consistency, "Consistency bundle from tree size old=N to now",
-                 tag="ledger", response_schema=text, response_media_type="text/plain"),
-        ApiRoute("GET", "/ledger/export", export, "The ledger up to a fresh checkpoint, as an export CAR for `audit replay`",
-                 tag="ledger", response_schema={"type": "string", "format": "binary"},
-                 response_media_type="application/vnd.ipld.car"),
-        ApiRoute("GET", "/ledger/genesis", genesis, "The network's genesis (format=cbor for the block)", tag="ledger"),
-        ApiRoute("GET", "/ledger/status", status, "Network, log size, supply, state root, frozen accounts", tag="ledger"),
-        ApiRoute("GET", "/ledger/accounts/{account}", account, "Balance, next seq, prev, frozen", tag="ledger"),
-        ApiRoute("POST", "/ledger/txs", submit, "Submit a signed transaction envelope (DAG-CBOR body)", tag="ledger",
-                 request_schema={"type": "string", "format": "binary"}),
-        ApiRoute("GET", "/ledger/txs/{id}", get_tx, "A transaction by id", tag="ledger"),
-        ApiRoute("GET", "/ledger/assets/{id}", get_asset, "An asset, its editions, owners, listings", tag="ledger"),
-        ApiRoute("GET", "/ledger/log", log, "Ledger log entries (start, limit)", tag="ledger"),
-        ApiRoute("GET", "/ledger/fraud-proofs/{account}", fraud_proof, "The fraud proof that froze an account", tag="ledger",
-                 response_schema={"type": "string", "format": "binary"}, response_media_type="application/cbor"),
+        text_route("GET", "/ledger/vkey", vkey, "Verifier key (C2SP vkey) of this node's ledger "
+                   "checkpoints", auth=False),
+        text_route("GET", "/ledger/checkpoint", checkpoint, "The last signed checkpoint (signs one "
+                   "if none yet)", errors=(409,)),
+        text_route("POST", "/ledger/checkpoint", checkpoint, "Sign a checkpoint of the log as it is now",
+                   errors=(409,)),
+        text_route("GET", "/ledger/proofs/tx/{id}", tx_proof, "Offline inclusion bundle (C2SP "
+                   "tlog-proof) for a transaction", params=(id_path,), errors=(404, 409)),
+        text_route("GET", "/ledger/proofs/state", state_proof, "State proof: account=HEX balance, "
+                   "or asset=&edition= owner",
+                   params=(Param("account", ACCOUNT_HEX, "prove this account's balance"),
+                           Param("asset", CID_TEXT, "prove the owner of this asset's edition"),
+                           Param("edition", integer(1, MAX_U32), "the edition (with asset)")),
+                   errors=(404, 409)),
+        text_route("GET", "/ledger/proofs/consistency", consistency, "Consistency bundle from tree "
+                   "size old=N to now",
+                   params=(Param("old", integer(1, MAX_I63), "an earlier checkpoint's tree size",
+                                 required=True),), errors=(404, 409)),
+        ApiRoute("GET", "/ledger/export", export, "The ledger up to a fresh checkpoint, as an "
+                 "export CAR for `audit replay`", tag="ledger", response_schema=BINARY,
+                 response_media_type=CAR, errors=(409,)),
+        ApiRoute("GET", "/ledger/genesis", genesis, "The network's genesis (format=cbor: the "
+                 "DAG-CBOR block)", tag="ledger",
+                 params=(Param("format", enum("json", "cbor"), "json (default) or cbor"),),
+                 response_schema=GENESIS, alt_responses=((DAG_CBOR, BINARY),)),
+        ApiRoute("GET", "/ledger/status", status, "Network, log size, supply, state root, frozen "
+                 "accounts", tag="ledger", response_schema=STATUS),
+        ApiRoute("GET", "/ledger/accounts/{account}", account, "Balance, next seq, prev, frozen",
+                 tag="ledger", params=(account_path,), response_schema=ACCOUNT),
+        ApiRoute("POST", "/ledger/txs", submit, "Submit a signed transaction envelope", tag="ledger",
+                 body=Body(DAG_CBOR, BINARY, f"a signed envelope (DAG-CBOR, at most {MAX_TX_BYTES} "
+                           "bytes, specs/ledger.md)"),
+                 response_schema=obj({"id": CID_TEXT, "log_index": integer()}),
+                 errors=(413, 422), description="A rejection is 422 with the reason code of "
+                 "specs/ledger.md as the error code (e.g. `overdraft`, `bad-seq`)."),
+        ApiRoute("GET", "/ledger/txs/{id}", get_tx, "A transaction by id", tag="ledger",
+                 params=(id_path,), response_schema=obj({**TX, "log_index": nullable(integer())}),
+                 errors=(404,)),
+        ApiRoute("GET", "/ledger/assets/{id}", get_asset, "An asset, its editions, owners, listings",
+                 tag="ledger", params=(id_path,), response_schema=ASSET, errors=(404,)),
+        ApiRoute("GET", "/ledger/log", log, "Ledger log entries (start, limit)", tag="ledger",
+                 params=(Param("start", integer(0, MAX_I63), "first entry index (default 0)"),
+                         Param("limit", integer(0, MAX_LOG_LIMIT), "at most this many entries "
+                               "(default 100)")),
+                 response_schema=obj({"entries": arr(LOG_ROW), "size": integer()})),
+        ApiRoute("GET", "/ledger/fraud-proofs/{account}", fraud_proof, "The fraud proof that froze "
+                 "an account", tag="ledger", params=(account_path,), response_schema=BINARY,
+                 response_media_type=DAG_CBOR, errors=(404,)),
     ]

@@ -9,10 +9,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import AddressError, NodeError
-from .server import ApiProblem, ApiRoute, read_json, require_str
+from ..p2p.host import parse_peer_addr
+from .schemas import JSON, NUMBER, STRING, arr, integer, obj
+from .server import ApiProblem, ApiRoute, Body, read_json
 
 if TYPE_CHECKING:
     from ..runtime import Node
+
+PEER_ID = {"type": "string", "description": "a libp2p peer ID (base58btc, 12D3Koo…)"}
+MULTIADDR = {"type": "string", "description": "a multiaddr, e.g. /ip4/127.0.0.1/tcp/4141/p2p/12D3Koo…"}
+ADDRS = arr(MULTIADDR)
+# Peer and status views grow with the federation work (issue 8/9): declared fields
+# are checked, further fields are allowed.
+PEER = obj({"peer_id": PEER_ID, "addrs": ADDRS},
+           {"direction": {"enum": ["inbound", "outbound", "unknown"]},
+            "connected_since": {"type": "number", "description": "unix seconds"},
+            "last_ping_rtt_ms": {"type": ["number", "null"]},
+            "last_ping_at": {"type": ["number", "null"], "description": "unix seconds"}},
+           extra=True)
+IDENTITY = obj({"peer_id": PEER_ID, "public_key": {"type": "string", "pattern": "^[0-9a-f]*$"},
+                "listen_addrs": ADDRS, "dial_addrs": ADDRS})
+STATUS = obj({
+    "peer_id": PEER_ID, "version": STRING, "listen_addrs": ADDRS, "dial_addrs": ADDRS,
+    "api_url": STRING, "uptime_s": NUMBER, "peers": arr(PEER), "peer_count": integer(),
+    "counters": {"type": "object", "additionalProperties": integer()}, "data_dir": STRING,
+}, {"connection_gate": {"type": "object"}, "discovery": {"type": ["object", "null"]}}, extra=True)
+CONNECTED = obj({
+    "peer_id": PEER_ID,
+    "already_connected": {"type": "boolean", "description": "true: no dial was made, the "
+                          "peer was connected already (on the addresses in addrs)"},
+    "addrs": arr(MULTIADDR),
+})
 
 
 def node_routes(node: Node) -> Sequence[ApiRoute]:
@@ -26,38 +53,49 @@ def node_routes(node: Node) -> Sequence[ApiRoute]:
         return JSONResponse({"peers": node.peers()})
 
     async def post_connect(request: Request) -> Response:
-        addr = require_str(await read_json(request), "multiaddr")
+        addr = (await read_json(request))["multiaddr"]
+        try:
+            peer_id = str(parse_peer_addr(addr)[0])
+        except AddressError as exc:
+            raise ApiProblem(400, "bad_multiaddr", str(exc)) from exc
+        # A connected peer is not dialled again (libp2p would return at once without
+        # trying addr): say so, and which connection is in use.
+        current = next((p for p in node.peers() if p["peer_id"] == peer_id), None)
+        if current is not None:
+            return JSONResponse({"peer_id": peer_id, "already_connected": True,
+                                 "addrs": current["addrs"]})
         try:
             peer = await node.connect(addr)
         except AddressError as exc:
             raise ApiProblem(400, "bad_multiaddr", str(exc)) from exc
         except (NodeError, OSError) as exc:
             raise ApiProblem(502, "dial_failed", str(exc)) from exc
-        return JSONResponse({"peer_id": peer})
+        used: list[str] = next((p["addrs"] for p in node.peers() if p["peer_id"] == peer), [])
+        return JSONResponse({"peer_id": peer, "already_connected": False, "addrs": used})
 
     async def post_ping(request: Request) -> Response:
-        peer = require_str(await read_json(request), "peer_id")
+        peer = (await read_json(request))["peer_id"]
         try:
             rtt = await node.ping(peer)
+        except AddressError as exc:
+            raise ApiProblem(400, "bad_peer_id", str(exc)) from exc
         except (NodeError, OSError) as exc:
             raise ApiProblem(502, "ping_failed", str(exc)) from exc
         return JSONResponse({"peer_id": peer, "rtt_ms": round(rtt * 1000, 3)})
 
-    peer_schema = {
-        "type": "object",
-        "properties": {"peer_id": {"type": "string"},
-                       "addrs": {"type": "array", "items": {"type": "string"}}},
-    }
+    short = {"type": "string", "minLength": 1, "maxLength": 1024}
     return [
-        ApiRoute("GET", "/id", get_id, "The node's peer ID, public key and addresses", auth=False),
-        ApiRoute("GET", "/status", get_status, "Peer ID, addresses, uptime, peers, counters"),
+        ApiRoute("GET", "/id", get_id, "The node's peer ID, public key and addresses", auth=False,
+                 response_schema=IDENTITY),
+        ApiRoute("GET", "/status", get_status, "Peer ID, addresses, uptime, peers, counters",
+                 response_schema=STATUS),
         ApiRoute("GET", "/peers", get_peers, "Connected peers",
-                 response_schema={"type": "object", "properties": {
-                     "peers": {"type": "array", "items": peer_schema}}}),
-        ApiRoute("POST", "/peers/connect", post_connect, "Dial a peer by multiaddr",
-                 request_schema={"type": "object", "required": ["multiaddr"],
-                                 "properties": {"multiaddr": {"type": "string"}}}),
+                 response_schema=obj({"peers": arr(PEER)})),
+        ApiRoute("POST", "/peers/connect", post_connect,
+                 "Dial a peer by multiaddr (no dial when it is connected already)",
+                 body=Body(JSON, obj({"multiaddr": short})), response_schema=CONNECTED,
+                 errors=(502,)),
         ApiRoute("POST", "/peers/ping", post_ping, "Ping a connected peer",
-                 request_schema={"type": "object", "required": ["peer_id"],
-                                 "properties": {"peer_id": {"type": "string"}}}),
+                 body=Body(JSON, obj({"peer_id": short})),
+                 response_schema=obj({"peer_id": PEER_ID, "rtt_ms": NUMBER}), errors=(502,)),
     ]

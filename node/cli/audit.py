@@ -27,7 +27,7 @@ from n3xus.ledger.audit import (
 )
 from n3xus.ledger.export import ReplayReport, replay_export
 
-from .app import cli, emit, json_option, stdout
+from .app import echo, emit, json_option
 
 # Proof and checkpoint files are small (a bundle is at most ~150 KB); reading more than
 # this means the file is something else, and is refused before it fills memory.
@@ -74,7 +74,7 @@ key_option = click.option(
     help="The log's C2SP verifier key, or a file holding it.")
 
 
-@cli.group()
+@click.group()
 def audit() -> None:
     """Verify ledger proofs, checkpoints and exports offline (no node, no data dir)."""
 
@@ -85,25 +85,25 @@ def _short(hex_text: str | None) -> str:
 
 def _print_checkpoint(checkpoint: VerifiedCheckpoint) -> None:
     signed = "signature verified" if checkpoint.signature_checked else "signature NOT checked"
-    stdout.print(f"  checkpoint  {checkpoint.checkpoint.origin}  size {checkpoint.size}  ({signed})")
-    stdout.print(f"  log root    {checkpoint.root.hex()}")
-    stdout.print(f"  state root  {checkpoint.state.root.hex()}  ({checkpoint.state.leaves} leaves)")
+    echo(f"  checkpoint  {checkpoint.checkpoint.origin}  size {checkpoint.size}  ({signed})")
+    echo(f"  log root    {checkpoint.root.hex()}")
+    echo(f"  state root  {checkpoint.state.root.hex()}  ({checkpoint.state.leaves} leaves)")
 
 
 def _print_entry(result: EntryProof) -> None:
     decoded = result.decoded
     if decoded.tx is not None:
         tx = decoded.tx
-        stdout.print(f"OK  transaction {tx.cid} is entry {result.index} of the ledger log")
-        stdout.print(f"  {tx.op.value} by {tx.account.hex()} (seq {tx.seq}, time {tx.time})")
+        echo(f"OK  transaction {tx.cid} is entry {result.index} of the ledger log")
+        echo(f"  {tx.op.value} by {tx.account.hex()} (seq {tx.seq}, time {tx.time})")
         for name, value in sorted(tx.to_json()["args"].items()):
-            stdout.print(f"    {name}: {value}")
+            echo(f"    {name}: {value}")
     elif decoded.fraud is not None:
-        stdout.print(f"OK  fraud proof {decoded.fraud.cid} is entry {result.index} of the ledger log")
-        stdout.print(f"  account {decoded.fraud.account.hex()} equivocated at seq {decoded.fraud.seq}")
+        echo(f"OK  fraud proof {decoded.fraud.cid} is entry {result.index} of the ledger log")
+        echo(f"  account {decoded.fraud.account.hex()} equivocated at seq {decoded.fraud.seq}")
     else:
         assert decoded.genesis is not None
-        stdout.print(f"OK  the genesis of network {decoded.genesis.cid} is entry 0 of the ledger log")
+        echo(f"OK  the genesis of network {decoded.genesis.cid} is entry 0 of the ledger log")
     _print_checkpoint(result.checkpoint)
 
 
@@ -112,19 +112,19 @@ def _print_state(result: StateFact) -> None:
     kind = fact["kind"]
     at = f"at checkpoint size {result.checkpoint.size}"
     if kind == "balance":
-        stdout.print(f"OK  balance of {fact['account']} is {fact['balance']} {at}")
+        echo(f"OK  balance of {fact['account']} is {fact['balance']} {at}")
     elif kind == "owner":
         owner = fact["owner"]
         what = f"is owned by {owner}" if owner is not None else "has no owner (absent)"
-        stdout.print(f"OK  edition {fact['edition']} of asset {fact['asset']} {what} {at}")
+        echo(f"OK  edition {fact['edition']} of asset {fact['asset']} {what} {at}")
     elif kind == "supply":
-        stdout.print(f"OK  total supply is {fact['supply']} {at}")
+        echo(f"OK  total supply is {fact['supply']} {at}")
     else:
         value = "absent" if result.value is None else result.value.hex()
-        stdout.print(f"OK  state entry {result.key.hex()} ({kind}) is {value} {at}")
+        echo(f"OK  state entry {result.key.hex()} ({kind}) is {value} {at}")
         for name, item in sorted(fact.items()):
             if name != "kind":
-                stdout.print(f"    {name}: {item}")
+                echo(f"    {name}: {item}")
     _print_checkpoint(result.checkpoint)
 
 
@@ -159,7 +159,7 @@ def audit_consistency(old: str, new: str, key: str | None, proof_file: str | Non
     result: ConsistencyResult = verify_consistency(_read(old), _read(new), verifier, proof)
 
     def human() -> None:
-        stdout.print(f"OK  the log of size {result.new.size} extends the log of size "
+        echo(f"OK  the log of size {result.new.size} extends the log of size "
                      f"{result.old.size}")
         _print_checkpoint(result.old)
         _print_checkpoint(result.new)
@@ -186,15 +186,15 @@ def audit_replay(export: str, key: str | None, as_json: bool) -> None:
 
     def human() -> None:
         rate = report.size / report.seconds if report.seconds > 0 else 0.0
-        stdout.print(f"OK  replayed {report.size} entries of network {report.network} "
+        echo(f"OK  replayed {report.size} entries of network {report.network} "
                      f"in {report.seconds:.2f} s ({rate:,.0f} entries/s)")
-        stdout.print(f"  {report.transactions} transactions, {report.fraud_proofs} fraud proofs, "
+        echo(f"  {report.transactions} transactions, {report.fraud_proofs} fraud proofs, "
                      f"{report.accounts} signing accounts")
-        stdout.print(f"  log root    {report.log_root.hex()}")
-        stdout.print(f"  state root  {report.state.root.hex()}  ({report.state.leaves} leaves)")
+        echo(f"  log root    {report.log_root.hex()}")
+        echo(f"  state root  {report.state.root.hex()}  ({report.state.leaves} leaves)")
         for checkpoint in report.checkpoints:
             _print_checkpoint(checkpoint)
         if verifier is None:
-            stdout.print("  WARNING: checkpoint signatures were NOT checked (no --key)")
+            echo("  WARNING: checkpoint signatures were NOT checked (no --key)")
 
     emit(as_json, {"ok": True, **report.to_json()}, human)

@@ -9,12 +9,15 @@ on disk (LMDB ``sync=True``).
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from typing import Any
 
 import lmdb
 from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID
+from n3xus.ledger.errors import TxRejected
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.ingest import Accepted
 from n3xus.ledger.store import LedgerStore
@@ -60,6 +63,11 @@ class LedgerService:
         self.store = LedgerStore(env, genesis)
         self.tlog = TransparencyLog(env, self.store, ledger_origin(genesis.cid, node_name))
         self._key = key
+        # Submissions seen by this node, for the metrics: accepted, and rejected by
+        # reason code. Submits run in worker threads, hence the lock.
+        self._counts_lock = threading.Lock()
+        self._accepted = 0
+        self._rejected: Counter[str] = Counter()
 
     # -- transparency ------------------------------------------------------------------
     def vkey(self) -> str:
@@ -78,6 +86,15 @@ class LedgerService:
         last = self.tlog.last_checkpoint()
         return 0 if last is None else int(last.split("\n")[1])
 
+    def checkpoint_size(self) -> int:
+        """Tree size of the last signed checkpoint (0 if none was signed)."""
+        return self._covered()
+
+    def submit_counts(self) -> tuple[int, dict[str, int]]:
+        """(accepted, {reason: rejected}) since the node started."""
+        with self._counts_lock:
+            return self._accepted, dict(self._rejected)
+
     def inclusion_bundle(self, tx_id: CID) -> str:
         self.checkpoint(fresh=True)  # proofs are always against an up-to-date checkpoint
         return self.tlog.inclusion_bundle(tx_id)
@@ -92,7 +109,15 @@ class LedgerService:
 
     def submit(self, envelope: bytes) -> Accepted:
         """Validate and apply one signed envelope; raises TxRejected (with a reason)."""
-        return self.store.submit(envelope)
+        try:
+            accepted = self.store.submit(envelope)
+        except TxRejected as rejected:
+            with self._counts_lock:
+                self._rejected[str(rejected.reason)] += 1
+            raise
+        with self._counts_lock:
+            self._accepted += 1
+        return accepted
 
     def account(self, account: bytes) -> dict[str, Any]:
         head = self.store.head(account)

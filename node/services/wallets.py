@@ -19,14 +19,15 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nacl.signing import SigningKey
 
-from n3xus.ledger.errors import GenesisError
-from n3xus.ledger.genesis import Genesis
-
 from ..config import SECRET_FILE_MODE, DataDir, _create_secret_file, _read_secret_file
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # the ledger package is imported only where a genesis is read or made
+    from n3xus.ledger.genesis import Genesis
 
 WALLET_DIR = "wallets"
 WALLET_TAG = "n3xus-wallet-v1 ed25519 "
@@ -112,6 +113,8 @@ def ensure_genesis(dd: DataDir, join: Path | None = None) -> tuple[Genesis, bool
     if join is not None:
         genesis = _read_genesis(join)
     else:
+        from n3xus.ledger.genesis import Genesis
+
         account = bytes(SigningKey(dd.read_identity_seed()).verify_key)
         genesis = Genesis.create(DEV_NETWORK_PREFIX + account.hex()[:16], [account],
                                  DEV_SUPPLY_CAP, account)
@@ -122,6 +125,9 @@ def ensure_genesis(dd: DataDir, join: Path | None = None) -> tuple[Genesis, bool
 
 
 def _read_genesis(path: Path) -> Genesis:
+    from n3xus.ledger.errors import GenesisError
+    from n3xus.ledger.genesis import Genesis
+
     try:
         data = path.read_bytes()
     except OSError as exc:
