@@ -14,6 +14,15 @@ Ingest (issue target: >= 0.70 of the ceiling; the headline ``ratio=`` line is th
            the pure twin on an in-memory view without signature checks (ratio = the speed-up
            of everything around the signature check).
 
+Checkpoint after a batch (issue 9 target: the state root costs < 10 % of the ingest):
+  ours     ``LedgerStore.ingest`` of a batch of CHECKPOINT_BATCH pre-signed transfers, then
+           ``TransparencyLog.checkpoint`` (brings the state tree up to date for the keys the
+           batch changed, log root, signature, one fsynced commit), on a ledger whose state
+           holds ACCOUNTS_LARGE funded accounts (bulk-loaded state and tree: signing a
+           million issuances would take minutes and measure nothing of this row)
+  ceiling  the same batch's ingest alone. ratio = ingest / (ingest + checkpoint): the goal
+           (checkpoint < 10 % of ingest) is ratio >= 1/1.1 = 0.909
+
 Merkle (issue target: the compiled twin >= 5x the pure one), BLAKE3 trees:
   root     ``root_from_leaf_hashes`` over MERKLE_LEAVES leaf hashes
   proofs   PROOFS inclusion proofs out of an in-memory ``MerkleTree`` of MERKLE_LEAVES leaves
@@ -28,9 +37,11 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import random
 import shutil
 import sys
 import tempfile
+import time
 from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
@@ -45,10 +56,14 @@ from nacl.signing import SigningKey
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Pair, main, parser  # noqa: E402
 from n3xus.canon import _merkle_py  # noqa: E402
-from n3xus.ledger import _ingest_py  # noqa: E402
+from n3xus.ledger import _ingest_py, engine  # noqa: E402
 from n3xus.ledger import ingest as ingest_selector  # noqa: E402
 from n3xus.ledger.genesis import Genesis  # noqa: E402
+from n3xus.ledger.memory import MemoryLedger  # noqa: E402
+from n3xus.ledger.rules import BALANCE, SUPPLY  # noqa: E402
+from n3xus.ledger.smt import SparseMerkleTree  # noqa: E402
 from n3xus.ledger.store import LedgerStore  # noqa: E402
+from n3xus.ledger.transparency import TransparencyLog, ledger_origin  # noqa: E402
 from n3xus.ledger.tx import TX_SIGNATURE_TAG, AccountChain, Op, decode_tx  # noqa: E402
 from n3xus.node.storage import open_environment  # noqa: E402
 
@@ -74,8 +89,13 @@ MERKLE_TARGET = 5.0
 MERKLE_LEAVES = 1_000_000
 PROOFS = 10_000
 PROOFS_LARGE = 100_000
-# LMDB map size of each benchmark store: 100k transfers need well under 200 MiB.
-MAP_SIZE_MIB = 2_048
+# LMDB map size of each benchmark store: 100k transfers need well under 200 MiB; the
+# checkpoint row's million accounts (state, tree positions, indexes) under 1 GiB.
+MAP_SIZE_MIB = 4_096
+# The checkpoint row: accounts in the state, and transfers per batch (the issue's figures).
+ACCOUNTS_LARGE = 1_000_000
+CHECKPOINT_BATCH = 1_000
+CHECKPOINT_TARGET = 1 / 1.1
 
 
 def _compiled(name: str) -> ModuleType | None:
@@ -165,7 +185,7 @@ def _ingest_pairs(args: Namespace, extra: dict[str, Any]) -> tuple[list[Pair], S
         def ours(store: LedgerStore) -> None:
             for start in range(0, len(transfers), batch):
                 outcomes = store.ingest(transfers[start:start + batch])
-                if not isinstance(outcomes[-1], _ingest_py.Accepted):
+                if not isinstance(outcomes[-1], _ingest_py.Accepted) or not outcomes[-1].applied:
                     raise AssertionError(f"a transfer was rejected: {outcomes[-1]}")
         return ours
 
@@ -203,9 +223,14 @@ def _ingest_pairs(args: Namespace, extra: dict[str, Any]) -> tuple[list[Pair], S
 
         def twin(module: ModuleType) -> Callable[[object], None]:
             def run(_: object) -> None:
-                genesis = workload.genesis
-                outcomes = module.ingest(module.MemoryView(genesis), genesis, entries, False)
-                if not isinstance(outcomes[-1], _ingest_py.Accepted):
+                # The engine on this twin's steps (admit, apply_tx), in memory.
+                saved = engine.admit, engine.apply_tx
+                engine.admit, engine.apply_tx = module.admit, module.apply_tx  # type: ignore[attr-defined]
+                try:
+                    outcomes = MemoryLedger(workload.genesis).ingest(entries, verify=False)
+                finally:
+                    engine.admit, engine.apply_tx = saved  # type: ignore[attr-defined]
+                if not isinstance(outcomes[-1], _ingest_py.Accepted) or not outcomes[-1].applied:
                     raise AssertionError(f"a transfer was rejected: {outcomes[-1]}")
             return run
 
@@ -271,10 +296,81 @@ def _merkle_pairs(args: Namespace, extra: dict[str, Any]) -> list[Pair]:
     ]
 
 
+# --------------------------------------------------------------- checkpoint after a batch
+
+
+def _bulk_state(store: LedgerStore, senders: list[bytes], count: int) -> list[bytes]:
+    """Write ``count`` funded accounts (``senders`` first) straight into the state and its
+    tree, as a replay of their issuance would leave them; returns the other accounts."""
+    others = [blake3(b"bench/account/%d" % n).digest() for n in range(count - len(senders))]
+    balance = STARTING_BALANCE.to_bytes(8, "big")
+    items = sorted([(BALANCE + account, balance) for account in senders + others])
+    _, nodes = SparseMerkleTree(lambda _: None, lambda *_: None, lambda _: None).bulk_load(items)
+    with store.env.begin(write=True) as txn:
+        txn.cursor(db=store.dbs.state).putmulti(items, append=True)
+        txn.cursor(db=store.dbs.smt).putmulti(nodes, append=True)
+        txn.put(SUPPLY, (STARTING_BALANCE * count).to_bytes(8, "big"), db=store.dbs.state)
+        txn.put(SUPPLY, b"", db=store.dbs.dirty)
+    return others
+
+
+def _checkpoint_pair(args: Namespace, extra: dict[str, Any]) -> tuple[Pair, Callable[[], None]]:
+    genesis = Genesis.create("bench-1m", [bytes(SigningKey(blake3(b"bench/i").digest()).verify_key)],
+                             10**18, bytes(SigningKey(blake3(b"bench/p").digest()).verify_key))
+    chains = [AccountChain(SigningKey(blake3(b"bench/s%d" % i).digest()), genesis.cid)
+              for i in range(CHECKPOINT_BATCH)]
+    root = Path(tempfile.mkdtemp(prefix="n3xus-bench-checkpoint-", dir=args.dir))
+    env = open_environment(root / "store", MAP_SIZE_MIB)
+    store = LedgerStore(env, genesis)
+    tlog = TransparencyLog(env, store, ledger_origin(genesis.cid, "bench"))
+    log_key = SigningKey(blake3(b"bench/log").digest())
+    started = time.perf_counter()
+    others = _bulk_state(store, [chain.account for chain in chains], ACCOUNTS_LARGE)
+    tlog.checkpoint(log_key)
+    extra["checkpoint row setup"] = (f"{ACCOUNTS_LARGE:,} accounts bulk-loaded (state + tree) "
+                                     f"in {time.perf_counter() - started:.1f} s")
+    batches: list[list[bytes]] = []
+    rng = random.Random(9)
+
+    def next_batch() -> list[bytes]:
+        number = len(batches)
+        batch = [chain.sign(Op.TRANSFER, {"to": rng.choice(others), "amount": 1 + n},
+                            time_ms=10**12 + number) for n, chain in enumerate(chains)]
+        batches.append(batch)
+        return batch
+
+    def setup() -> list[bytes]:
+        tlog.checkpoint(log_key)  # start each timed call from an up-to-date tree
+        return next_batch()
+
+    def ingest(batch: list[bytes]) -> None:
+        outcomes = store.ingest(batch)
+        if not all(isinstance(o, _ingest_py.Accepted) and o.applied for o in outcomes):
+            raise AssertionError("a transfer of the checkpoint batch did not apply")
+
+    def ingest_and_checkpoint(batch: list[bytes]) -> None:
+        ingest(batch)
+        tlog.checkpoint(log_key)
+
+    def cleanup() -> None:
+        env.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+    pair = Pair(f"ingest {CHECKPOINT_BATCH:,} tx + checkpoint, {ACCOUNTS_LARGE:,} accounts",
+                CHECKPOINT_BATCH, "tx", ingest_and_checkpoint, ingest, setup, headline=False,
+                target=CHECKPOINT_TARGET)
+    pair.notes["reading"] = ("ratio = ingest / (ingest + checkpoint); >= 0.909 means the "
+                             "checkpoint costs < 10 % of the batch's ingest")
+    return pair, cleanup
+
+
 def build(args: Namespace) -> tuple[list[Pair], dict[str, Any]]:
     extra: dict[str, Any] = {}
     pairs, stores = _ingest_pairs(args, extra)
     _cleanups.append(stores.remove)
+    checkpoint, cleanup = _checkpoint_pair(args, extra)
+    _cleanups.append(cleanup)
+    pairs.append(checkpoint)
     pairs += _merkle_pairs(args, extra)
     extra["note"] = ("ingest ratio = our ingest rate / raw verify rate (1.0 = no overhead); "
                      "twin ratios = compiled rate / pure rate")
