@@ -1,7 +1,7 @@
 """Real headless Chromium (Debian's /usr/bin/chromium, fake camera) against the live
 routes served by hypercorn on trio, as the node will serve them: a performer page
-goes live, two audience pages play, a chat line crosses from one room page to
-another. Playwright's sync API runs in one trio worker thread."""
+goes live, two audience pages play (and keep playing when the performer's tab
+reloads and goes live again), a chat line crosses from one room page to another. Playwright's sync API runs in one trio worker thread."""
 
 from __future__ import annotations
 
@@ -108,12 +108,24 @@ def drive(base: str, tokens: dict[str, str]) -> dict[str, Any]:
                 "l => l.textContent.includes('hello over the data channel'))",
                 timeout=PLAY_TIMEOUT_MS)
 
+            # The performer's tab reloads and goes live again: the audience keeps playing.
+            performer.reload()
+            performer.wait_for_function("!document.getElementById('go-live').disabled",
+                                        timeout=PLAY_TIMEOUT_MS)
+            performer.get_by_role("button", name="Go live").click()
+            performer.wait_for_function(
+                "document.getElementById('status').textContent === 'live'",
+                timeout=PLAY_TIMEOUT_MS)
+            after_reload = [wait_playing(page) for page in audiences]
+            still_playing = all(a["time"] > b["time"] for a, b in
+                                zip(after_reload, played, strict=True))
+
             performer.get_by_role("button", name="End").click()
             audiences[0].wait_for_function(
                 "document.getElementById('status').textContent.includes('ended')",
                 timeout=PLAY_TIMEOUT_MS)
             return {"played": played, "muted_at_start": muted, "unmuted": unmuted,
-                    "has_tip": has_tip}
+                    "has_tip": has_tip, "still_playing": still_playing}
         finally:
             browser.close()
 
@@ -127,6 +139,8 @@ async def test_performer_page_publishes_and_two_audience_pages_play() -> None:
     assert [p["width"] for p in result["played"]] == [640, 640]
     assert all(p["time"] > 0.5 for p in result["played"])
     assert result["muted_at_start"] and result["unmuted"] and result["has_tip"]
+    assert result["still_playing"]
     video = stats["relays"]["video"]
     assert video["frames_in"] > 30 and video["rejected_frames"] == 0
+    assert stats["relays"]["audio"]["frames_in"] > 0  # the microphone is relayed too
     assert stats["live"] is False  # "End" stopped the performance

@@ -164,3 +164,19 @@ async def test_a_performer_who_reloads_leaves_viewers_playing() -> None:
                 await trio.sleep(0.2)
         await clients.run(close_peer, viewer)
         await clients.run(close_peer, performer2)
+
+
+async def test_a_viewer_that_drops_leaves_the_others_playing() -> None:
+    async with live_and_clients() as (live, clients, nursery):
+        performer, _ = await go_live(live, clients, nursery)
+        stays, _ = await add_viewer(live, clients, nursery, "stays")
+        drops, _ = await add_viewer(live, clients, nursery, "drops")
+        await wait_frames(clients, drops, 10)
+        await clients.run(close_peer, drops)  # gone without a word on signaling
+        frames, _, _ = await clients.run(snapshot, stays)
+        await wait_frames(clients, stays, frames + 45)
+        with trio.fail_after(10):
+            while (await live.stats(ROOM))["relays"]["video"]["subscribers"] != 1:
+                await trio.sleep(0.1)  # the node noticed and let go of its queue
+        await clients.run(close_peer, stays)
+        await clients.run(close_peer, performer)
