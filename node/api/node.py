@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import AddressError, NodeError
-from ..p2p.host import parse_peer_addr
+from ..p2p.host import parse_peer_addr, parse_peer_id
 from .schemas import JSON, NUMBER, STRING, arr, integer, obj
 from .server import ApiProblem, ApiRoute, Body, read_json
 
@@ -40,6 +40,18 @@ CONNECTED = obj({
                           "peer was connected already (on the addresses in addrs)"},
     "addrs": arr(MULTIADDR),
 })
+
+
+def is_peer_id(text: str) -> bool:
+    """Whether ``text`` is a libp2p peer ID: base58btc of an identity multihash (ed25519
+    keys, ``12D3Koo…``) or of a SHA2-256 multihash (``Qm…``)."""
+    try:
+        raw = parse_peer_id(text).to_bytes()
+    except (AddressError, ValueError):
+        return False
+    if raw[:1] == b"\x00":
+        return len(raw) >= 2 and raw[1] == len(raw) - 2
+    return raw[:2] == b"\x12\x20" and len(raw) == 34
 
 
 def node_routes(node: Node) -> Sequence[ApiRoute]:
@@ -75,6 +87,8 @@ def node_routes(node: Node) -> Sequence[ApiRoute]:
 
     async def post_ping(request: Request) -> Response:
         peer = (await read_json(request))["peer_id"]
+        if not is_peer_id(peer):
+            raise ApiProblem(400, "bad_peer_id", f"{peer[:100]} is not a peer ID")
         try:
             rtt = await node.ping(peer)
         except AddressError as exc:
