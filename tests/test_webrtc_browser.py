@@ -8,16 +8,25 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from playwright.sync_api import Page, sync_playwright
 from starlette.applications import Starlette
-from webrtc_support import TOKEN_KEY
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+from webrtc_support import TOKEN_KEY, accept_answer, close_peer, join, new_performer, offer
 
+from n3xus.canon.cid import cid_of
 from n3xus.webrtc.asgi import live_routes
+from n3xus.webrtc.bridge import open_bridge
+from n3xus.webrtc.recording import RecordedSegment, Recorder, manifest_block, manifest_json
+from n3xus.webrtc.rooms import Role
 from n3xus.webrtc.service import LiveService, open_live_service
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,7 +44,8 @@ PLAY_TIMEOUT_MS = 30_000
 
 
 @asynccontextmanager
-async def serve_live(live: LiveService) -> AsyncIterator[str]:
+async def serve_live(live: LiveService, recordings: Any = None,
+                     extra_routes: list[Any] | None = None) -> AsyncIterator[str]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -43,7 +53,7 @@ async def serve_live(live: LiveService) -> AsyncIterator[str]:
     config = Config()
     config.bind = [f"fd://{listener.detach()}"]
     config.accesslog = None
-    app = Starlette(routes=live_routes(live))
+    app = Starlette(routes=live_routes(live, recordings) + (extra_routes or []))
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         nursery.start_soon(lambda: serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
@@ -144,3 +154,89 @@ async def test_performer_page_publishes_and_two_audience_pages_play() -> None:
     assert video["frames_in"] > 30 and video["rejected_frames"] == 0
     assert stats["relays"]["audio"]["frames_in"] > 0  # the microphone is relayed too
     assert stats["live"] is False  # "End" stopped the performance
+
+
+class DirectoryRecordings:
+    """A stand-in for the node's canon: segment files in a directory, one manifest."""
+
+    def __init__(self, directory: Path, manifest: bytes) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.manifest_cid = str(cid_of(manifest))
+
+    async def replay(self, room: str, manifest_cid: str) -> dict[str, Any] | None:
+        if room != ROOM or manifest_cid != self.manifest_cid:
+            return None
+        return manifest_json(self.manifest, lambda cid: f"/test-files/{cid}")
+
+    def route(self) -> Route:
+        async def serve_file(request: Request) -> Response:
+            path = self.directory / f"{request.path_params['cid']}.webm"
+            if not path.exists():
+                return Response(status_code=404)
+            return FileResponse(path, media_type="video/webm")
+        return Route("/test-files/{cid}", serve_file)
+
+
+def replay_in_browser(base: str, manifest_cid: str, seek_to_ms: int) -> dict[str, Any]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(bypass_csp=True).new_page()
+            page.goto(f"{base}/rooms/{ROOM}/watch#recording={manifest_cid}")
+            page.wait_for_function("document.getElementById('stage').videoWidth > 0",
+                                   timeout=PLAY_TIMEOUT_MS)
+            page.wait_for_function(
+                "Number(document.getElementById('position').dataset.ms) > 300",
+                timeout=PLAY_TIMEOUT_MS)
+            started = {"width": page.evaluate("document.getElementById('stage').videoWidth")}
+            page.eval_on_selector(
+                "#seek", "(el, v) => { el.value = String(v); el.dispatchEvent(new Event('change')); }",
+                seek_to_ms)
+            page.wait_for_function(
+                f"Number(document.getElementById('position').dataset.ms) >= {seek_to_ms}",
+                timeout=PLAY_TIMEOUT_MS)
+            landed = int(page.eval_on_selector("#position", "el => Number(el.dataset.ms)"))
+            page.wait_for_function(
+                f"Number(document.getElementById('position').dataset.ms) > {landed} + 300",
+                timeout=PLAY_TIMEOUT_MS)
+            return {"started": started, "landed": landed,
+                    "duration": page.eval_on_selector("#seek", "el => Number(el.max)")}
+        finally:
+            browser.close()
+
+
+async def test_a_recording_replays_on_the_audience_page_with_seeking(tmp_path: Path) -> None:
+    segments: list[RecordedSegment] = []
+
+    async def keep(segment: RecordedSegment) -> None:
+        segments.append(segment)
+
+    async with open_live_service(TOKEN_KEY) as live, open_bridge("clients") as clients:
+        async with trio.open_nursery() as nursery:
+            socket_, _ = await join(live, nursery, ROOM, Role.PERFORMER, "performer")
+            performer, sdp = await clients.run(new_performer)
+            answer = await offer(socket_, sdp)
+            await clients.run(accept_answer, performer, answer["sdp"])
+            with trio.move_on_after(5.0):
+                await live.record(ROOM, keep, Recorder(segment_target_ms=1500))
+            await clients.run(close_peer, performer)
+            nursery.cancel_scope.cancel()
+        assert len(segments) >= 3
+        stored = []
+        for segment in segments:
+            cid = cid_of(segment.data, codec="raw")
+            (tmp_path / f"{cid}.webm").write_bytes(segment.data)
+            stored.append((segment, cid))
+        recordings = DirectoryRecordings(tmp_path, manifest_block(ROOM, stored, 0))
+        middle = segments[len(segments) // 2]
+        target = middle.start_ms + 200  # inside a later segment than the one playing
+        async with serve_live(live, recordings, [recordings.route()]) as base:
+            result = await trio.to_thread.run_sync(
+                replay_in_browser, base, recordings.manifest_cid, target)
+            missing = await trio.to_thread.run_sync(
+                lambda: httpx.get(f"{base}/api/v1/rooms/{ROOM}/recordings/bafy"))
+    assert result["started"]["width"] == 640
+    assert target <= result["landed"] < target + 1500
+    assert result["duration"] == sum(s.duration_ms for s in segments)
+    assert missing.status_code == 404

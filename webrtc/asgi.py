@@ -10,10 +10,10 @@ never send in a request, so the token appears in no request line and no log.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketState
@@ -26,6 +26,8 @@ PAGES_DIR = Path(__file__).resolve().parent / "pages"
 SIGNAL_PATH = "/api/v1/rooms/{name}/signal"
 #: Static assets the pages load (absolute, so every page path finds them).
 STATIC_PREFIX = "/live/static"
+#: A recording's replay description (specs/live.md §7.1), read by the audience page.
+RECORDING_PATH = "/api/v1/rooms/{name}/recordings/{cid}"
 #: Page paths -> files (the issue fixes these paths; `n3xus room create` prints them).
 PAGES = {
     "/rooms/{name}": "room.html",
@@ -71,7 +73,14 @@ class StarletteSignalingSocket:
             await self.websocket.close(code, reason)
 
 
-def live_routes(service: LiveService) -> list[BaseRoute]:
+class RecordingSource(Protocol):
+    """Where the node keeps recordings: the replay JSON of one, or ``None``."""
+
+    async def replay(self, room: str, manifest_cid: str) -> dict[str, Any] | None: ...
+
+
+def live_routes(service: LiveService,
+                recordings: RecordingSource | None = None) -> list[BaseRoute]:
     async def signal(websocket: WebSocket) -> None:
         await websocket.accept()
         await service.serve_signaling(StarletteSignalingSocket(websocket),
@@ -85,7 +94,18 @@ def live_routes(service: LiveService) -> list[BaseRoute]:
                                 headers=PAGE_HEADERS)
         return endpoint
 
-    routes: list[BaseRoute] = [WebSocketRoute(SIGNAL_PATH, signal)]
+    async def recording(request: Request) -> Response:
+        replay = None
+        if recordings is not None and ROOM_NAME_RE.match(request.path_params["name"]):
+            replay = await recordings.replay(request.path_params["name"],
+                                             request.path_params["cid"])
+        if replay is None:
+            return JSONResponse({"error": {"code": "not-found", "message": "no such recording"}},
+                                status_code=404)
+        return JSONResponse(replay, headers={"Cache-Control": "no-store"})
+
+    routes: list[BaseRoute] = [WebSocketRoute(SIGNAL_PATH, signal),
+                               Route(RECORDING_PATH, recording)]
     routes += [Route(path, page(filename)) for path, filename in PAGES.items()]
     routes.append(Mount(STATIC_PREFIX, app=StaticFiles(directory=PAGES_DIR), name="live-static"))
     return routes

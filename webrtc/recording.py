@@ -16,6 +16,7 @@ Sans-IO: :meth:`Recorder.push` takes a frame and returns the segments it complet
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -25,6 +26,7 @@ import av
 from n3xus.canon import codec
 from n3xus.canon.cid import CID
 
+from .errors import CodecError
 from .relay import EncodedFrame
 from .vp8 import vp8_keyframe_info
 
@@ -171,3 +173,28 @@ def manifest_block(room: str, segments: list[tuple[RecordedSegment, CID]],
             for seg, cid in segments
         ],
     })
+
+
+def manifest_json(block: bytes, segment_url: Callable[[CID], str]) -> dict[str, Any]:
+    """The JSON the audience page replays from (specs/live.md §7.1): the manifest
+    with each segment's CID turned into the URL the node serves its bytes at."""
+    try:
+        value = codec.decode(block)
+    except ValueError as exc:
+        raise CodecError(f"recording manifest is not DAG-CBOR: {exc}") from None
+    if not isinstance(value, dict) or value.get("type") != RECORDING_TYPE:
+        raise CodecError("not a n3xus/recording/v1 manifest")
+    segments = value.get("segments")
+    if not isinstance(segments, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("cid"), CID) for s in segments):
+        raise CodecError("recording manifest has malformed segments")
+    return {
+        "room": value.get("room"),
+        "started": value.get("started"),
+        "duration_ms": sum(int(s["duration_ms"]) for s in segments),
+        "segments": [
+            {"url": segment_url(s["cid"]), "start_ms": s["start_ms"],
+             "duration_ms": s["duration_ms"], "width": s["width"], "height": s["height"]}
+            for s in segments
+        ],
+    }

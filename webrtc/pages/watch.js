@@ -2,6 +2,7 @@
 // unmute control, reactions over the room data channel, and a Tip control.
 import { connectSignal, el, negotiate, newPeerConnection, openRoomChannel, preferVp8, roomName,
   status } from "./live.js";
+import { replay } from "./replay.js";
 
 const stage = document.getElementById("stage");
 const unmute = document.getElementById("unmute");
@@ -50,4 +51,6 @@ async function main() {
   status(signal.welcome.live ? "live" : "waiting for the performer");
 }
 
-main().catch((err) => status(err.message, true));
+// #recording=<manifest CID> replays a recorded performance instead of the live one.
+const recording = new URLSearchParams(location.hash.replace(/^#/, "")).get("recording");
+(recording ? replay(recording, stage) : main()).catch((err) => status(err.message, true));
