@@ -67,6 +67,11 @@ PROGRESS_TIMEOUT_S: Final = 30.0
 up on the peer (then the planner asks another): a responder may be reading a slow disk."""
 IDLE_TIMEOUT_S: Final = 60.0
 """Seconds a responder keeps a stream open with nothing wanted and nothing arriving."""
+MAX_BLOCKS_SERVED_PER_SECOND: Final = 20_000
+"""Blocks a node serves one peer per second (a :class:`~n3xus.protocol.limits.TokenBucket`
+the node keeps per peer, burst one full window of MAX_OUTSTANDING_WANTS): 20,000 1 KiB blocks
+is more than py-libp2p carries per stream, so honest peers never meet it, while a peer that
+asks for the same small blocks in a loop is held to it."""
 
 BLOCKS_LIMITS: Final[list[tuple[str, int | float, str]]] = [
     ("MAX_CONTROL_FRAME_BYTES", MAX_CONTROL_FRAME_BYTES, "largest message frame (1,024 CIDs of 128 bytes and their sizes fit)"),
@@ -77,6 +82,7 @@ BLOCKS_LIMITS: Final[list[tuple[str, int | float, str]]] = [
     ("MAX_BYTES_IN_FLIGHT", MAX_BYTES_IN_FLIGHT, "requester's window of estimated unanswered bytes per peer"),
     ("PROGRESS_TIMEOUT_S", PROGRESS_TIMEOUT_S, "seconds with wants outstanding and nothing arriving before the requester gives up"),
     ("IDLE_TIMEOUT_S", IDLE_TIMEOUT_S, "seconds a responder keeps an idle stream"),
+    ("MAX_BLOCKS_SERVED_PER_SECOND", MAX_BLOCKS_SERVED_PER_SECOND, "blocks served to one peer per second (token bucket, burst MAX_OUTSTANDING_WANTS)"),
 ]
 
 _LIST_TYPES: Final = ("want-block", "want-have", "cancel", "have", "dont-have")

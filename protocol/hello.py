@@ -47,7 +47,6 @@ from .framing import FrameDecoder, decode_message, encode_message, error_frame_f
 from .identity import (
     MAX_PEER_ID_CHARS,
     canon_origin,
-    key_of_peer_id,
     ledger_origin,
     origin_verifier,
     peer_id_of,
@@ -611,15 +610,12 @@ class HelloExchange:
 
 
 def describe_failure(error: ProtocolError | None) -> dict[str, Any] | None:
-    """The refusal as the operator sees it (``peers list --json``, the log)."""
+    """The refusal as the operator sees it (``peers list --json``, the log): the code's
+    number and name, the message, and who refused (``us`` or the ``peer``)."""
     if error is None:
         return None
-    by_peer = isinstance(error, PeerError)
-    code = error.raw_code if isinstance(error, PeerError) else int(error.code)
-    return {"code": code, "reason": error.code.label if not by_peer or code == int(error.code)
-            else "unknown", "message": error.message, "by": "peer" if by_peer else "us"}
-
-
-def peer_key(peer_id: str) -> bytes:
-    """The ed25519 key of a peer id (re-exported for the node's convenience)."""
-    return key_of_peer_id(peer_id)
+    if isinstance(error, PeerError):
+        code = error.raw_code
+        reason = error.code.label if code == int(error.code) else "unknown"
+        return {"code": code, "reason": reason, "message": error.message, "by": "peer"}
+    return {"code": int(error.code), "reason": error.code.label, "message": error.message, "by": "us"}

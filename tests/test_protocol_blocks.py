@@ -339,3 +339,16 @@ def test_a_block_that_hashes_but_does_not_decode_fails_the_fetch(
     fetch.block_received("A", root, bad)
     assert root in fetch.failed and not fetch.done and fetch.stuck
     assert cid_of(encode({"ok": 1})) != root
+
+
+def test_the_serving_rate_limit_is_a_token_bucket() -> None:
+    from n3xus.protocol.blocks import MAX_BLOCKS_SERVED_PER_SECOND
+    from n3xus.protocol.limits import TokenBucket
+
+    bucket = TokenBucket(MAX_BLOCKS_SERVED_PER_SECOND, MAX_OUTSTANDING_WANTS, now=0.0)
+    assert bucket.take(MAX_OUTSTANDING_WANTS, 0.0) == 0.0  # a full window at once
+    wait = bucket.take(1000, 0.0)
+    assert wait == pytest.approx(1000 / MAX_BLOCKS_SERVED_PER_SECOND)
+    assert bucket.take(1000, wait) == 0.0
+    with pytest.raises(ValueError):
+        bucket.take(MAX_OUTSTANDING_WANTS + 1, 10.0)
