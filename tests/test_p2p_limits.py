@@ -286,3 +286,54 @@ async def test_established_connections_per_address_are_capped_on_a_real_host() -
             with pytest.raises(p2p.DialError):
                 await p2p.connect(clients[2], addr)
         assert p2p.gate_of(host).refused[Refusal.INBOUND_PER_IP] >= 1
+
+
+async def test_inbound_capacity_is_a_global_limit_on_a_real_host() -> None:
+    limits = ConnectionLimits(max_inbound=2)
+    async with server(limits) as (host, addr):
+        clients = [p2p.make_host(p2p.keypair_from_seed(bytes([4, i]) * 16)) for i in range(3)]
+        async with p2p.running_host(clients[0], []), p2p.running_host(clients[1], []), \
+                p2p.running_host(clients[2], []):
+            for client in clients[:2]:
+                await p2p.connect(client, addr)
+            with pytest.raises(p2p.DialError):
+                await p2p.connect(clients[2], addr)
+            assert p2p.gate_of(host).refused[Refusal.INBOUND_FULL] >= 1
+            # A slot given back is a slot a new peer can take.
+            await clients[0].disconnect(host.get_id())
+            with trio.fail_after(5):
+                while p2p.gate_of(host).established > 1:
+                    await trio.sleep(0.02)
+            await p2p.connect(clients[2], addr)
+
+
+# The second measurement: new silent connections at this rate while fresh
+# peers keep dialing. (bench/p2p.py --flood runs it longer, against the library's
+# own swarm too.)
+RATE_PER_SECOND = 40
+RATE_SECONDS = 6  # three handshake deadlines
+
+
+async def test_fresh_dials_get_in_while_silent_connections_keep_arriving() -> None:
+    async with server() as (host, addr):
+        held: list[trio.socket.SocketType] = []
+        seconds: list[float] = []
+        async with trio.open_nursery() as nursery:
+            async def flood() -> None:
+                for _ in range(RATE_PER_SECOND * RATE_SECONDS):
+                    nursery.start_soon(open_silent, port_of(addr), "127.0.0.1", held)
+                    await trio.sleep(1 / RATE_PER_SECOND)
+
+            nursery.start_soon(flood)
+            for index in range(RATE_SECONDS):
+                await trio.sleep(1.0)
+                with trio.fail_after(REAL_PEER_BOUND_SECONDS):
+                    seconds.append(await real_peer_connects_and_pings(addr, 100 + index))
+        for sock in held:
+            sock.close()
+        gate = p2p.gate_of(host)
+        print(f"\n{RATE_PER_SECOND}/s silent for {RATE_SECONDS} s: {len(seconds)}/{RATE_SECONDS} "
+              f"dials in, median {sorted(seconds)[len(seconds) // 2] * 1000:.0f} ms; "
+              f"gate {gate.snapshot()}")
+        assert len(seconds) == RATE_SECONDS
+        assert gate.refused[Refusal.HANDSHAKE_TIMEOUT] > 0  # the deadline did the work
