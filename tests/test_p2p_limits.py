@@ -337,3 +337,34 @@ async def test_fresh_dials_get_in_while_silent_connections_keep_arriving() -> No
               f"gate {gate.snapshot()}")
         assert len(seconds) == RATE_SECONDS
         assert gate.refused[Refusal.HANDSHAKE_TIMEOUT] > 0  # the deadline did the work
+
+
+async def test_a_banned_peer_is_cut_off_both_ways_until_the_ban_ends() -> None:
+    async with server() as (host, addr):
+        client = p2p.make_host(p2p.keypair_from_seed(bytes([5, 1]) * 16))
+        async with p2p.running_host(client, ["/ip4/127.0.0.1/tcp/0"]) as client_addrs:
+            client_id = await p2p.connect(client, addr) and p2p.peer_id_of(client)
+            await p2p.ban_peer(host, client_id, 60, "test: invalid messages")
+            assert client_id not in [peer for peer, _ in p2p.connected_peers(host)]
+            # It cannot come back in: Noise names the dialer only in its last
+            # handshake message, so the node closes the connection right after.
+            try:
+                await p2p.connect(client, addr)
+            except p2p.DialError:
+                pass
+            with trio.fail_after(5):
+                while p2p.connected_peers(client):
+                    await trio.sleep(0.02)
+            assert p2p.connected_peers(host) == []
+            with pytest.raises(p2p.DialError, match="banned"):  # nor is it dialed
+                await p2p.connect(host, client_addrs[0])
+            gate = p2p.gate_of(host)
+            assert gate.refused[Refusal.BANNED] >= 1
+            assert [b["reason"] for b in gate.bans(trio.current_time())] == [
+                "test: invalid messages"]
+            assert p2p.unban_peer(host, client_id) and not p2p.unban_peer(host, client_id)
+            await p2p.connect(client, addr)
+            await p2p.ban_peer(host, client_id, 0.3, "short")
+            await trio.sleep(0.4)  # expired: welcome again
+            await p2p.connect(client, addr)
+            assert gate.bans(trio.current_time()) == []

@@ -458,6 +458,8 @@ async def connect(host: BasicHost, multiaddr_text: str | Multiaddr) -> str:
     if peer_id == host.get_id():
         raise AddressError(f"{multiaddr_text} is this node's own address")
     swarm = _swarm_of(host)
+    if swarm.gate.is_banned(str(peer_id), trio.current_time()):
+        raise DialError(f"cannot connect to {multiaddr_text}: the peer is banned")
     # An explicit connect must really try again, even if an earlier dial to this
     # peer failed (0.8.1 otherwise refuses to re-dial it for 60 s).
     swarm.unblock_peer(peer_id)
@@ -589,6 +591,25 @@ def _direction_name(connection: INetConn) -> str:
     # libp2p.rcmgr.metrics.Direction, an IntEnum: INBOUND / OUTBOUND / UNKNOWN.
     name = str(getattr(getattr(connection, "direction", None), "name", "")).lower()
     return name if name in ("inbound", "outbound") else "unknown"
+
+
+async def ban_peer(host: BasicHost, peer: str | ID, seconds: float, reason: str) -> None:
+    """Close every connection to ``peer`` and refuse it, in and out, for
+    ``seconds``. For peer scoring and ``n3xus peers ban``; see :func:`unban_peer`."""
+    peer_id = parse_peer_id(peer)
+    if not seconds > 0:
+        raise ValueError("a ban lasts a positive number of seconds")
+    _swarm_of(host).gate.ban(str(peer_id), trio.current_time() + seconds, reason)
+    with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+        try:
+            await host.disconnect(peer_id)
+        except NETWORK_ERRORS as error:
+            logger.debug("closing banned peer %s: %s", peer_id, error)
+
+
+def unban_peer(host: BasicHost, peer: str | ID) -> bool:
+    """Lift a ban; False if there was none."""
+    return _swarm_of(host).gate.unban(str(parse_peer_id(peer)))
 
 
 def inbound_connections_in_use(host: BasicHost) -> int:

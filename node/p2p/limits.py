@@ -79,6 +79,7 @@ class Refusal(StrEnum):
     HANDSHAKE_FAILED = "handshake_failed"  # no Noise, bad key, reset mid-way
     INBOUND_FULL = "inbound_full"
     INBOUND_PER_IP = "inbound_per_ip"
+    BANNED = "banned"  # the peer's key is banned (peer scoring, the operator)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,8 @@ class ConnectionGate:
         self.accepted_total = 0
         self.established_total = 0
         self._listeners: list[Callable[[str], None]] = []
+        # peer ID -> (ban ends, clock of the caller; reason)
+        self._banned: dict[str, tuple[float, str]] = {}
 
     # -- observers -------------------------------------------------------------
     def on_event(self, listener: Callable[[str], None]) -> None:
@@ -246,13 +249,14 @@ class ConnectionGate:
         if not self._pending_by_group[ticket.group]:
             del self._pending_by_group[ticket.group]
 
-    def complete(self, ticket: Ticket) -> Refusal | None:
-        """The ticket's handshake completed. Returns None if it may stay
-        (it is now established), else the reason to close it."""
+    def complete(self, ticket: Ticket, peer_id: str = "", now: float = 0.0) -> Refusal | None:
+        """The ticket's handshake completed and proved ``peer_id``. Returns None
+        if it may stay (it is now established), else the reason to close it."""
         if ticket.closed or ticket.established:
             raise ValueError(f"ticket {ticket.number} is not pending")
         self._drop_pending(ticket)
-        reason = self._established_refusal(ticket.group, ticket.exempt)
+        reason = (Refusal.BANNED if peer_id and self.is_banned(peer_id, now)
+                  else self._established_refusal(ticket.group, ticket.exempt))
         if reason is not None:
             ticket.closed = True
             self._count(reason)
@@ -263,6 +267,33 @@ class ConnectionGate:
         self.established_total += 1
         self._emit(ESTABLISHED)
         return None
+
+    # -- bans ------------------------------------------------------------------
+    def ban(self, peer_id: str, until: float, reason: str) -> None:
+        """Refuse ``peer_id`` after its handshake until ``until`` (the caller's
+        clock). A longer ban replaces a shorter one, never the other way."""
+        current = self._banned.get(peer_id)
+        if current is None or current[0] < until:
+            self._banned[peer_id] = (until, reason)
+
+    def unban(self, peer_id: str) -> bool:
+        return self._banned.pop(peer_id, None) is not None
+
+    def is_banned(self, peer_id: str, now: float) -> bool:
+        entry = self._banned.get(peer_id)
+        if entry is None:
+            return False
+        if now >= entry[0]:
+            del self._banned[peer_id]
+            return False
+        return True
+
+    def bans(self, now: float) -> list[dict[str, object]]:
+        """Active bans: peer ID, seconds left, reason."""
+        for peer_id in list(self._banned):
+            self.is_banned(peer_id, now)  # drops the expired ones
+        return [{"peer_id": peer, "seconds_left": round(until - now, 3), "reason": reason}
+                for peer, (until, reason) in sorted(self._banned.items())]
 
     def _established_refusal(self, group: str, exempt: bool) -> Refusal | None:
         if self._established_total >= self.limits.max_inbound:

@@ -161,9 +161,10 @@ class InboundSlotReleasingSwarm(Swarm):
             logger.debug("inbound connection on %s not upgraded: %s", maddr, error)
             return
 
-        refusal = self.gate.complete(ticket)
+        refusal = self.gate.complete(ticket, str(muxed_conn.peer_id), trio.current_time())
         if refusal is not None:
-            # Too many established connections (in all, or from this address).
+            # A banned key, or too many established connections (in all, or
+            # from this address).
             # upgrade_inbound_raw_conn already registered the connection; close
             # it through the muxer so the swarm forgets it too.
             logger.debug("closing an inbound connection after its handshake: %s", refusal)
