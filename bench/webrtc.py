@@ -328,6 +328,191 @@ def datachannel_rtt(samples: int) -> dict[str, Any]:
             "p95_ms": round(rtts[int(len(rtts) * 0.95) - 1], 3), "goal_median_ms": 5}
 
 
+# -- glass-to-glass latency, Chromium performer -> node -> Chromium audience ------------
+
+#: The performer paints Date.now() (low 24 bits of ms) as 24 black/white bars on a
+#: canvas it publishes; the audience reads the bars back from the decoded video.
+#: Both pages run in one browser, so they share the clock.
+_G2G_BARS = 24
+_G2G_PERFORM = """<!doctype html><meta charset="utf-8"><canvas id="c" width="640" height="480"></canvas>
+<script type="module">
+import * as live from '/live/static/live.js';
+const c = document.getElementById('c'), g = c.getContext('2d');
+function paint() {
+  const t = Date.now() & 0xffffff, w = c.width / BARS;
+  for (let i = 0; i < BARS; i++) {
+    g.fillStyle = (t >> (BARS - 1 - i)) & 1 ? '#fff' : '#000';
+    g.fillRect(i * w, 0, w, c.height);
+  }
+  requestAnimationFrame(paint);
+}
+paint();
+const signal = await live.connectSignal('g2g');
+const pc = live.newPeerConnection(signal);
+const stream = c.captureStream(30);
+live.preferVp8(pc.addTransceiver(stream.getVideoTracks()[0], {direction: 'sendonly'}));
+await live.negotiate(pc, signal);
+window.ready = true;
+</script>""".replace("BARS", str(_G2G_BARS))
+_G2G_WATCH = """<!doctype html><meta charset="utf-8"><video id="v" autoplay muted playsinline></video>
+<canvas id="c" width="640" height="480"></canvas>
+<script type="module">
+import * as live from '/live/static/live.js';
+const v = document.getElementById('v'), g = document.getElementById('c').getContext('2d', {willReadFrequently: true});
+window.samples = [];
+const signal = await live.connectSignal('g2g');
+const pc = live.newPeerConnection(signal);
+live.preferVp8(pc.addTransceiver('video', {direction: 'recvonly'}));
+pc.ontrack = (e) => { v.srcObject = new MediaStream([e.track]); };
+await live.negotiate(pc, signal);
+function read() {
+  if (v.videoWidth) {
+    g.drawImage(v, 0, 0, 640, 480);
+    const row = g.getImageData(0, 240, 640, 1).data, w = 640 / BARS;
+    let t = 0;
+    for (let i = 0; i < BARS; i++) t = (t << 1) | (row[4 * Math.floor(i * w + w / 2)] > 127 ? 1 : 0);
+    const now = Date.now() & 0xffffff, d = (now - t) & 0xffffff;
+    if (d < 5000) window.samples.push(d);
+  }
+  v.requestVideoFrameCallback(read);
+}
+v.requestVideoFrameCallback(read);
+</script>""".replace("BARS", str(_G2G_BARS))
+#: Reference: the same canvas and reader with a direct browser-to-browser connection
+#: (two peer connections in one page, no node): what WebRTC alone costs here.
+_G2G_DIRECT = """<!doctype html><meta charset="utf-8"><canvas id="c" width="640" height="480"></canvas>
+<video id="v" autoplay muted playsinline></video><canvas id="r" width="640" height="480"></canvas>
+<script type="module">
+const c = document.getElementById('c'), g = c.getContext('2d');
+const v = document.getElementById('v'), r = document.getElementById('r').getContext('2d', {willReadFrequently: true});
+function paint() {
+  const t = Date.now() & 0xffffff, w = c.width / BARS;
+  for (let i = 0; i < BARS; i++) {
+    g.fillStyle = (t >> (BARS - 1 - i)) & 1 ? '#fff' : '#000';
+    g.fillRect(i * w, 0, w, c.height);
+  }
+  requestAnimationFrame(paint);
+}
+paint();
+window.samples = [];
+const a = new RTCPeerConnection(), b = new RTCPeerConnection();
+a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
+b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
+b.ontrack = (e) => { v.srcObject = new MediaStream([e.track]); };
+const tr = a.addTransceiver(c.captureStream(30).getVideoTracks()[0], {direction: 'sendonly'});
+tr.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs.filter(x => /vp8|rtx/i.test(x.mimeType)));
+await a.setLocalDescription(); await b.setRemoteDescription(a.localDescription);
+await b.setLocalDescription(); await a.setRemoteDescription(b.localDescription);
+function read() {
+  if (v.videoWidth) {
+    r.drawImage(v, 0, 0, 640, 480);
+    const row = r.getImageData(0, 240, 640, 1).data, w = 640 / BARS;
+    let t = 0;
+    for (let i = 0; i < BARS; i++) t = (t << 1) | (row[4 * Math.floor(i * w + w / 2)] > 127 ? 1 : 0);
+    const d = ((Date.now() & 0xffffff) - t) & 0xffffff;
+    if (d < 5000) window.samples.push(d);
+  }
+  v.requestVideoFrameCallback(read);
+}
+v.requestVideoFrameCallback(read);
+</script>""".replace("BARS", str(_G2G_BARS))
+G2G_SAMPLES = 150
+
+
+def _browser_glass_to_glass(base: str, tokens: dict[str, str]) -> tuple[list[float],
+                                                                         list[float]]:
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless=new", "--no-sandbox", "--disable-background-networking",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--autoplay-policy=no-user-gesture-required"])
+        try:
+            context = browser.new_context(bypass_csp=True)
+            performer = context.new_page()
+            performer.goto(f"{base}/bench/rooms/g2g/perform#token={tokens['performer']}")
+            performer.wait_for_function("window.ready === true", timeout=30_000)
+            audience = context.new_page()
+            audience.goto(f"{base}/bench/rooms/g2g/watch#token={tokens['viewer']}")
+            audience.wait_for_function(f"window.samples && window.samples.length >= {G2G_SAMPLES}",
+                                       timeout=60_000)
+            via_node = [float(x) for x in audience.evaluate("window.samples")]
+            performer.close()
+            audience.close()
+            direct = context.new_page()
+            direct.goto(f"{base}/bench/direct")
+            direct.wait_for_function(f"window.samples && window.samples.length >= {G2G_SAMPLES}",
+                                     timeout=60_000)
+            return via_node, [float(x) for x in direct.evaluate("window.samples")]
+        finally:
+            browser.close()
+
+
+def _with_live_server(drive: Any, *args: Any) -> Any:
+    """Run ``drive(base_url, tokens, *args)`` in a thread against live routes served by
+    hypercorn on trio (as the node serves them), plus the two bench pages."""
+    import socket
+
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    from n3xus.webrtc.asgi import live_routes
+    from n3xus.webrtc.service import open_live_service
+
+    async def page_perform(request: Any) -> HTMLResponse:
+        return HTMLResponse(_G2G_PERFORM)
+
+    async def page_watch(request: Any) -> HTMLResponse:
+        return HTMLResponse(_G2G_WATCH)
+
+    async def page_direct(request: Any) -> HTMLResponse:
+        return HTMLResponse(_G2G_DIRECT)
+
+    async def run() -> Any:
+        async with open_live_service(bytes(32)) as live, trio.open_nursery() as nursery:
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            config = Config()
+            config.bind = [f"fd://{listener.detach()}"]
+            config.accesslog = None
+            config.errorlog = None
+            stop = trio.Event()
+            app = Starlette(routes=live_routes(live) + [
+                Route("/bench/rooms/{name}/perform", page_perform),
+                Route("/bench/rooms/{name}/watch", page_watch),
+                Route("/bench/direct", page_direct)])
+            nursery.start_soon(lambda: serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+            await trio.sleep(0.3)
+            tokens = {role: live.issue_token(room, role) for role in ("performer", "viewer")
+                      for room in ("g2g",)}
+            tokens["bench"] = live.issue_token("bench", "viewer")
+            try:
+                return await trio.to_thread.run_sync(drive, f"http://127.0.0.1:{port}",
+                                                     tokens, *args)
+            finally:
+                stop.set()
+
+    return trio.run(run)
+
+
+def glass_to_glass() -> dict[str, Any]:
+    via_node, direct = (sorted(x) for x in _with_live_server(_browser_glass_to_glass))
+
+    def summary(samples: list[float]) -> dict[str, float]:
+        return {"median_ms": statistics.median(samples),
+                "p95_ms": samples[int(len(samples) * 0.95) - 1]}
+
+    return {"samples": len(via_node), "via_node": summary(via_node),
+            "direct_browser_to_browser": summary(direct),
+            "path": "canvas -> Chromium VP8 -> (node relay) -> Chromium decode -> canvas"}
+
+
 def build(args: Any) -> tuple[list[Result], dict[str, Any]]:
     counts = VIEWERS_LARGE if args.large else VIEWERS
     ours = asyncio.run(measure("ours", counts["ours"]))
@@ -336,6 +521,7 @@ def build(args: Any) -> tuple[list[Result], dict[str, Any]]:
         "reference": "aiortc MediaRelay, same performer, same machine, same run"}
     if Path(CHROMIUM).exists():
         extra["datachannel_rtt (Chromium <-> node)"] = datachannel_rtt(RTT_SAMPLES)
+        extra["glass_to_glass (Chromium -> node -> Chromium)"] = glass_to_glass()
     else:
         extra["datachannel_rtt"] = f"not measured: no {CHROMIUM}"
     result = Result(

@@ -5,6 +5,7 @@ refusal is the package's error (a ValueError) with a code."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -186,3 +187,32 @@ def test_data_channel_messages_are_checked_against_schema_and_role() -> None:
     assert big.value.code == "too-large"
     with pytest.raises(DataMessageError, match="text"):
         parse_data_message(json.dumps({"type": "chat", "text": ""}), Role.OWNER)
+
+
+def _rtp(seq: int, timestamp: int, marker: bool, data: bytes) -> Any:
+    from aiortc.rtp import RtpPacket
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=timestamp)
+    packet.marker = 1 if marker else 0
+    packet._data = data  # type: ignore[attr-defined]  # what aiortc's depayloader leaves
+    return packet
+
+
+def test_the_early_jitter_buffer_releases_a_frame_on_its_marker_packet() -> None:
+    from n3xus.webrtc.relay import EarlyFrameJitterBuffer
+    buffer = EarlyFrameJitterBuffer(capacity=128, is_video=True)
+    assert buffer.add(_rtp(100, 9000, False, b"a"))[1] is None
+    assert buffer.add(_rtp(101, 9000, False, b"b"))[1] is None
+    frame = buffer.add(_rtp(102, 9000, True, b"c"))[1]
+    assert frame is not None and frame.data == b"abc" and frame.timestamp == 9000
+    # A frame with a lost packet is not released on its marker ...
+    assert buffer.add(_rtp(103, 12000, False, b"d"))[1] is None
+    assert buffer.add(_rtp(105, 12000, True, b"f"))[1] is None
+    # ... until the retransmission fills the gap and the next frame begins (aiortc's path).
+    assert buffer.add(_rtp(104, 12000, False, b"e"))[1] is None
+    late = buffer.add(_rtp(106, 15000, False, b"g"))[1]
+    assert late is not None and late.data == b"def" and late.timestamp == 12000
+    # Sequence numbers wrap.
+    wrap = EarlyFrameJitterBuffer(capacity=128, is_video=True)
+    assert wrap.add(_rtp(65535, 1, False, b"x"))[1] is None
+    frame = wrap.add(_rtp(0, 1, True, b"y"))[1]
+    assert frame is not None and frame.data == b"xy"

@@ -36,7 +36,10 @@ from fractions import Fraction
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
 
 from .vp8 import is_vp8_keyframe
 
@@ -179,6 +182,43 @@ class _EncodedTap(queue.Queue[Any]):
         self._relay._ingest(codec.mimeType, jitter_frame.data, jitter_frame.timestamp)
 
 
+#: aiortc's video jitter buffer size (packets), kept for the replacement below.
+VIDEO_JITTER_PACKETS = 128
+
+
+class EarlyFrameJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, but a frame leaves as soon as it is complete.
+
+    aiortc only knows a frame is complete when the first packet of the *next* frame
+    arrives, one frame interval (33 ms at 30 fps) later. The RTP marker bit flags the
+    last packet of a video frame (RFC 7741 §4.1), so when the marked packet arrives
+    and every packet from the buffer's origin up to it belongs to the same frame, the
+    frame is taken right away. Anything else (a loss, reordering) falls back to
+    aiortc's own logic unchanged.
+    """
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli_flag, frame = super().add(packet)
+        if frame is None and packet.marker and self._origin is not None:
+            frame = self._take_marked_frame(packet)
+        return pli_flag, frame
+
+    def _take_marked_frame(self, marked: RtpPacket) -> JitterFrame | None:
+        assert self._origin is not None
+        count = uint16_add(marked.sequence_number, -self._origin) + 1
+        if count > self._capacity:
+            return None
+        packets = []
+        for i in range(count):
+            packet = self._packets[(self._origin + i) % self._capacity]
+            if packet is None or packet.timestamp != marked.timestamp:
+                return None
+            packets.append(packet)
+        self.remove(count)
+        return JitterFrame(data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
+                           timestamp=marked.timestamp)
+
+
 @dataclass(slots=True)
 class RelayStats:
     frames_in: int = 0
@@ -223,6 +263,9 @@ class TrackRelay:
         ``setRemoteDescription(offer)`` and before ``setLocalDescription(answer)``."""
         # aiortc keeps the queue in a name-mangled private attribute.
         receiver._RTCRtpReceiver__decoder_queue = _EncodedTap(self)  # type: ignore[attr-defined]
+        if self.kind == "video":
+            receiver._RTCRtpReceiver__jitter_buffer = EarlyFrameJitterBuffer(  # type: ignore[attr-defined]
+                capacity=VIDEO_JITTER_PACKETS, is_video=True)
         self._receiver = receiver
         # A new performer stream restarts at pts 0: continue after the last frame out.
         frame_step = 3000 if self.kind == "video" else 960
