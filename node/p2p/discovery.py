@@ -67,7 +67,8 @@ class _QuietCleanDhtStreamEnd(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if (record.levelno == logging.WARNING
                 and record.msg == "Failed to read DHT message from stream: %s"
-                and record.args and not str(record.args[0])):
+                and isinstance(record.args, tuple) and record.args
+                and not str(record.args[0])):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
@@ -447,10 +448,11 @@ class Discovery:
         wanted = self.config.target_peers - len(connected)
         candidates = [str(p) for p in dht.routing_table.get_peer_ids()
                       if str(p) not in connected and p != self.host.get_id()]
-        for peer in candidates[:max(0, wanted)]:
-            addrs = _dial_addrs(p2p.parse_peer_id(peer), self._peerstore_addrs(peer))
-            self.metrics.discovered.labels(source="dht").inc()
-            await self._dial_any(peer, addrs)
+        async with trio.open_nursery() as nursery:  # concurrently: a dead one takes 15 s
+            for peer in candidates[:max(0, wanted)]:
+                addrs = _dial_addrs(p2p.parse_peer_id(peer), self._peerstore_addrs(peer))
+                self.metrics.discovered.labels(source="dht").inc()
+                nursery.start_soon(self._dial_any, peer, addrs)
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -489,8 +491,8 @@ class Discovery:
 
         found_send, found_receive = trio.open_memory_channel[PeerInfo](MDNS_QUEUE_SIZE)
         token = trio.lowlevel.current_trio_token()
-        advertise = [a.rsplit("/p2p/", 1)[0] for a in
-                     (self.config.advertise or p2p.listen_addrs(self.host))]
+        advertise = _lan_addrs([a.rsplit("/p2p/", 1)[0] for a in
+                                (self.config.advertise or p2p.listen_addrs(self.host))])
 
         def heard(info: PeerInfo) -> None:  # runs in zeroconf's thread
             token.run_sync_soon(_offer, found_send, info)
@@ -552,6 +554,14 @@ class _MdnsHandoff:
 
     def get_peer_id(self) -> ID:
         return self._peer_id
+
+
+def _lan_addrs(addrs: Sequence[str]) -> list[str]:
+    """What to announce over mDNS: the non-loopback addresses (a LAN peer that
+    dials 127.0.0.1 reaches itself), or the loopback ones if there is nothing
+    else (a node listening on 127.0.0.1 only: other nodes on this machine)."""
+    outside = [a for a in addrs if not a.startswith(("/ip4/127.", "/ip6/::1/"))]
+    return outside or list(addrs)
 
 
 def _dial_addrs(peer_id: ID, addrs: Sequence[Multiaddr | str]) -> list[str]:
