@@ -324,8 +324,11 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
     @_problems
     async def show_world(request: Request) -> Response:
         name = request.path_params["name"]
-        cid, commit = await run(service.world_head, name)
-        size = await run(lambda: len(service.world(name)))
+        def read() -> tuple[CID, Any, int]:
+            cid, commit = service.world_head(name)
+            return cid, commit, len(service.world(name))
+
+        cid, commit, size = await run(read)
         return JSONResponse({"world": name, "head": str(cid), "root": str(commit.root),
                              "seq": commit.seq, "time": commit.time,
                              "author": commit.author.hex(), "keys": size})
@@ -344,11 +347,16 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
     async def get_key(request: Request) -> Response:
         name, key = request.path_params["name"], request.path_params["key"]
         at = query(request).get("at")
-        world = await run(service.world, name, _cid(at) if at else None)
-        link = await run(world.get_link, key)
+        at_cid = _cid(at) if at else None
+
+        def read() -> tuple[CID | None, Any]:  # one worker-thread hop for the whole read
+            world = service.world(name, at_cid)
+            link = world.get_link(key)
+            return link, (None if link is None else world.get(key))
+
+        link, value = await run(read)
         if link is None:
             raise ApiProblem(404, "not_found", f"world {name!r} has no key {key!r}")
-        value = await run(lambda: world.get(key))
         return JSONResponse({"key": key, "value": to_json(value), "cid": str(link)})
 
     @_problems
@@ -356,9 +364,9 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
         name = request.path_params["name"]
         q = query(request)
         prefix, limit = q.get("prefix"), q.get("limit", DEFAULT_LIST_LIMIT)
-        world = await run(service.world, name, None)
 
         def collect() -> list[dict[str, Any]]:
+            world = service.world(name, None)
             out: list[dict[str, Any]] = []
             for key, value in world.items(prefix=prefix):
                 if len(out) >= limit:

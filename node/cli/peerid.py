@@ -9,8 +9,6 @@ written in base58btc. ``tests/test_cli_peerid.py`` checks it equals libp2p's.
 
 from __future__ import annotations
 
-from nacl.signing import SigningKey
-
 _PROTOBUF_ED25519_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])  # Type = Ed25519, Data = 32 bytes
 _IDENTITY_MULTIHASH = 0x00
 _BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -27,6 +25,8 @@ def base58btc(data: bytes) -> str:
 
 
 def public_key_of(seed: bytes) -> bytes:
+    from nacl.signing import SigningKey  # only when the key must be derived here
+
     return bytes(SigningKey(seed).verify_key)
 
 
