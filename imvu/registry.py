@@ -3,17 +3,25 @@ recent actions and pending escalations (specs/imvu.md §2.3, §10).
 
 Each agent has one *state block* (``n3xus/imvu-agent/v1``, DAG-CBOR) naming its active
 manifest, every manifest version it has run, its memory head, the events its policy windows
-count and the escalated decisions waiting for approval. The block store pins the state
-block recursively as ``imvu/agent/<agent key hex>``, so everything the agent is and did
-(manifests, memory, every decision's prompt and output, linked from memory) survives GC and
-is one CAR export away (:func:`export_roots`). LMDB holds the pointers::
+count and the escalated decisions waiting for approval. Everything the agent is and did
+(manifests, memory, every decision's prompt and output, linked from memory) is reachable from
+it, so it is one CAR export away (:func:`export_roots`). LMDB holds the pointers::
 
     imvu/agents   agent key (32 bytes) -> binary CID of the agent's state block
     imvu/names    agent name (UTF-8)   -> agent key
 
 A pointer is updated by compare-and-swap on the previous state CID, so two writers cannot
-lose each other's update. On open, every agent's pin is re-made if a crash left it behind
-its pointer.
+lose each other's update.
+
+Garbage collection. A recursive pin walks the whole DAG it covers, and an agent's DAG grows
+with every turn; re-pinning after each turn would cost O(history) per turn. Instead the
+registry holds one block-store *session* (a lease: rule 2 of canon/blockstore.py) for its
+lifetime: every block of a turn is put through it, so the latest state block, and with it the
+whole DAG, is protected from GC while the process runs. The recursive pin
+``imvu/agent/<agent key hex>`` is renewed on every lifecycle change (create, upgrade,
+rollback, start/stop), every REPIN_EVERY turns, at :meth:`close`, and at open for every agent
+whose pin lags its pointer (a crash): so after a restart everything is pinned again before
+the node can run a GC, and a bare put survives the first GC anyway (rule 3).
 """
 
 from __future__ import annotations
@@ -44,6 +52,12 @@ MAX_VERSIONS: Final = 1000
 # and new escalations are refused rather than queued forever.
 MAX_PENDING: Final = 64
 MAX_STATE_BLOCK_BYTES: Final = 512 * 1024
+# Turns between recursive re-pins of an agent: amortizes the O(history) walk of a pin to
+# 1/64 of a walk per turn; the lease protects what was written in between.
+REPIN_EVERY: Final = 64
+# Blocks the lease may hold before the registry pins every agent and starts a fresh lease
+# (the lease's set lives in memory: ~50 bytes a block).
+MAX_LEASED_BLOCKS: Final = 100_000
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,9 @@ class AgentRegistry:
         self._agents = env.open_db(_DB_AGENTS)
         self._names = env.open_db(_DB_NAMES)
         self._manifests: dict[CID, Manifest] = {}
+        self._lease = store.session()
+        self._leased = 0
+        self._unpinned_turns: dict[bytes, int] = {}
         self._repin()
 
     # -- reading ------------------------------------------------------------------------------
@@ -203,22 +220,48 @@ class AgentRegistry:
         return self._write(replace(state, enabled=enabled), self.state_cid(agent))
 
     def update(self, state: AgentState, expected: CID) -> AgentState:
-        """Write ``state`` if the agent's state is still ``expected`` (compare-and-swap)."""
-        return self._write(state, expected)
+        """Write ``state`` if the agent's state is still ``expected`` (compare-and-swap);
+        a turn's update, pinned every REPIN_EVERY turns (module doc)."""
+        return self._write(state, expected, pin=False)
+
+    def put_blocks(self, blocks: list[bytes]) -> list[CID]:
+        """Store a turn's DAG-CBOR blocks in one write transaction, under the lease."""
+        self._leased += len(blocks)
+        return self._lease.put_many(blocks)
+
+    def close(self) -> None:
+        """Pin every agent and end the lease (the node calls this at shutdown)."""
+        self._pin_all()
+        self._lease.close()
 
     # -- storage ------------------------------------------------------------------------------
 
-    def _write(self, state: AgentState, expected: CID | None) -> AgentState:
-        block = state.to_block()
-        with self.store.session() as session:
-            cid = session.put(block)
-            with self.env.begin(write=True, db=self._agents) as txn:
-                current = txn.get(state.agent)
-                if (None if current is None else CID(bytes(current))) != expected:
-                    raise RegistryError(f"agent {state.agent.hex()} changed concurrently; retry")
-                txn.put(state.agent, bytes(cid))
-            session.pin(cid, PIN_PREFIX + state.agent.hex())
+    def _write(self, state: AgentState, expected: CID | None, pin: bool = True) -> AgentState:
+        cid = self._lease.put(state.to_block())
+        self._leased += 1
+        with self.env.begin(write=True, db=self._agents) as txn:
+            current = txn.get(state.agent)
+            if (None if current is None else CID(bytes(current))) != expected:
+                raise RegistryError(f"agent {state.agent.hex()} changed concurrently; retry")
+            txn.put(state.agent, bytes(cid))
+        turns = self._unpinned_turns.get(state.agent, 0) + 1
+        if pin or turns >= REPIN_EVERY:
+            self._lease.pin(cid, PIN_PREFIX + state.agent.hex())
+            turns = 0
+        self._unpinned_turns[state.agent] = turns
+        if self._leased > MAX_LEASED_BLOCKS:
+            self._pin_all()
+            self._lease.close()
+            self._lease, self._leased = self.store.session(), 0
         return state
+
+    def _pin_all(self) -> None:
+        with self.env.begin(db=self._agents) as txn:
+            pointers = [(bytes(k), CID(bytes(v))) for k, v in txn.cursor()]
+        for agent, cid in pointers:
+            if self._unpinned_turns.get(agent):
+                self._lease.pin(cid, PIN_PREFIX + agent.hex())
+                self._unpinned_turns[agent] = 0
 
     def _repin(self) -> None:
         pins = {pin.name: pin.cid for pin in self.store.pins() if pin.name.startswith(PIN_PREFIX)}

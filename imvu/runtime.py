@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol
 import trio
 from nacl.signing import SigningKey
 
-from n3xus.canon.cid import CID
+from n3xus.canon.cid import CID, cid_of
 from n3xus.canon.log import CanonLog
 from n3xus.ledger.tx import AccountChain, Op
 
@@ -152,7 +152,7 @@ class Agent:
                 raise RegistryError(f"agent {state.name!r} is stopped")
             manifest_cid = state.manifest
             manifest = self.registry.manifest(manifest_cid)
-            request_cid = self.store.put(request.to_block())
+            request_cid = cid_of(request.to_block())  # stored with the turn's other blocks
             screened = screen_request(manifest, request.texts())
             if not screened.allowed:
                 async with self._lock:
@@ -208,17 +208,20 @@ class Agent:
                 verdict: Verdict, started: float, *, snapshot: StateSnapshot | None = None,
                 executed: bool = False, result: str = "", generated: GenerationResult | None = None,
                 approved_from: CID | None = None) -> TurnResult:
-        """Write the decision's blocks, its log entry, the memory turn and the agent state."""
-        store = self.store
+        """Write the decision's blocks, its log entry, the memory turn and the agent state:
+        the turn's blocks in one write transaction, then the log entry, then the pointer."""
+        batch = _Batch(self.store)
         state = self.registry.get(self.agent)
         expected = self.registry.state_cid(self.agent)
         snapshot = snapshot or StateSnapshot(self.clock(), state.events)
+        if batch.put(request.to_block()) != request_cid:
+            raise ImvuError("the request changed during its turn")  # frozen: cannot happen
         decision = Decision(
             agent=self.agent, manifest=manifest_cid, model=manifest.model.cid, request=request_cid,
-            state=store.put(snapshot.to_block()),
-            prompt=None if prompt is None else store.put(prompt.to_block()),
-            output=None if output is None else store.put(output.to_block()),
-            action=None if action is None else store.put(action.to_block()),
+            state=batch.put(snapshot.to_block()),
+            prompt=None if prompt is None else batch.put(prompt.to_block()),
+            output=None if output is None else batch.put(output.to_block()),
+            action=None if action is None else batch.put(action.to_block()),
             verdict=verdict.outcome, primitive=verdict.primitive.value, reason=verdict.reason,
             executed=executed, result=result if executed else "",
             prompt_tokens=0 if generated is None else generated.prompt_tokens,
@@ -227,10 +230,8 @@ class Agent:
             total_us=int((time.perf_counter() - started) * 1_000_000), time=snapshot.time,
         )
         block = decision.to_block()
-        entry = self.log.append(self.key, DECISION_ENTRY_TYPE, block, version=DECISION_VERSION,
-                                time=max(snapshot.time, self.log.head().time))
-        decision_cid = decision.cid
-        memory = Memory(store, state.memory)
+        decision_cid = cid_of(block)
+        memory = Memory(batch, state.memory)
         outcome = result if executed else f"{verdict.outcome.value}: {verdict.reason}"
         memory.append("turn", f"{request.sender} asked: {request.text[:MEMORY_EXCERPT_CHARS]} | "
                       f"outcome: {outcome[:MEMORY_EXCERPT_CHARS]}", request.sender, snapshot.time, decision_cid)
@@ -242,6 +243,9 @@ class Agent:
         pending = tuple(p for p in state.pending if p != approved_from)
         if verdict.outcome is Outcome.ESCALATE:
             pending = (*pending, decision_cid)
+        self.registry.put_blocks(list(batch.blocks.values()))
+        entry = self.log.append(self.key, DECISION_ENTRY_TYPE, block, version=DECISION_VERSION,
+                                time=max(snapshot.time, self.log.head().time))
         self.registry.update(replace(state, memory=memory.head, events=_trim(events, manifest, snapshot.time),
                                      pending=pending, turns=state.turns + 1), expected)
         return TurnResult(decision, decision_cid, entry.cid, action, result,
@@ -304,6 +308,27 @@ class Agent:
             return await self._finish(state.manifest, manifest, request, escalated.request, prompt,
                                       generated, action, snapshot, verdict, started,
                                       approved_from=approval.decision)
+
+
+class _Batch:
+    """Collects a turn's blocks (named as the store would name them) so they are written
+    in one transaction; reads fall through to the store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.blocks: dict[CID, bytes] = {}
+
+    def put(self, data: bytes) -> CID:
+        cid = cid_of(data)
+        self.blocks[cid] = data
+        return cid
+
+    def get(self, cid: CID) -> bytes:
+        data = self.blocks.get(cid)
+        return self.store.get(cid) if data is None else data
+
+    def has(self, cid: CID) -> bool:
+        return cid in self.blocks or bool(self.store.has(cid))
 
 
 def _trim(events: tuple[Event, ...], manifest: Manifest, now: int) -> tuple[Event, ...]:

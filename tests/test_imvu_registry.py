@@ -69,12 +69,22 @@ def test_memory_persists_is_pinned_and_exported(tmp_path: Path) -> None:
     memory.append("fact", "The drummer is called Rosa.", "creator", T0 + 20)
     expected = registry.state_cid(state.agent)
     registry.update(replace(state, memory=memory.head), expected)
-    pin = {p.name: p for p in store.pins()}[PIN_PREFIX + state.agent.hex()]
-    assert pin.recursive and pin.cid == registry.state_cid(state.agent)
-    orphan = store.put(b"\xa1aa\x01")  # an unpinned block: the control that GC really runs
+    # A turn's update is protected by the registry's lease, not yet by a re-pin.
+    pin_name = PIN_PREFIX + state.agent.hex()
+    assert {p.name: p.cid for p in store.pins()}[pin_name] != registry.state_cid(state.agent)
+    orphan = store.put(b"\xa1aa\x01")  # an unpinned, unleased block: the control that GC runs
     store.collect_garbage()
-    store.collect_garbage()  # two runs: the grace cycle is over, only pinned blocks remain
+    store.collect_garbage()  # two runs: the grace cycle is over
     assert not store.has(orphan)
+    assert len(Memory(store, registry.get(state.agent).memory).items()) == 11
+    # A crash loses the lease; the next open re-pins every agent whose pin lags.
+    registry._lease.close()
+    registry = AgentRegistry(env, store)
+    pin = {p.name: p for p in store.pins()}[pin_name]
+    assert pin.recursive and pin.cid == registry.state_cid(state.agent)
+    registry._lease.close()  # no lease at all now: only the pin protects the agent
+    store.collect_garbage()
+    store.collect_garbage()
     again = Memory(store, registry.get(state.agent).memory)
     assert [item.seq for _, item in again.items()] == list(range(10, -1, -1))
     with (tmp_path / "agent.car").open("wb") as out:
