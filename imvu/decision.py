@@ -71,7 +71,9 @@ def decode_output(data: bytes) -> OutputBlock:
     check.require(raw["type"] == OUTPUT_TYPE, f"type must be {OUTPUT_TYPE!r}")
     check.require(type(raw["output"]) is bytes and len(raw["output"]) <= MAX_OUTPUT_BYTES, "output must be bytes")
     check.require(raw["finish"] in FINISH_REASONS, f"finish must be one of {list(FINISH_REASONS)}")
-    return OutputBlock(raw["output"], raw["finish"], check.integer(raw["tokens"], "tokens"))
+    block = OutputBlock(raw["output"], raw["finish"], check.integer(raw["tokens"], "tokens"))
+    check.require(block.to_block() == bytes(data), "block is not canonical")
+    return block
 
 
 @dataclass(frozen=True)
