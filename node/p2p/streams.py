@@ -1,0 +1,243 @@
+"""Driving a sans-IO protocol core over a libp2p stream: deadlines, error frames, resets.
+
+Every ``/n3xus/*`` handler and initiator wraps its stream in a :class:`CoreStream`. It owns
+the I/O rules of specs/protocol.md §3 so each protocol does not re-implement them:
+
+* reads wait at most until the core's deadline (``core.deadline``, the caller's trio clock);
+  a peer that sends nothing, or one byte a minute, gets a ``timeout`` error and a reset;
+* writes and closes are bounded too (:data:`WRITE_TIMEOUT_S`, :data:`CLOSE_TIMEOUT_S`): a
+  peer that stops reading cannot hold a task;
+* a :class:`~n3xus.protocol.errors.RemoteProtocolError` is answered with its error frame
+  and a reset (:meth:`CoreStream.fail`), and counted against the peer (``penalize``);
+* network errors (the peer vanished, the stream was reset) end the stream quietly;
+* nothing escapes :func:`guarded`: a handler task never crashes the node's nursery.
+
+Usage (a responder handler; an initiator opens the stream with ``host.new_stream`` and
+does the same)::
+
+    from n3xus.node.p2p.streams import CoreStream, guarded, pump
+
+    async def handle_blocks(stream: INetStream) -> None:
+        async with guarded(stream, peerbook=node.peerbook, protocol="blocks") as channel:
+            core = BlocksResponder(now=trio.current_time())
+            while True:
+                if not await pump(channel, core):   # reads once, feeds the core
+                    break                            # the peer closed its side
+                while (event := core.next_event()) is not None:
+                    await channel.send(answer(event))
+            await channel.close()
+
+``pump`` works with any core that has ``deadline``, ``check_deadline(now)``,
+``receive_data(data, now)`` and ``receive_eof()`` (the blocks cores); cores of another shape
+(the hello exchange) call :meth:`CoreStream.receive` with their own deadline. Byte counts go
+to ``peerbook.count_bytes`` as they happen, remote protocol errors to ``peerbook.penalize``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final, Protocol
+
+import trio
+from libp2p.abc import INetStream
+
+from n3xus.protocol.codes import ErrorCode
+from n3xus.protocol.errors import (
+    DeadlineExceeded,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from n3xus.protocol.framing import encode_error, error_frame_for
+
+from .host import NETWORK_ERRORS
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES: Final = 64 * 1024
+"""Bytes asked of the stream per read: one Yamux window's worth; a core's buffer then holds
+at most one frame plus one read (framing.FrameDecoder's rule)."""
+WRITE_TIMEOUT_S: Final = 30.0
+"""Longest a single write may block: 30 s moves 2 MiB at the slowest rate the frame
+deadlines accept (64 KiB/s); a peer that stops reading (full Yamux window) is cut off."""
+CLOSE_TIMEOUT_S: Final = 1.0
+"""Closing sends a Yamux FIN or RST; a dead peer must not hold the task here."""
+IDLE_DEADLINE_S: Final = 60.0
+"""Deadline of a read when the core has none (between requests on a long-lived stream)."""
+
+
+class PeerObserver(Protocol):
+    """What the runner reports to (the node's PeerBook satisfies it)."""
+
+    def count_bytes(self, peer_id: str, sent: int = 0, received: int = 0) -> None: ...
+
+    def penalize(self, peer_id: str, code: ErrorCode | str, weight: float = 1.0) -> None: ...
+
+
+class SansIOCore(Protocol):
+    """The shape :func:`pump` drives (BlocksRequester, BlocksResponder)."""
+
+    @property
+    def deadline(self) -> float | None: ...
+
+    def check_deadline(self, now: float) -> None: ...
+
+    def receive_data(self, data: bytes, now: float) -> None: ...
+
+    def receive_eof(self) -> None: ...
+
+
+class StreamClosed(Exception):
+    """The stream is gone (reset, closed, or the connection died): nothing more to do."""
+
+
+def remote_peer_of(stream: INetStream) -> str:
+    return str(stream.muxed_conn.peer_id)
+
+
+class CoreStream:
+    """A libp2p stream with bounded reads and writes, byte counting and clean failure."""
+
+    def __init__(self, stream: INetStream, *, peerbook: PeerObserver | None = None,
+                 protocol: str = "n3xus") -> None:
+        self.stream = stream
+        self.peer_id = remote_peer_of(stream)
+        self.peerbook = peerbook
+        self.protocol = protocol
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.finished = False
+        self.error: ProtocolError | None = None
+
+    async def receive(self, deadline: float | None) -> bytes:
+        """Up to :data:`READ_CHUNK_BYTES` bytes; b"" when the peer closed its side. Raises
+        DeadlineExceeded when nothing came by ``deadline`` (None: :data:`IDLE_DEADLINE_S`
+        from now) and StreamClosed when the stream is gone."""
+        if deadline is None:
+            deadline = trio.current_time() + IDLE_DEADLINE_S
+        data = b""
+        with trio.move_on_at(deadline) as scope:
+            try:
+                data = await self.stream.read(READ_CHUNK_BYTES)
+            except EOFError:  # libp2p's StreamEOF derives from EOFError
+                return b""
+            except NETWORK_ERRORS as exc:
+                raise StreamClosed(f"reading from {self.peer_id}: {exc}") from exc
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(f"nothing from the peer on /n3xus/{self.protocol} before the "
+                                   "stream's deadline")
+        if data and self.peerbook is not None:
+            self.peerbook.count_bytes(self.peer_id, received=len(data))
+        self.bytes_received += len(data)
+        return data
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` (nothing for b""); StreamClosed if the peer is gone or too slow."""
+        if not data:
+            return
+        with trio.move_on_after(WRITE_TIMEOUT_S) as scope:
+            try:
+                await self.stream.write(data)
+            except NETWORK_ERRORS as exc:
+                raise StreamClosed(f"writing to {self.peer_id}: {exc}") from exc
+        if scope.cancelled_caught:
+            if self.peerbook is not None:
+                self.peerbook.penalize(self.peer_id, ErrorCode.TIMEOUT)
+            await self.reset()
+            raise StreamClosed(f"{self.peer_id} did not read {len(data)} bytes within "
+                               f"{WRITE_TIMEOUT_S:.0f} s")
+        if self.peerbook is not None:
+            self.peerbook.count_bytes(self.peer_id, sent=len(data))
+        self.bytes_sent += len(data)
+
+    async def fail(self, error: ProtocolError, frame: bytes | None = None) -> None:
+        """End the stream because of ``error``: send its error frame (``frame`` if the core
+        already made it; nothing if the peer sent the error), then reset. A remote error
+        counts against the peer."""
+        self.error = error
+        if isinstance(error, RemoteProtocolError) and self.peerbook is not None:
+            self.peerbook.penalize(self.peer_id, error.code)
+        if isinstance(error, LocalProtocolError):
+            logger.error("/n3xus/%s with %s: our bug: %s", self.protocol, self.peer_id, error)
+        else:
+            logger.info("/n3xus/%s with %s failed: %s", self.protocol, self.peer_id, error)
+        payload = error_frame_for(error) if frame is None else frame
+        if isinstance(error, LocalProtocolError):
+            payload = encode_error(ErrorCode.INTERNAL, "internal error")
+        if payload:
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    await self.stream.write(payload)
+                    self.bytes_sent += len(payload)
+                except NETWORK_ERRORS:
+                    pass  # the peer is gone: the reset below is all that is left to do
+        await self.reset()
+
+    async def reset(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        await self._reset_now()
+
+    async def _reset_now(self) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            try:
+                await self.stream.reset()
+            except NETWORK_ERRORS as exc:
+                logger.debug("resetting a stream of %s: %s", self.peer_id, exc)
+
+    async def close(self) -> None:
+        """Close after a completed exchange (FIN; bounded, shielded)."""
+        if self.finished:
+            return
+        self.finished = True
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            try:
+                await self.stream.close()
+            except NETWORK_ERRORS as exc:
+                logger.debug("closing a stream of %s: %s", self.peer_id, exc)
+        if scope.cancelled_caught:
+            await self._reset_now()
+
+
+async def pump(channel: CoreStream, core: SansIOCore) -> bool:
+    """Read once (until the core's deadline) and feed the core. False when the peer closed
+    its side (the core got ``receive_eof``). Raises what the core raises."""
+    now = trio.current_time()
+    core.check_deadline(now)
+    try:
+        data = await channel.receive(core.deadline)
+    except DeadlineExceeded:
+        core.check_deadline(trio.current_time())  # the core's own words if it has them
+        raise
+    if not data:
+        core.receive_eof()
+        return False
+    core.receive_data(data, trio.current_time())
+    return True
+
+
+@asynccontextmanager
+async def guarded(stream: INetStream, *, peerbook: PeerObserver | None = None,
+                  protocol: str = "n3xus") -> AsyncIterator[CoreStream]:
+    """A :class:`CoreStream` for the block; whatever the block raises ends here:
+    ProtocolError -> error frame + reset (+ penalty), StreamClosed / network errors ->
+    reset. A block that returns without closing leaves the stream closed too."""
+    channel = CoreStream(stream, peerbook=peerbook, protocol=protocol)
+    try:
+        yield channel
+    except ProtocolError as exc:
+        await channel.fail(exc)
+    except StreamClosed as exc:
+        logger.debug("/n3xus/%s with %s: %s", protocol, channel.peer_id, exc)
+        await channel.reset()
+    except NETWORK_ERRORS as exc:
+        logger.debug("/n3xus/%s with %s: network: %s", protocol, channel.peer_id, exc)
+        await channel.reset()
+    finally:
+        if not channel.finished:
+            await channel.close()
