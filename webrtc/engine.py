@@ -244,7 +244,7 @@ class LiveEngine:
         performer = media.performer
         media.performer = None
         for relay in media.relays.values():
-            relay._receiver = None
+            relay.detach()
         if performer is not None:
             self._on_event(PeerEvent(media.name, performer, "live", {"live": False}))
 

@@ -272,9 +272,9 @@ class TrackRelay:
         self._pts_offset = self._last_out_pts + frame_step if self._last_out_pts >= 0 else 0
         self.request_keyframe()
 
-    def detach(self, receiver: RTCRtpReceiver) -> None:
-        if self._receiver is receiver:
-            self._receiver = None
+    def detach(self) -> None:
+        """The performer stopped: subscribers stay and wait for the next one."""
+        self._receiver = None
 
     @property
     def live(self) -> bool:
