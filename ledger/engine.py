@@ -184,7 +184,15 @@ class Run:
 
     def admit(self, entry: bytes) -> Outcome:
         try:
-            item = admit(self.genesis, entry, self.verify)
+            # Decode first and drop copies of known transactions before the signature
+            # check, the expensive part (gossip and sync deliver many copies).
+            item = admit(self.genesis, entry, False)
+            if isinstance(item, Tx):
+                if self.batch.locator(item.id) is not None:
+                    return Rejected(TxRejected(Reason.REPLAY,
+                                               f"transaction {item.cid} is already known"))
+                if self.verify:
+                    item = admit(self.genesis, entry, True)
         except TxRejected as exc:
             return Rejected(exc)
         if self.now_ms is not None:

@@ -16,8 +16,9 @@ from typing import Any
 
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
-from .engine import MAX_HELD_ENTRIES, MAX_PENDING_PER_ACCOUNT, Run, run_batch
+from .engine import MAX_HELD_ENTRIES, MAX_PENDING_PER_ACCOUNT, Run, load_tx_bytes, run_batch
 from .errors import EquivocationError, LedgerCorruptError, TxRejected
+from .fraud import make_fraud_proof
 from .genesis import Genesis
 from .ingest import VOID_REASONS, Accepted, Outcome, Rejected
 from .rules import BALANCE, FROZEN, HEAD, u64
@@ -222,12 +223,28 @@ class MemoryLedger:
     def has(self, entry_id: bytes) -> bool:
         return entry_id in self.locators
 
-    def tx_bytes(self, tx_id: bytes) -> bytes | None:
-        where = self.locators.get(tx_id)
-        if where is None:
+    def entry(self, entry_id: bytes) -> bytes | None:
+        """The bytes of an entry of the set (a transaction known only from a fraud proof:
+        its envelope as embedded there)."""
+        where = self.locators.get(entry_id)
+        return None if where is None else load_tx_bytes(_MemoryBatch(self), where)
+
+    def fraud_proof(self, account: bytes) -> bytes | None:
+        """A proof that froze ``account`` (of the two lowest ids at its freeze seq)."""
+        seq = self.freeze_seq(account)
+        if seq is None:
             return None
-        from .engine import load_tx_bytes
-        return load_tx_bytes(_MemoryBatch(self), where)
+        ids = [tx_id for at, tx_id in self.account_chain(account, seq) if at == seq][:2]
+        first, second = (self.entry(tx_id) for tx_id in ids)
+        if first is None or second is None:
+            raise LedgerCorruptError("a frozen account lacks its two transactions")
+        return make_fraud_proof(first, second)
+
+    def log_size(self) -> int:
+        return len(self.log)
+
+    def iter_log(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        return iter(self.log[start:end])
 
     def account_chain(self, account: bytes, from_seq: int = 0) -> list[tuple[int, bytes]]:
         """(seq, tx id) of the account's transactions in the set, by seq then id."""

@@ -287,7 +287,8 @@ SPEC = Path(__file__).resolve().parents[1] / "specs" / "ledger.md"
 def test_spec_example_is_what_the_code_produces() -> None:
     from nacl.signing import SigningKey
 
-    from n3xus.ledger.ingest import Accepted, MemoryView, ingest
+    from n3xus.ledger.ingest import Accepted
+    from n3xus.ledger.memory import MemoryLedger
 
     issuer, platform, alice, bob = (SigningKey(bytes([n]) * 32) for n in (1, 2, 3, 4))
     genesis = Genesis.create("n3xus-example", [bytes(issuer.verify_key)], 1_000_000,
@@ -296,8 +297,8 @@ def test_spec_example_is_what_the_code_produces() -> None:
         Op.ISSUE, {"to": bytes(alice.verify_key), "amount": 1000}, time_ms=1_700_000_000_000)
     second = AccountChain(alice, genesis.cid).sign(
         Op.TRANSFER, {"to": bytes(bob.verify_key), "amount": 250}, time_ms=1_700_000_000_001)
-    view = MemoryView(genesis)
-    assert all(isinstance(o, Accepted) for o in ingest(view, genesis, [first, second]))
+    view = MemoryLedger(genesis)
+    assert all(isinstance(o, Accepted) and o.applied for o in view.ingest([first, second]))
     spec = "".join(SPEC.read_text().split())  # the spec wraps long hex over several lines
     for text in (genesis.block.hex(), str(genesis.cid), first.hex(), second.hex(),
                  str(decode_tx(first).cid), str(decode_tx(second).cid),

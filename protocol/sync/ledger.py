@@ -1,0 +1,279 @@
+"""Ledger sync, sans network IO (``specs/ledger.md`` §14): what a node announces, what it
+asks peers for, and what it answers. The node (or the simulation) owns the transport, the
+clock and the peers; it feeds :meth:`LedgerSync.receive` and :meth:`LedgerSync.tick` and
+sends the (peer, message) pairs they return.
+
+Two mechanisms, because gossip is best effort:
+
+* **Gossip.** Every entry a node appends to its log (a transaction, a fraud proof, an
+  entry released from pending or held) is sent to every peer except the one it came from.
+  Receivers drop bytes they have seen before ingesting, so a flood costs one hash per copy.
+* **Anti-entropy.** On each tick the node sends a :class:`Digest` (16 bucket hashes over
+  its per-account summaries) to one peer chosen at random. A peer whose buckets differ
+  answers a :class:`Summary` of its accounts in those buckets; the first node then pulls
+  what the peer has beyond its own chains (:class:`Pull` -> :class:`Chain`) and pushes what
+  it has beyond the peer's (:class:`Chain`). A node that missed messages, or was down for an
+  hour, catches up this way without operator action.
+
+The per-account summary hashes exactly what decides the state (§10): the account's
+transactions below its freeze seq, and that seq. Two nodes with equal digests have equal
+states; anti-entropy stops when they agree.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Protocol
+
+from blake3 import blake3
+
+from n3xus.ledger.errors import LedgerCorruptError
+from n3xus.ledger.fraud import FRAUD_PROOF_PREFIX, verify_fraud_proof
+from n3xus.ledger.ingest import Outcome
+from n3xus.ledger.tx import decode_tx
+
+from .messages import (
+    BUCKETS,
+    MAX_ENTRIES,
+    MAX_SUMMARY_ROWS,
+    Chain,
+    Digest,
+    Gossip,
+    Message,
+    Pull,
+    Summary,
+    SummaryRow,
+)
+
+ACCOUNT_DIGEST_TAG: Final = b"n3xus/ledger-sync/account/v1\x00"
+_NO_FREEZE: Final = b"\xff" * 8
+# Gossip hashes remembered, to drop copies before they are decoded: a few minutes of a busy
+# network's traffic.
+MAX_SEEN: Final = 200_000
+
+Peer = Any  # whatever the caller uses to name a peer (hashable, orderable for determinism)
+Send = tuple[Peer, Message]
+
+
+class SyncLedger(Protocol):
+    """What sync needs of a ledger (``LedgerStore`` and ``MemoryLedger`` both are one)."""
+
+    def ingest(self, entries: Iterable[bytes], *, verify: bool = True,
+               now_ms: int | None = None) -> list[Outcome]: ...
+    def release(self, now_ms: int) -> list[Outcome]: ...
+    def log_size(self) -> int: ...
+    def iter_log(self, start: int = 0, end: int | None = None) -> Iterable[bytes]: ...
+    def accounts(self) -> list[bytes]: ...
+    def account_chain(self, account: bytes, from_seq: int = 0) -> list[tuple[int, bytes]]: ...
+    def freeze_seq(self, account: bytes) -> int | None: ...
+    def entry(self, entry_id: bytes) -> bytes | None: ...
+    def fraud_proof(self, account: bytes) -> bytes | None: ...
+
+
+def bucket_of(account: bytes) -> int:
+    return account[0] >> 4
+
+
+def entry_account(entry: bytes) -> bytes | None:
+    """The account a logged entry is about (None for the genesis block)."""
+    if entry.startswith(FRAUD_PROOF_PREFIX):
+        return verify_fraud_proof(entry).account
+    try:
+        return decode_tx(entry).account
+    except ValueError:
+        return None
+
+
+class LedgerSync:
+    """The sync state of one node over its ledger."""
+
+    def __init__(self, ledger: SyncLedger, rng: random.Random | None = None) -> None:
+        self.ledger = ledger
+        self.rng = rng or random.Random()
+        self.peers: dict[Peer, None] = {}
+        self._seen: dict[bytes, None] = {}
+        self._rows: dict[bytes, SummaryRow] = {}
+        self._buckets = [0] * BUCKETS
+        self._announced = ledger.log_size()
+        self.counters: dict[str, int] = {"gossip_in": 0, "gossip_dup": 0, "pulled": 0,
+                                         "pushed": 0, "digests": 0}
+        for account in ledger.accounts():
+            self._refresh(account)
+
+    # --- peers -------------------------------------------------------------------------
+
+    def add_peer(self, peer: Peer) -> None:
+        self.peers[peer] = None
+
+    def remove_peer(self, peer: Peer) -> None:
+        self.peers.pop(peer, None)
+
+    # --- summaries -----------------------------------------------------------------------
+
+    def _summary(self, account: bytes) -> SummaryRow:
+        freeze = self.ledger.freeze_seq(account)
+        chain = self.ledger.account_chain(account)
+        digest = blake3(ACCOUNT_DIGEST_TAG + account
+                        + (_NO_FREEZE if freeze is None else freeze.to_bytes(8, "big")))
+        next_seq = 0
+        for seq, tx_id in chain:
+            if freeze is not None and seq >= freeze:
+                break
+            digest.update(seq.to_bytes(8, "big") + tx_id)
+            if seq == next_seq:
+                next_seq += 1
+        return SummaryRow(account, digest.digest(), next_seq, freeze)
+
+    def _refresh(self, account: bytes) -> None:
+        bucket = bucket_of(account)
+        old = self._rows.get(account)
+        if old is not None:
+            self._buckets[bucket] ^= _row_hash(old)
+        row = self._summary(account)
+        self._rows[account] = row
+        self._buckets[bucket] ^= _row_hash(row)
+
+    def digest(self) -> Digest:
+        return Digest(tuple(value.to_bytes(32, "big") for value in self._buckets))
+
+    def row(self, account: bytes) -> SummaryRow | None:
+        return self._rows.get(account)
+
+    # --- announcing ----------------------------------------------------------------------
+
+    def announce(self, source: Peer | None = None) -> list[Send]:
+        """Gossip every log entry appended since the last call (to all peers but
+        ``source``), and bring the summaries of their accounts up to date. The node calls
+        this after every ingest it does itself (a client's submit)."""
+        size = self.ledger.log_size()
+        if size <= self._announced:
+            return []
+        fresh = list(self.ledger.iter_log(self._announced, size))
+        self._announced = size
+        touched: dict[bytes, None] = {}
+        for entry in fresh:
+            self._remember(entry)
+            account = entry_account(entry)
+            if account is not None:
+                touched[account] = None
+        for account in touched:
+            self._refresh(account)
+        sends: list[Send] = []
+        for start in range(0, len(fresh), MAX_ENTRIES):
+            message = Gossip(tuple(fresh[start:start + MAX_ENTRIES]))
+            sends += [(peer, message) for peer in self.peers if peer != source]
+        return sends
+
+    def _remember(self, entry: bytes) -> bool:
+        """Mark ``entry`` seen; False if it was seen before."""
+        mark = blake3(entry).digest()[:16]
+        if mark in self._seen:
+            return False
+        self._seen[mark] = None
+        if len(self._seen) > MAX_SEEN:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+    def _ingest(self, entries: Sequence[bytes], source: Peer, now_ms: int | None,
+                filter_seen: bool) -> list[Send]:
+        """Ingest ``entries``; gossip copies seen before are dropped unread (``filter_seen``),
+        pulled ones are not: an entry seen earlier may have been refused then (its
+        predecessor missing, a full pending queue) and be admissible now."""
+        fresh = [entry for entry in entries if self._remember(entry)] if filter_seen else list(entries)
+        self.counters["gossip_dup"] += len(entries) - len(fresh)
+        if fresh:
+            self.ledger.ingest(fresh, now_ms=now_ms)
+        return self.announce(source)
+
+    # --- the protocol ----------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> list[Send]:
+        """Periodic work: release held entries that are due; send a digest to one peer."""
+        released = self.ledger.release(now_ms)
+        sends = self.announce() if released else []
+        if self.peers:
+            peer = self.rng.choice(list(self.peers))
+            self.counters["digests"] += 1
+            sends.append((peer, self.digest()))
+        return sends
+
+    def receive(self, peer: Peer, message: Message, now_ms: int | None = None) -> list[Send]:
+        """Handle one message from ``peer``; returns what to send."""
+        if isinstance(message, Gossip):
+            self.counters["gossip_in"] += len(message.entries)
+            return self._ingest(message.entries, peer, now_ms, True)
+        if isinstance(message, Digest):
+            return self._on_digest(peer, message)
+        if isinstance(message, Summary):
+            return self._on_summary(peer, message)
+        if isinstance(message, Pull):
+            return [(peer, self._chain(message.account, message.from_seq))]
+        assert isinstance(message, Chain)
+        self.counters["pulled"] += len(message.entries)
+        return self._ingest(message.entries, peer, now_ms, False)
+
+    def _on_digest(self, peer: Peer, message: Digest) -> list[Send]:
+        mine = self.digest().buckets
+        differing = [n for n in range(BUCKETS) if mine[n] != message.buckets[n]]
+        if not differing:
+            return []
+        rows = [row for row in self._rows.values() if bucket_of(row.account) in differing]
+        rows.sort(key=lambda row: row.account)
+        return [(peer, Summary(tuple(differing), tuple(rows[:MAX_SUMMARY_ROWS])))]
+
+    def _on_summary(self, peer: Peer, message: Summary) -> list[Send]:
+        sends: list[Send] = []
+        theirs = {row.account: row for row in message.rows}
+        complete = len(message.rows) < MAX_SUMMARY_ROWS
+        accounts = dict.fromkeys(sorted(theirs))
+        if complete:  # accounts only we have in those buckets: theirs are all listed
+            for account in self._rows:
+                if bucket_of(account) in message.buckets:
+                    accounts[account] = None
+        for account in accounts:
+            ours = self._rows.get(account) or SummaryRow(account, b"", 0, None)
+            other = theirs.get(account) or SummaryRow(account, b"", 0, None)
+            if ours.digest == other.digest:
+                continue
+            sends += self._reconcile(peer, ours, other)
+        return sends
+
+    def _reconcile(self, peer: Peer, ours: SummaryRow, other: SummaryRow) -> list[Send]:
+        account = ours.account
+        sends: list[Send] = []
+        lower_freeze = other.freeze is not None and (ours.freeze is None or other.freeze < ours.freeze)
+        if lower_freeze:
+            sends.append((peer, Pull(account, other.freeze or 0)))
+        elif other.next_seq > ours.next_seq:
+            sends.append((peer, Pull(account, ours.next_seq)))
+        if ours.freeze is not None and (other.freeze is None or ours.freeze < other.freeze):
+            sends.append((peer, self._chain(account, ours.freeze)))
+        elif ours.next_seq > other.next_seq:
+            sends.append((peer, self._chain(account, other.next_seq)))
+        if not sends:  # same lengths and freezes, different transactions: exchange all
+            sends += [(peer, Pull(account, 0)), (peer, self._chain(account, 0))]
+        self.counters["pushed"] += sum(len(m.entries) for _, m in sends if isinstance(m, Chain))
+        return sends
+
+    def _chain(self, account: bytes, from_seq: int) -> Chain:
+        """This node's entries of ``account`` from ``from_seq``: its fraud proof first when
+        it is frozen, then its transactions below the freeze, by seq (at most MAX_ENTRIES)."""
+        freeze = self.ledger.freeze_seq(account)
+        entries: list[bytes] = []
+        if freeze is not None:
+            proof = self.ledger.fraud_proof(account)
+            if proof is None:
+                raise LedgerCorruptError("a frozen account without its proof")
+            entries.append(proof)
+        for seq, tx_id in self.ledger.account_chain(account, from_seq):
+            if len(entries) >= MAX_ENTRIES or (freeze is not None and seq >= freeze):
+                break
+            entry = self.ledger.entry(tx_id)
+            if entry is not None:
+                entries.append(entry)
+        return Chain(account, tuple(entries))
+
+
+def _row_hash(row: SummaryRow) -> int:
+    return int.from_bytes(blake3(row.account + row.digest).digest(), "big")
