@@ -132,6 +132,12 @@ class Agent:
         self.clock = clock
         self.count_tokens = count_tokens or scheduler_token_counter(scheduler)
         self._lock = trio.Lock()
+        # Telemetry since this object was made, for the node's Prometheus metrics
+        # (per agent: turns by verdict, executed actions, tokens, spend, latency).
+        self.stats: dict[str, int] = {
+            "turns": 0, "allowed": 0, "refused": 0, "escalated": 0, "executed": 0,
+            "prompt_tokens": 0, "output_tokens": 0, "spent": 0, "inference_us": 0, "total_us": 0,
+        }
         registry.get(self.agent)  # fail now if the key is not a registered agent
 
     @property
@@ -248,8 +254,21 @@ class Agent:
                                 time=max(snapshot.time, self.log.head().time))
         self.registry.update(replace(state, memory=memory.head, events=_trim(events, manifest, snapshot.time),
                                      pending=pending, turns=state.turns + 1), expected)
+        self._count(decision, action)
         return TurnResult(decision, decision_cid, entry.cid, action, result,
                           "" if output is None else output.output.decode("utf-8", "replace"))
+
+    def _count(self, decision: Decision, action: Action | None) -> None:
+        stats = self.stats
+        stats["turns"] += 1
+        stats[{Outcome.ALLOW: "allowed", Outcome.REFUSE: "refused", Outcome.ESCALATE: "escalated"}[decision.verdict]] += 1
+        stats["executed"] += decision.executed
+        stats["prompt_tokens"] += decision.prompt_tokens
+        stats["output_tokens"] += decision.output_tokens
+        stats["inference_us"] += decision.inference_us
+        stats["total_us"] += decision.total_us
+        if decision.executed and action is not None and action.spends:
+            stats["spent"] += action.amount
 
     async def _execute(self, action: Action) -> str:
         manifest = self.registry.manifest(self.registry.get(self.agent).manifest)

@@ -92,6 +92,7 @@ async def test_tip_within_limit_is_a_real_ledger_tip(node: Node, scheduler: Infe
     assert (entry.type, entry.version, entry.author) == ("agent-decision", 2, agent.agent)
     assert recheck_decision(turn.decision, node.store).ok
     assert turn.decision.output_tokens > 0 and turn.decision.inference_us > 0
+    assert agent.stats["executed"] == 1 and agent.stats["spent"] == 10
 
 
 async def test_tip_over_the_limit_is_refused_escalated_and_then_approved(node: Node, scheduler: InferenceScheduler) -> None:
