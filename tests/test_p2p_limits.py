@@ -195,12 +195,28 @@ def port_of(addr: str) -> int:
     return int(addr.split("/")[4])
 
 
-async def open_silent(port: int, source_ip: str, held: list[trio.socket.SocketType]) -> None:
-    """A TCP connection that never says a word (the node may close it)."""
+def multistream_message(text: str) -> bytes:
+    """A multistream-select message: unsigned-varint length, text, newline
+    (all the texts here are shorter than 128 bytes: a one-byte length)."""
+    body = text.encode() + b"\n"
+    return bytes([len(body)]) + body
+
+
+# What a half-handshaken connection says before it stalls: the multistream-select
+# header and a proposal of Noise, the way a real dialer starts.
+HALF_HANDSHAKE = multistream_message("/multistream/1.0.0") + multistream_message("/noise")
+
+
+async def open_silent(port: int, source_ip: str, held: list[trio.socket.SocketType],
+                      says: bytes = b"") -> None:
+    """A TCP connection that says ``says`` (nothing by default), then nothing
+    more (the node may close it)."""
     sock = trio.socket.socket()
     await sock.bind((source_ip, 0))
     try:
         await sock.connect(("127.0.0.1", port))
+        if says:
+            await sock.send(says)
     except OSError:
         sock.close()
         return
@@ -236,11 +252,12 @@ async def test_a_silent_connection_is_dropped_at_the_handshake_deadline() -> Non
         assert gate.refused[Refusal.HANDSHAKE_TIMEOUT] == 1
 
 
-@pytest.mark.parametrize("spread", ["one_address", "many_addresses"])
+@pytest.mark.parametrize("spread", ["one_address", "many_addresses", "half_handshaken"])
 async def test_a_flood_of_silent_connections_does_not_lock_out_a_real_peer(spread: str) -> None:
-    """300 silent connections (from 127.0.0.2, or from 127.0.1.1-254), then a real
-    peer from 127.0.0.1: it connects and pings at once. Loopback exemption is off
-    so that the per-address limits apply as they would on a public address."""
+    """300 silent connections (from 127.0.0.2, or from 127.0.1.1-254, or from
+    those and stalled after proposing Noise), then a real peer from 127.0.0.1: it
+    connects and pings at once. Loopback exemption is off so that the per-address
+    limits apply as they would on a public address."""
     limits = ConnectionLimits(exempt_loopback=False)
     registry = CollectorRegistry()
     async with server(limits) as (host, addr):
@@ -250,7 +267,8 @@ async def test_a_flood_of_silent_connections_does_not_lock_out_a_real_peer(sprea
         async with trio.open_nursery() as nursery:
             for i in range(FLOOD_CONNECTIONS):
                 source = "127.0.0.2" if spread == "one_address" else f"127.0.1.{1 + i % 254}"
-                nursery.start_soon(open_silent, port_of(addr), source, held)
+                says = HALF_HANDSHAKE if spread == "half_handshaken" else b""
+                nursery.start_soon(open_silent, port_of(addr), source, held, says)
         assert len(held) == FLOOD_CONNECTIONS  # the kernel accepted them all
         assert gate.pending <= (limits.max_pending_per_ip if spread == "one_address"
                                 else limits.max_pending)
