@@ -95,6 +95,16 @@ def test_useful_peers_are_remembered_for_a_while_and_bounded() -> None:
     assert "P0" not in plan.targets and "boot" in plan.targets  # oldest forgotten first
 
 
+def test_addresses_per_peer_are_bounded_and_the_configured_one_stays() -> None:
+    plan = ReconnectPlan(random.Random(5))
+    plan.add_bootstrap("A", "/ip4/127.0.0.1/tcp/1/p2p/A", now=0.0)
+    for port in range(2, 20):
+        plan.connected("A", [f"/ip4/127.0.0.1/tcp/{port}/p2p/A"], now=float(port))
+    addrs = plan.targets["A"].addrs
+    assert len(addrs) == disc.MAX_ADDRS_PER_PEER
+    assert addrs[0] == "/ip4/127.0.0.1/tcp/1/p2p/A" and addrs[-1].endswith("/tcp/19/p2p/A")
+
+
 def test_a_bad_bootstrap_address_is_refused_up_front() -> None:
     host = p2p.make_host(p2p.keypair_from_seed(seed(1)))
     with pytest.raises(AddressError):

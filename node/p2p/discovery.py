@@ -90,6 +90,9 @@ RECONNECT_JITTER = 0.5
 RECENTLY_USEFUL_SECONDS = 3600.0
 # Remembered useful peers, oldest forgotten first: bounds memory and dial load.
 MAX_USEFUL_PEERS = 64
+# Addresses remembered per peer (each failed one costs up to a dial timeout per
+# attempt): the configured one, then the newest learnt.
+MAX_ADDRS_PER_PEER = 4
 # How often the reconnect task looks for due dials, and how many run at once.
 RECONNECT_TICK_SECONDS = 0.5
 MAX_CONCURRENT_DIALS = 8
@@ -185,7 +188,18 @@ class ReconnectPlan:
         target = self.targets.setdefault(peer_id, Target(peer_id, [], True, next_attempt=now))
         target.bootstrap = True
         if addr not in target.addrs:
-            target.addrs.append(addr)
+            target.addrs.insert(0, addr)
+            del target.addrs[MAX_ADDRS_PER_PEER:]
+
+    @staticmethod
+    def remember(target: Target, addr: str) -> None:
+        """Add a learnt address; beyond MAX_ADDRS_PER_PEER the oldest learnt one
+        goes (a bootstrap peer keeps its configured address first)."""
+        if addr in target.addrs:
+            return
+        target.addrs.append(addr)
+        if len(target.addrs) > MAX_ADDRS_PER_PEER:
+            del target.addrs[1 if target.bootstrap else 0]
 
     def connected(self, peer_id: str, addrs: Sequence[str], now: float) -> None:
         """``peer_id`` is connected now (either direction): it is useful, its
@@ -196,8 +210,7 @@ class ReconnectPlan:
         target.last_connected = now
         target.failures = 0
         for addr in addrs:
-            if addr not in target.addrs:
-                target.addrs.append(addr)
+            self.remember(target, addr)
         self._forget_beyond_capacity()
 
     def _forget_beyond_capacity(self) -> None:
@@ -399,8 +412,7 @@ class Discovery:
                     # Addresses learnt since (identify, DHT) are tried too.
                     for addr in _dial_addrs(p2p.parse_peer_id(target.peer_id),
                                             self._peerstore_addrs(target.peer_id)):
-                        if addr not in target.addrs:
-                            target.addrs.append(addr)
+                        self.plan.remember(target, addr)
                     self.plan.dial_started(target)
                     nursery.start_soon(self._redial, target, limiter)
                 await trio.sleep(RECONNECT_TICK_SECONDS)
