@@ -30,7 +30,7 @@ FIND_EACH_OTHER_BOUND_SECONDS = 15.0
 # Short keepalive settings for the in-process test, so it runs in seconds; the
 # CLI test (test_p2p_cli.py) checks the node's real defaults.
 FAST_KEEPALIVE = dict(keepalive_interval_s=0.5, keepalive_timeout_s=0.5, keepalive_misses=2)
-FAST_BOUND = 2 * (0.5 + 0.5)
+FAST_BOUND = 2 * (0.5 + 0.5) + disc.DISCONNECT_TIMEOUT_SECONDS
 SLACK_SECONDS = 2.0
 # A CID of the canon codec (a DAG-CBOR block's BLAKE3 CID would do as well).
 SOME_CID = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"

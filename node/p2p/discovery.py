@@ -116,16 +116,17 @@ DEFAULT_PROVIDER_COUNT = 20
 # -- keepalive -----------------------------------------------------------------
 # A ping every 5 s costs one Yamux stream per peer; an answer may take up to 5 s
 # (a loaded 2-core machine, a congested link); two misses in a row close the
-# connection. A peer that vanishes right after answering is therefore noticed
-# within KEEPALIVE_MISSES * (interval + timeout) = 20 s.
+# connection, which may take up to DISCONNECT_TIMEOUT_SECONDS. A peer that
+# vanishes right after answering is therefore gone from the node within
+# KEEPALIVE_MISSES * (interval + timeout) + DISCONNECT_TIMEOUT_SECONDS = 22 s.
 KEEPALIVE_INTERVAL_SECONDS = 5.0
 KEEPALIVE_TIMEOUT_SECONDS = 5.0
 KEEPALIVE_MISSES = 2
-VANISHED_PEER_BOUND_SECONDS = KEEPALIVE_MISSES * (
-    KEEPALIVE_INTERVAL_SECONDS + KEEPALIVE_TIMEOUT_SECONDS
-)
 # Closing a dead peer's connection must not wait on the peer.
 DISCONNECT_TIMEOUT_SECONDS = 2.0
+VANISHED_PEER_BOUND_SECONDS = KEEPALIVE_MISSES * (
+    KEEPALIVE_INTERVAL_SECONDS + KEEPALIVE_TIMEOUT_SECONDS
+) + DISCONNECT_TIMEOUT_SECONDS
 
 # -- mDNS ----------------------------------------------------------------------
 # Peers heard on the LAN waiting to be dialed; more are dropped (and heard again
@@ -343,7 +344,8 @@ class Discovery:
             "reconnect_targets": self.plan.snapshot(trio.current_time()),
             "keepalive_interval_s": self.config.keepalive_interval_s,
             "vanished_peer_bound_s": self.config.keepalive_misses * (
-                self.config.keepalive_interval_s + self.config.keepalive_timeout_s),
+                self.config.keepalive_interval_s + self.config.keepalive_timeout_s)
+            + DISCONNECT_TIMEOUT_SECONDS,
         }
 
     def _require_dht(self) -> KadDHT:
