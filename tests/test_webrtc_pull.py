@@ -54,29 +54,49 @@ def test_truncated_or_flipped_pull_messages_fail_cleanly(message: pull.PullMessa
                                                          data: st.DataObject) -> None:
     encoded = pull.encode(message)
     cut = data.draw(st.integers(0, len(encoded) - 1))
-    with pytest.raises(PullProtocolError):
+    with pytest.raises(PullProtocolError) as truncated:
         pull.decode(encoded[:cut])
+    assert truncated.value.wire_code == 1  # malformed
     i = data.draw(st.integers(0, len(encoded) - 1))
     bit = data.draw(st.integers(0, 7))
     flipped = encoded[:i] + bytes([encoded[i] ^ (1 << bit)]) + encoded[i + 1:]
     try:
-        again = pull.decode(flipped)
+        pull.decode(flipped)
     except PullProtocolError as exc:
-        assert isinstance(exc, ValueError)
-    else:
-        assert pull.encode(again) == flipped  # a flip that still decodes is another message
+        assert isinstance(exc, ValueError) and exc.wire_code in (1, 8)
 
 
-def test_pull_decoder_refuses_extra_fields_and_bad_values() -> None:
+def test_pull_decoder_checks_fields_and_ignores_unknown_ones() -> None:
     from n3xus.canon import codec
-    with pytest.raises(PullProtocolError, match="exactly"):
-        pull.decode(codec.encode({"t": "end", "x": 1}))
+    assert pull.decode(codec.encode({"type": "end", "x": 1})) == pull.End()
+    with pytest.raises(PullProtocolError, match="lacks"):
+        pull.decode(codec.encode({"type": "live"}))
     with pytest.raises(PullProtocolError, match="kinds"):
-        pull.decode(codec.encode({"t": "pull", "v": 1, "room": "a", "token": "t",
+        pull.decode(codec.encode({"type": "pull", "v": 1, "room": "a", "token": "t",
                                   "kinds": ["v", "v"]}))
     with pytest.raises(PullProtocolError, match="data"):
-        pull.decode(codec.encode({"t": "frame", "k": "v", "i": 1, "pts": 1, "key": True,
+        pull.decode(codec.encode({"type": "frame", "k": "v", "i": 1, "pts": 1, "key": True,
                                   "data": b""}))
+    with pytest.raises(PullProtocolError) as unknown:
+        pull.decode(codec.encode({"type": "dance"}))
+    assert unknown.value.wire_code == 8  # unsupported
+    # The common error message (protocol.md §4) is the peer ending the stream.
+    assert pull.decode(pull.error_body(1, "bad")) == pull.PeerErrorMessage(1, "bad")
+    # Whole frames use the common framing: varint length, then the body.
+    frame = pull.encode_frame(pull.End())
+    assert frame[0] == len(frame) - 1 and pull.decode(frame[1:]) == pull.End()
+
+
+async def test_a_malformed_pull_request_gets_the_common_error() -> None:
+    async with open_live_service(TOKEN_KEY) as origin, trio.open_nursery() as nursery:
+        (f_send, f_recv), (o_send, o_recv) = stream_pair()
+        nursery.start_soon(origin.serve_pull, o_send, o_recv)
+        await f_send(b"\xa1\x64type")  # truncated DAG-CBOR
+        reply = await f_recv()
+        assert reply is not None
+        error = pull.decode(reply)
+        assert isinstance(error, pull.PeerErrorMessage) and error.code == 1
+        nursery.cancel_scope.cancel()
 
 
 def stream_pair() -> tuple[tuple[Callable[[bytes], Awaitable[None]],

@@ -66,6 +66,8 @@ class CodecError(RemoteLiveError, ValueError):
 
 
 class PullProtocolError(RemoteLiveError, ValueError):
-    """A malformed /n3xus/live/1.0.0 message."""
+    """A malformed /n3xus/live/1.0.0 message. ``wire_code`` is the common error code
+    (specs/protocol.md §4) to send before resetting the stream."""
 
     code = "bad-pull-message"
+    wire_code = 1  # malformed

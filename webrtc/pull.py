@@ -1,9 +1,11 @@
 """Messages of ``/n3xus/live/1.0.0``: one node pulling a room's stream from another.
 
-Sans-IO: :func:`encode` and :func:`decode` turn messages into the strict DAG-CBOR
-bytes of one frame and back; the framing (unsigned-varint length prefix) and the
-libp2p stream belong to ``protocol/`` and the node. specs/live.md §6 is the
-normative text; the dataclasses here mirror its CDDL one to one.
+Sans-IO. The stream follows the common rules of specs/protocol.md: unsigned-varint
+length-prefixed frames, each one strict DAG-CBOR map with a text ``type``; required
+fields are checked and unknown fields ignored; a breach ends the stream with the
+common ``error`` message (code ``malformed``, ``unsupported``, ...). Framing and the
+common checks are ``n3xus.protocol.framing``'s; this module adds the messages of this
+protocol (specs/live.md §6; the dataclasses mirror its CDDL one to one).
 
 The follower opens a stream and sends :class:`Pull`; the origin answers
 :class:`Accept` (or :class:`Refuse` and closes), then streams :class:`Frame`
@@ -18,6 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from n3xus.canon import codec
+from n3xus.protocol.codes import ErrorCode
+from n3xus.protocol.errors import PeerError, ProtocolError
+from n3xus.protocol.framing import decode_message, error_message
+from n3xus.protocol.framing import encode_frame as frame_bytes
 
 from .errors import PullProtocolError
 from .relay import MAX_ENCODED_FRAME_BYTES
@@ -25,6 +31,7 @@ from .rooms import MAX_TOKEN_CHARS, ROOM_NAME_RE
 
 PROTOCOL_ID = "/n3xus/live/1.0.0"
 #: A frame message is the frame plus < 64 bytes of envelope; nothing else is larger.
+#: This is the protocol's maximum frame size (specs/protocol.md §2).
 MAX_PULL_MESSAGE_BYTES = MAX_ENCODED_FRAME_BYTES + 256
 #: Error codes and refusal messages are short text.
 MAX_TEXT_CHARS = 256
@@ -81,97 +88,128 @@ class Bye:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class PeerErrorMessage:
+    """The peer ended the stream with the common ``error`` message (protocol.md §4)."""
+
+    code: int
+    message: str
+
+
 PullMessage = Pull | Accept | Refuse | Frame | KeyframeRequest | Live | End | Bye
 
 
-def encode(message: PullMessage) -> bytes:
-    value: dict[str, Any]
+def _value(message: PullMessage) -> dict[str, Any]:
     if isinstance(message, Pull):
-        value = {"t": "pull", "v": 1, "room": message.room, "token": message.token,
-                 "kinds": [KIND_CODES[k] for k in message.kinds]}
-    elif isinstance(message, Accept):
-        value = {"t": "accept", "v": 1, "room": message.room, "live": message.live}
-    elif isinstance(message, Refuse):
-        value = {"t": "refuse", "code": message.code, "message": message.message}
-    elif isinstance(message, Frame):
-        value = {"t": "frame", "k": KIND_CODES[message.kind], "i": message.index,
-                 "pts": message.pts, "key": message.keyframe, "data": message.data}
-    elif isinstance(message, KeyframeRequest):
-        value = {"t": "keyframe"}
-    elif isinstance(message, Live):
-        value = {"t": "live", "live": message.live}
-    elif isinstance(message, End):
-        value = {"t": "end"}
-    else:
-        value = {"t": "bye"}
-    data = codec.encode(value)
+        return {"type": "pull", "v": 1, "room": message.room, "token": message.token,
+                "kinds": [KIND_CODES[k] for k in message.kinds]}
+    if isinstance(message, Accept):
+        return {"type": "accept", "v": 1, "room": message.room, "live": message.live}
+    if isinstance(message, Refuse):
+        return {"type": "refuse", "code": message.code, "message": message.message}
+    if isinstance(message, Frame):
+        return {"type": "frame", "k": KIND_CODES[message.kind], "i": message.index,
+                "pts": message.pts, "key": message.keyframe, "data": message.data}
+    if isinstance(message, KeyframeRequest):
+        return {"type": "keyframe"}
+    if isinstance(message, Live):
+        return {"type": "live", "live": message.live}
+    if isinstance(message, End):
+        return {"type": "end"}
+    return {"type": "bye"}
+
+
+def encode(message: PullMessage) -> bytes:
+    """The body of one message frame (strict DAG-CBOR)."""
+    data = codec.encode(_value(message))
     if len(data) > MAX_PULL_MESSAGE_BYTES:
         raise PullProtocolError("message exceeds MAX_PULL_MESSAGE_BYTES", code="too-large")
     return data
 
 
-#: Message type -> exact key set (anything else is refused).
+def error_body(code: int, text: str) -> bytes:
+    """The body of the common ``error`` message (protocol.md §4) for a breach."""
+    return codec.encode(error_message(code, text))
+
+
+def encode_frame(message: PullMessage) -> bytes:
+    """One whole frame: ``varint(length) || body`` (protocol.md §2)."""
+    return frame_bytes(encode(message), MAX_PULL_MESSAGE_BYTES)
+
+
+#: Message type -> required fields (protocol.md §3: unknown fields are ignored).
 FIELDS: dict[str, frozenset[str]] = {
-    "pull": frozenset({"t", "v", "room", "token", "kinds"}),
-    "accept": frozenset({"t", "v", "room", "live"}),
-    "refuse": frozenset({"t", "code", "message"}),
-    "frame": frozenset({"t", "k", "i", "pts", "key", "data"}),
-    "keyframe": frozenset({"t"}),
-    "live": frozenset({"t", "live"}),
-    "end": frozenset({"t"}),
-    "bye": frozenset({"t"}),
+    "pull": frozenset({"v", "room", "token", "kinds"}),
+    "accept": frozenset({"v", "room", "live"}),
+    "refuse": frozenset({"code", "message"}),
+    "frame": frozenset({"k", "i", "pts", "key", "data"}),
+    "keyframe": frozenset(),
+    "live": frozenset({"live"}),
+    "end": frozenset(),
+    "bye": frozenset(),
 }
+
+
+def _malformed(text: str) -> PullProtocolError:
+    error = PullProtocolError(text)
+    error.wire_code = int(ErrorCode.MALFORMED)
+    return error
 
 
 def _text(value: Any, name: str, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit:
-        raise PullProtocolError(f"{name} must be text of at most {limit} characters")
+        raise _malformed(f"{name} must be text of at most {limit} characters")
     return value
 
 
 def _uint(value: Any, name: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_U63:
-        raise PullProtocolError(f"{name} must be an integer in 0..2^63-1")
+        raise _malformed(f"{name} must be an integer in 0..2^63-1")
     return value
 
 
 def _bool(value: Any, name: str) -> bool:
     if type(value) is not bool:
-        raise PullProtocolError(f"{name} must be a boolean")
+        raise _malformed(f"{name} must be a boolean")
     return value
 
 
 def _room(value: Any) -> str:
     room = _text(value, "room", 63)
     if not ROOM_NAME_RE.match(room):
-        raise PullProtocolError("room is not a valid room name")
+        raise _malformed("room is not a valid room name")
     return room
 
 
-def decode(data: bytes) -> PullMessage:
-    """One message from one frame's bytes; :class:`PullProtocolError` otherwise."""
-    if len(data) > MAX_PULL_MESSAGE_BYTES:
-        raise PullProtocolError("message exceeds MAX_PULL_MESSAGE_BYTES", code="too-large")
+def decode(body: bytes) -> PullMessage | PeerErrorMessage:
+    """One message from one frame's body. Raises :class:`PullProtocolError` whose
+    ``wire_code`` is the common error code to send before resetting the stream."""
+    if len(body) > MAX_PULL_MESSAGE_BYTES:
+        error = PullProtocolError("message exceeds MAX_PULL_MESSAGE_BYTES", code="too-large")
+        error.wire_code = int(ErrorCode.FRAME_TOO_LARGE)
+        raise error
     try:
-        value = codec.decode(data)
-    except ValueError as exc:
-        raise PullProtocolError(f"not strict DAG-CBOR: {exc}") from None
-    if not isinstance(value, dict) or not isinstance(value.get("t"), str):
-        raise PullProtocolError("message must be a map with a text 't'")
-    kind = value["t"]
-    expected = FIELDS.get(kind)
-    if expected is None:
-        raise PullProtocolError(f"unknown message type {kind[:32]!r}")
-    if set(value) != expected:
-        raise PullProtocolError(f"{kind} must have exactly the fields {sorted(expected)}")
+        value = decode_message(body)
+    except PeerError as exc:
+        return PeerErrorMessage(exc.raw_code, exc.message)
+    except ProtocolError as exc:
+        raise _malformed(str(exc)) from None
+    kind = value["type"]
+    required = FIELDS.get(kind)
+    if required is None:
+        error = PullProtocolError(f"unknown message type {kind[:32]!r}", code="unsupported")
+        error.wire_code = int(ErrorCode.UNSUPPORTED)
+        raise error
+    missing = required - set(value)
+    if missing:
+        raise _malformed(f"{kind} lacks {', '.join(sorted(missing))}")
     if kind in ("pull", "accept") and value["v"] != 1:
-        raise PullProtocolError("unsupported version")
+        raise _malformed("unsupported version")
     if kind == "pull":
         codes = value["kinds"]
         if (not isinstance(codes, list) or not 1 <= len(codes) <= 2
-                or len(set(map(str, codes))) != len(codes)
-                or any(c not in KINDS_BY_CODE for c in codes)):
-            raise PullProtocolError("kinds must be 1-2 distinct of 'v', 'a'")
+                or any(c not in KINDS_BY_CODE for c in codes) or len(set(codes)) != len(codes)):
+            raise _malformed("kinds must be 1-2 distinct of 'v', 'a'")
         return Pull(_room(value["room"]), _text(value["token"], "token", MAX_TOKEN_CHARS),
                     tuple(KINDS_BY_CODE[c] for c in codes))
     if kind == "accept":
@@ -181,11 +219,11 @@ def decode(data: bytes) -> PullMessage:
                       _text(value["message"], "message", MAX_TEXT_CHARS))
     if kind == "frame":
         k = value["k"]
-        if k not in KINDS_BY_CODE:
-            raise PullProtocolError("frame kind must be 'v' or 'a'")
+        if not isinstance(k, str) or k not in KINDS_BY_CODE:
+            raise _malformed("frame kind must be 'v' or 'a'")
         payload = value["data"]
         if not isinstance(payload, bytes) or not 0 < len(payload) <= MAX_ENCODED_FRAME_BYTES:
-            raise PullProtocolError("frame data must be 1..MAX_ENCODED_FRAME_BYTES bytes")
+            raise _malformed("frame data must be 1..MAX_ENCODED_FRAME_BYTES bytes")
         return Frame(KINDS_BY_CODE[k], _uint(value["i"], "i"), _uint(value["pts"], "pts"),
                      _bool(value["key"], "key"), payload)
     if kind == "keyframe":

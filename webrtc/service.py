@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import trio
 
+from n3xus.protocol.codes import ErrorCode
+
 from . import pull
 from .bridge import AsyncioBridge, TrioInbox, open_bridge
 from .engine import IceServer, LiveEngine, PeerEvent
@@ -292,25 +294,40 @@ class LiveService:
 
     async def serve_pull(self, send: SendMessage, receive: ReceiveMessage) -> None:
         """Origin side of one pull stream: check the request, then stream frames
-        until the follower says bye or goes away (specs/live.md §6)."""
+        until the follower says bye or goes away (specs/live.md §6).
+
+        ``send``/``receive`` carry message *bodies*; the node frames them
+        (``protocol.framing``, limit ``pull.MAX_PULL_MESSAGE_BYTES``). A follower's
+        protocol breach is answered with the common ``error`` body, after which this
+        returns and the node resets the stream."""
         send_lock = trio.Lock()
 
         async def send_locked(message: pull.PullMessage) -> None:
             async with send_lock:
                 await send(pull.encode(message))
 
+        first: bytes | None = None
         with trio.move_on_after(HELLO_TIMEOUT_S):
             first = await receive()
         try:
             if first is None:
-                raise PullProtocolError("no pull request", code="timeout")
+                error = PullProtocolError("no pull request in time", code="timeout")
+                error.wire_code = int(ErrorCode.TIMEOUT)
+                raise error
             request = pull.decode(first)
+            if isinstance(request, pull.PeerErrorMessage):
+                return
             if not isinstance(request, pull.Pull):
-                raise PullProtocolError("the first message must be pull")
+                error = PullProtocolError("the first message must be pull")
+                error.wire_code = int(ErrorCode.UNEXPECTED_MESSAGE)
+                raise error
             grant = self.tokens.verify(request.token, room=request.room,
                                        now_ms=self._clock_ms())
             if not grant.allows(Permission.WATCH):
                 raise ForbiddenError(f"role {grant.role.value} may not watch")
+        except PullProtocolError as exc:
+            await send(pull.error_body(exc.wire_code, exc.message))
+            return
         except RemoteLiveError as exc:
             await send(pull.encode(pull.Refuse(exc.code, exc.message[:pull.MAX_TEXT_CHARS])))
             return
@@ -322,17 +339,16 @@ class LiveService:
             async with trio.open_nursery() as nursery:
                 for kind in request.kinds:
                     nursery.start_soon(self._pump_frames, room, kind, send_locked)
-                while True:
-                    raw = await receive()
-                    if raw is None:
-                        break
+                while (raw := await receive()) is not None:
                     try:
                         message = pull.decode(raw)
-                    except PullProtocolError:
-                        break  # a broken follower: stop streaming to it
+                    except PullProtocolError as exc:
+                        async with send_lock:
+                            await send(pull.error_body(exc.wire_code, exc.message))
+                        break
                     if isinstance(message, pull.KeyframeRequest):
                         await self.request_keyframe(room)
-                    elif isinstance(message, pull.Bye):
+                    elif isinstance(message, pull.Bye | pull.PeerErrorMessage):
                         break
                 nursery.cancel_scope.cancel()
         finally:
@@ -351,15 +367,28 @@ class LiveService:
                         kinds: tuple[str, ...] = ("video",)) -> None:
         """Follower side: pull ``remote_room`` from another node into this node's
         ``room`` relay, whose local viewers then watch it; returns when the origin
-        ends the stream, raises :class:`RemoteLiveError` if it refuses."""
-        await send(pull.encode(pull.Pull(remote_room or room, token, kinds)))
+        ends the stream, raises :class:`RemoteLiveError` if it refuses and
+        :class:`PullProtocolError` on a breach (the node then sends
+        ``pull.error_body(exc.wire_code, ...)`` and resets the stream)."""
+        send_lock = trio.Lock()
+
+        async def send_locked(message: pull.PullMessage) -> None:
+            async with send_lock:
+                await send(pull.encode(message))
+
+        await send_locked(pull.Pull(remote_room or room, token, kinds))
         reply = await receive()
         message = pull.decode(reply) if reply is not None else None
         if isinstance(message, pull.Refuse):
             raise RemoteLiveError(f"origin refused the pull: {message.message}",
                                   code=message.code)
+        if isinstance(message, pull.PeerErrorMessage):
+            raise RemoteLiveError(f"origin sent error {message.code}: {message.message}",
+                                  code="peer-error")
         if not isinstance(message, pull.Accept):
-            raise PullProtocolError("origin did not accept the pull")
+            error = PullProtocolError("origin did not accept the pull")
+            error.wire_code = int(ErrorCode.UNEXPECTED_MESSAGE)
+            raise error
         wanted: TrioInbox[None] = TrioInbox(capacity=1)
 
         async def hook(on: bool) -> None:
@@ -368,13 +397,13 @@ class LiveService:
 
         async def forward_keyframe_requests() -> None:
             async for _ in wanted:
-                await send(pull.encode(pull.KeyframeRequest()))
+                await send_locked(pull.KeyframeRequest())
 
         await self.bridge.run(hook, True)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward_keyframe_requests)
-                await send(pull.encode(pull.KeyframeRequest()))
+                await send_locked(pull.KeyframeRequest())
                 while (raw := await receive()) is not None:
                     message = pull.decode(raw)
                     if isinstance(message, pull.Frame):
@@ -384,7 +413,7 @@ class LiveService:
                                      else AUDIO_CLOCK_RATE),
                             message.keyframe, message.index)
                         await self.publish_pulled(room, relay_frame)
-                    elif isinstance(message, pull.End):
+                    elif isinstance(message, pull.End | pull.PeerErrorMessage):
                         break
                 nursery.cancel_scope.cancel()
         finally:
