@@ -29,6 +29,15 @@ extra or mistyped fields). The schemas, all DAG-CBOR maps:
     agent      the peer's agent version string ("n3xus/0.1.0"), may be empty
     time       when the handshake completed, ms since the epoch
 
+``handshake`` v2 -- a completed n3xus hello exchange (specs/protocol-hello.md §7)::
+
+    the fields of v1, and  "hello": CID
+
+    hello      the peer's signed hello message as a DAG-CBOR block (its exact bytes as
+               received); it signs both peer ids and both nonces of the connection, so with
+               this entry (signed by the log's key) a third party can check that the two
+               nodes recognised each other
+
 ``agent-decision`` v1 -- one decision of an autonomous agent, for audit::
 
     {"agent": str, "model": str, "model_cid": CID | null, "prompt": CID, "output": CID,
@@ -276,6 +285,15 @@ def _check_handshake(data: bytes) -> Value:
     return raw
 
 
+def _check_handshake_v2(data: bytes) -> Value:
+    raw = decode(data)
+    _require(isinstance(raw, dict) and "hello" in raw, "handshake v2 needs a 'hello' link")
+    hello = _require_link(raw["hello"], "handshake hello")
+    _require(hello.codec_name == "dag-cbor", "handshake hello must be a dag-cbor block")
+    _check_handshake(encode({k: v for k, v in raw.items() if k != "hello"}))
+    return raw
+
+
 def _check_agent_decision(data: bytes) -> Value:
     fields = {"agent", "model", "model_cid", "prompt", "output", "action", "policy", "accepted", "time"}
     raw = _require_map(decode(data), fields, "agent decision")
@@ -345,6 +363,7 @@ def _check_agent_decision_v2(data: bytes) -> Value:
 PAYLOAD_SCHEMAS: Mapping[tuple[str, int], Callable[[bytes], Value]] = {
     ("world-commit", 1): _check_world_commit,
     ("handshake", 1): _check_handshake,
+    ("handshake", 2): _check_handshake_v2,
     ("agent-decision", 1): _check_agent_decision,
     ("agent-decision", 2): _check_agent_decision_v2,
 }

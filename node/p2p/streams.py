@@ -12,20 +12,24 @@ the I/O rules of specs/protocol.md §3 so each protocol does not re-implement th
 * network errors (the peer vanished, the stream was reset) end the stream quietly;
 * nothing escapes :func:`guarded`: a handler task never crashes the node's nursery.
 
-Usage (a responder handler; an initiator opens the stream with ``host.new_stream`` and
-does the same)::
+Usage. A responder (the stream handler of a protocol)::
 
-    from n3xus.node.p2p.streams import CoreStream, guarded, pump
+    from n3xus.node.p2p.streams import CoreStream, guarded, pump, serve
 
-    async def handle_blocks(stream: INetStream) -> None:
-        async with guarded(stream, peerbook=node.peerbook, protocol="blocks") as channel:
-            core = BlocksResponder(now=trio.current_time())
-            while True:
-                if not await pump(channel, core):   # reads once, feeds the core
-                    break                            # the peer closed its side
-                while (event := core.next_event()) is not None:
-                    await channel.send(answer(event))
-            await channel.close()
+    async def handle_blocks(stream: INetStream) -> None:      # host.set_stream_handler
+        await serve(stream, _blocks_session, peerbook=node.peerbook, protocol="blocks")
+
+    async def _blocks_session(channel: CoreStream) -> None:   # runs only after admit()
+        core = BlocksResponder(now=trio.current_time())
+        while await pump(channel, core):                       # reads once, feeds the core
+            while (event := core.next_event()) is not None:
+                await channel.send(answer(event))
+        await channel.close()                                  # the peer closed its side
+
+``serve`` counts the stream (per-peer stream rate: over it, ``busy``), refuses it with
+``unexpected-message`` unless the peer's hello completed (protocol-hello.md §2), and runs
+the session under :func:`guarded`. An initiator opens the stream with ``host.new_stream``
+and uses ``async with guarded(stream, peerbook=..., protocol=...) as channel:`` directly.
 
 ``pump`` works with any core that has ``deadline``, ``check_deadline(now)``,
 ``receive_data(data, now)`` and ``receive_eof()`` (the blocks cores); cores of another shape
@@ -36,7 +40,7 @@ to ``peerbook.count_bytes`` as they happen, remote protocol errors to ``peerbook
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, Protocol
 
@@ -64,6 +68,12 @@ WRITE_TIMEOUT_S: Final = 30.0
 deadlines accept (64 KiB/s); a peer that stops reading (full Yamux window) is cut off."""
 CLOSE_TIMEOUT_S: Final = 1.0
 """Closing sends a Yamux FIN or RST; a dead peer must not hold the task here."""
+ERROR_LINGER_S: Final = 1.0
+"""After an error frame, how long the stream stays half-open for the peer to read it."""
+HELLO_WAIT_S: Final = 10.0
+"""How long a ``require_hello`` stream waits for the connection's hello to complete (the
+initiator may open a stream the moment it reads ``hello-accept``, before the responder's
+side is marked; the hello itself must complete within HELLO_TIMEOUT_S)."""
 IDLE_DEADLINE_S: Final = 60.0
 """Deadline of a read when the core has none (between requests on a long-lived stream)."""
 
@@ -74,6 +84,10 @@ class PeerObserver(Protocol):
     def count_bytes(self, peer_id: str, sent: int = 0, received: int = 0) -> None: ...
 
     def penalize(self, peer_id: str, code: ErrorCode | str, weight: float = 1.0) -> None: ...
+
+    def count_stream(self, peer_id: str, protocol: str) -> bool: ...
+
+    async def wait_accepted(self, peer_id: str, timeout: float) -> bool: ...
 
 
 class SansIOCore(Protocol):
@@ -166,14 +180,27 @@ class CoreStream:
         payload = error_frame_for(error) if frame is None else frame
         if isinstance(error, LocalProtocolError):
             payload = encode_error(ErrorCode.INTERNAL, "internal error")
-        if payload:
+        if payload and not self.finished:
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 try:
                     await self.stream.write(payload)
                     self.bytes_sent += len(payload)
                 except NETWORK_ERRORS:
                     pass  # the peer is gone: the reset below is all that is left to do
+            await self._linger()
         await self.reset()
+
+    async def _linger(self) -> None:
+        """After an error frame: half-close and give the peer :data:`ERROR_LINGER_S` to
+        read it and close its side (a reset right away may drop the frame in flight)."""
+        close_write = getattr(self.stream, "close_write", self.stream.close)
+        with trio.move_on_after(ERROR_LINGER_S):
+            try:
+                await close_write()
+                while await self.stream.read(READ_CHUNK_BYTES):
+                    pass  # whatever the peer still sends is discarded
+            except NETWORK_ERRORS:
+                pass  # closed or reset by the peer: it has what it needed
 
     async def reset(self) -> None:
         if self.finished:
@@ -241,3 +268,33 @@ async def guarded(stream: INetStream, *, peerbook: PeerObserver | None = None,
     finally:
         if not channel.finished:
             await channel.close()
+
+
+async def admit(channel: CoreStream, *, require_hello: bool = True) -> bool:
+    """For a stream the peer opened: count it, refuse it with ``busy`` when the peer opens
+    streams faster than its rate, and (``require_hello``) with ``unexpected-message`` unless
+    the peer's hello completed, waiting up to :data:`HELLO_WAIT_S` for one in progress
+    (every ``/n3xus/`` protocol but the hello itself, protocol-hello.md §2). False: the
+    stream was refused (and reset); do not serve it."""
+    book = channel.peerbook
+    if book is None:
+        return True
+    if not book.count_stream(channel.peer_id, channel.protocol):
+        await channel.fail(RemoteProtocolError("too many streams per second", ErrorCode.BUSY))
+        return False
+    if require_hello and not await book.wait_accepted(channel.peer_id, HELLO_WAIT_S):
+        await channel.fail(RemoteProtocolError(
+            f"/n3xus/{channel.protocol} before a completed hello on this connection",
+            ErrorCode.UNEXPECTED_MESSAGE))
+        return False
+    return True
+
+
+async def serve(stream: INetStream, handler: Callable[[CoreStream], Awaitable[None]], *,
+                peerbook: PeerObserver | None, protocol: str,
+                require_hello: bool = True) -> None:
+    """The whole responder side of a ``/n3xus/`` stream handler: :func:`guarded`, then
+    :func:`admit`, then ``await handler(channel)``. Never raises (but Cancelled)."""
+    async with guarded(stream, peerbook=peerbook, protocol=protocol) as channel:
+        if await admit(channel, require_hello=require_hello):
+            await handler(channel)

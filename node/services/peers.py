@@ -22,6 +22,7 @@ Interface (stable; other modules call it)::
     book.score(peer_id) -> float
     book.count_bytes(peer_id, sent=0, received=0)
     book.is_accepted(peer_id) -> bool                        # hello completed (and not banned)
+    await book.wait_accepted(peer_id, timeout) -> bool       # ... or wait for the one under way
     book.count_stream(peer_id, protocol) -> bool             # False: over the stream rate
 """
 
@@ -154,6 +155,7 @@ class PeerBook:
         self._queued: set[str] = set()
         self.bans_issued = 0
         self.on_accepted: list[Callable[[str, PeerHello], None]] = []
+        self._outcomes: dict[str, trio.Event] = {}  # set when a peer's next hello ends
 
     # -- records ---------------------------------------------------------------
     def record(self, peer_id: str) -> PeerRecord:
@@ -234,12 +236,31 @@ class PeerBook:
         record.hello_ms = round(elapsed_s * 1000, 3)
         record.direction, record.refusal, record.connected = direction, None, True
         self.reward(peer_id, 1.0)
+        self._settle(peer_id)
         for listener in list(self.on_accepted):
             listener(peer_id, hello)
 
     def refused(self, peer_id: str, refusal: dict[str, Any] | None) -> None:
         record = self.record(peer_id)
         record.hello, record.refusal, record.refused_at = None, refusal, self._wall()
+        self._settle(peer_id)
+
+    def _settle(self, peer_id: str) -> None:
+        event = self._outcomes.pop(peer_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait_accepted(self, peer_id: str, timeout: float) -> bool:
+        """True once ``peer_id``'s hello completed: at once if it has, else when the hello
+        in progress ends (False if it fails, or nothing completes within ``timeout``)."""
+        if self.is_accepted(peer_id):
+            return True
+        if self.is_banned(peer_id):
+            return False
+        event = self._outcomes.setdefault(peer_id, trio.Event())
+        with trio.move_on_after(timeout):
+            await event.wait()
+        return self.is_accepted(peer_id)
 
     def is_accepted(self, peer_id: str) -> bool:
         record = self._records.get(peer_id)
