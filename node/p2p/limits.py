@@ -38,10 +38,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Gauge as PromGauge
+if TYPE_CHECKING:
+    # prometheus_client (30 ms) is imported where the metrics are registered: config.py
+    # imports this module, and every CLI call imports config.py (issue 7 §2).
+    from prometheus_client import CollectorRegistry
 
 # A Noise XX handshake plus multistream-select and Yamux negotiation takes a few
 # milliseconds on a LAN and a few round trips (well under a second) across the
@@ -330,6 +332,9 @@ def register_gate_metrics(gate: ConnectionGate, registry: CollectorRegistry) -> 
     """Export the gate in Prometheus form: ``n3xus_p2p_inbound_refused_total{reason}``,
     ``n3xus_p2p_inbound_accepted_total``, ``n3xus_p2p_inbound_established_total``
     and gauges of the pending and established inbound connections held now."""
+    from prometheus_client import Counter as PromCounter
+    from prometheus_client import Gauge as PromGauge
+
     refused = PromCounter(
         "n3xus_p2p_inbound_refused",
         "Inbound libp2p connections refused or dropped by the connection gate",
