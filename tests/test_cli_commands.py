@@ -19,7 +19,8 @@ from conftest import CliNode, n3xus_argv, run_cli, start_cli_node
 from n3xus.node.cli import app
 
 # Modules an API-backed command must not import (each costs 20-1400 ms to import).
-HEAVY = {"trio", "httpx", "libp2p", "rich", "cbor2", "starlette", "hypercorn", "lmdb"}
+HEAVY = {"trio", "httpx", "libp2p", "rich", "cbor2", "starlette", "hypercorn", "lmdb",
+         "prometheus_client", "jsonschema", "multiaddr"}
 
 
 def _ok(*args: str) -> dict:  # type: ignore[type-arg]
