@@ -159,3 +159,45 @@ async def test_only_performers_and_owners_may_end_the_performance() -> None:
         error = await viewer.recv()
         assert error["code"] == "forbidden" and not error["fatal"]
         n.cancel_scope.cancel()
+
+
+async def _answer_mangled_offers(count: int) -> dict[str, int]:
+    import random
+
+    from n3xus.webrtc.engine import LiveEngine
+    from n3xus.webrtc.errors import RemoteLiveError
+
+    lines = (await viewer_offer_sdp()).split("\r\n")
+    engine = LiveEngine()
+    rng = random.Random(11)
+    outcomes: dict[str, int] = {}
+    for i in range(count):
+        mangled = list(lines)
+        for _ in range(rng.randint(1, 3)):
+            j = rng.randrange(len(mangled))
+            op = rng.random()
+            if op < 0.4:
+                del mangled[j]
+            elif op < 0.7:
+                mangled[j] = mangled[j][: rng.randrange(len(mangled[j]) + 1)]
+            else:
+                mangled[j] = mangled[j].replace(" ", "  ", 1) + rng.choice(["x", " 99", ":", "/"])
+        try:
+            await engine.answer("fuzz", f"p{i}", Role.VIEWER, "x", "\r\n".join(mangled))
+            outcome = "answered"
+        except RemoteLiveError as exc:
+            outcome = exc.code
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    await engine.aclose()
+    return outcomes
+
+
+async def test_mangled_offers_are_answered_or_refused_with_a_code() -> None:
+    """Mutations of a real offer: aiortc's parser trips on them in many ways; every
+    one must come back as an answer or a coded error, never as a crash."""
+    async with open_bridge("fuzz") as bridge:
+        outcomes = await bridge.run(_answer_mangled_offers, 80)
+    assert sum(outcomes.values()) == 80
+    assert outcomes.get("bad-sdp", 0) > 0 and outcomes.get("answered", 0) > 0
+    assert set(outcomes) <= {"answered", "bad-sdp", "bad-message", "forbidden",
+                             "no-usable-codec", "too-large"}

@@ -27,12 +27,28 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import (
+    InternalError,
+    InvalidAccessError,
+    InvalidStateError,
+    OperationError,
+)
 
 from .datachannel import DataMessageError, parse_data_message
+from .errors import SignalingError
 from .relay import RelayedTrack, TrackRelay, wire_keyframe_requests
 from .rooms import Permission, Role, allows
 from .sdp import FORWARDED_CODEC, plan_offer
 
+#: What aiortc's SDP parser and negotiation raise on an offer they cannot use: its own
+#: errors and, for malformed lines, whatever its parsing code trips on (found by
+#: fuzzing offers: ValueError, AssertionError, RuntimeError, AttributeError,
+#: KeyError, IndexError). Named one by one, never ``Exception``; each becomes a
+#: ``bad-sdp`` error for the peer that sent the offer.
+AIORTC_SDP_ERRORS = (
+    ValueError, AssertionError, RuntimeError, AttributeError, KeyError, IndexError, TypeError,
+    InternalError, InvalidAccessError, InvalidStateError, OperationError,
+)
 #: The one data-channel label a room page opens (specs/live.md §5).
 DATA_CHANNEL_LABEL = "room"
 
@@ -94,6 +110,7 @@ class LiveEngine:
         self.ice_servers = tuple(ice_servers)
         self._on_event = on_event or (lambda event: None)
         self._rooms: dict[str, RoomMedia] = {}
+        self.stats_unclosable = 0
 
     # -- rooms ------------------------------------------------------------------------
 
@@ -157,7 +174,11 @@ class LiveEngine:
         media.peers[peer_id] = peer
         try:
             self._wire_peer(media, peer)
-            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            except AIORTC_SDP_ERRORS as exc:
+                raise SignalingError(f"unusable SDP offer: {type(exc).__name__}: {exc}"[:300],
+                                     code="bad-sdp") from None
             for transceiver in pc.getTransceivers():
                 _keep_forwarded_codec(transceiver)
                 kind = transceiver.kind
@@ -170,7 +191,11 @@ class LiveEngine:
                     transceiver.sender.replaceTrack(track)
                     transceiver.direction = offered
                     wire_keyframe_requests(transceiver.sender, media.relays[kind])
-            await pc.setLocalDescription(await pc.createAnswer())
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except AIORTC_SDP_ERRORS as exc:
+                raise SignalingError(f"cannot answer this offer: {type(exc).__name__}: {exc}"[:300],
+                                     code="bad-sdp") from None
         except BaseException:
             await self.close_peer(room, peer_id)
             raise
@@ -223,7 +248,12 @@ class LiveEngine:
             track.stop()
         if media.performer == peer_id:
             self._end_performance(media)
-        await peer.pc.close()
+        try:
+            await peer.pc.close()
+        except AttributeError:
+            # aiortc cannot close a connection whose remote description failed half-way
+            # (a transceiver without a transport); such a connection holds no socket.
+            self.stats_unclosable += 1
         self._broadcast_presence(media)
         self._on_event(PeerEvent(room, peer_id, "closed"))
 

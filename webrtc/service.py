@@ -181,13 +181,8 @@ class LiveService:
             raise TokenError("room token has expired", code="token-expired")
         if isinstance(event, Offer):
             with trio.fail_after(ANSWER_TIMEOUT_S):
-                try:
-                    answer = await self.bridge.run(self.engine.answer, conn.room, conn.peer_id,
-                                                   grant.role, conn.name, event.sdp)
-                except ValueError as exc:  # aiortc's SDP parser and negotiation errors
-                    if isinstance(exc, RemoteLiveError):
-                        raise
-                    raise SignalingError(f"unusable SDP offer: {exc}", code="bad-sdp") from None
+                answer = await self.bridge.run(self.engine.answer, conn.room, conn.peer_id,
+                                               grant.role, conn.name, event.sdp)
             await self._send(conn.socket, {"type": "answer", "sdp": answer})
         elif isinstance(event, End):
             if not grant.allows(Permission.END):
