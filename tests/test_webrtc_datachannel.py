@@ -3,6 +3,7 @@ world edits reaching the node (and refused for viewers), malformed messages."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import trio
@@ -18,6 +19,7 @@ from webrtc_support import (
 )
 
 from n3xus.webrtc.bridge import AsyncioBridge, open_bridge
+from n3xus.webrtc.datachannel import DATA_BURST
 from n3xus.webrtc.rooms import Role
 from n3xus.webrtc.service import LiveService, open_live_service
 
@@ -83,6 +85,18 @@ async def test_chat_presence_and_world_edits_over_the_room_channel() -> None:
         await clients.run(channel_send, ada, {"type": "chat"})
         error = await wait_for(clients, ada, "error")
         assert error["code"] == "bad-message" and "text" in error["message"]
+        # A flood is cut at the rate limit: the sender is told, the others get the burst.
+        async def flood(peer: ChannelPeer) -> None:
+            for i in range(3 * DATA_BURST):
+                peer.channel.send(json.dumps({"type": "chat", "text": f"spam {i}"}))
+
+        await clients.run(flood, bob)
+        limited = await wait_for(clients, bob, "error", lambda m: m["code"] == "rate-limited")
+        assert "messages/s" in limited["message"]
+        await trio.sleep(0.5)
+        _, seen = await clients.run(channel_state, ada)
+        spam = [m for m in seen if m["type"] == "chat" and m["text"].startswith("spam")]
+        assert DATA_BURST // 2 <= len(spam) <= DATA_BURST + 10
         for peer in (ada, bob):
             await clients.run(peer.pc.close)
         nursery.cancel_scope.cancel()

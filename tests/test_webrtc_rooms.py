@@ -216,3 +216,18 @@ def test_the_early_jitter_buffer_releases_a_frame_on_its_marker_packet() -> None
     assert wrap.add(_rtp(65535, 1, False, b"x"))[1] is None
     frame = wrap.add(_rtp(0, 1, True, b"y"))[1]
     assert frame is not None and frame.data == b"xy"
+
+
+@given(st.one_of(
+    st.text(max_size=200), st.binary(max_size=200),
+    st.dictionaries(st.sampled_from(["type", "text", "emoji", "world", "op", "key", "value", "t"]),
+                    st.one_of(st.text(max_size=10), st.integers(), st.none(), st.booleans()),
+                    max_size=6).map(json.dumps)))
+def test_random_data_channel_input_never_crashes(raw: str | bytes) -> None:
+    for role in Role:
+        try:
+            message = parse_data_message(raw, role)
+        except DataMessageError as exc:
+            assert exc.code in {"too-large", "bad-json", "bad-message", "forbidden"}
+        else:
+            assert message["type"] in {"chat", "reaction", "world-edit", "ping"}

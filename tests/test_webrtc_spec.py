@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from n3xus.webrtc import pull, recording, relay, rooms, sdp, service, signaling
-from n3xus.webrtc.datachannel import MAX_DATA_MESSAGE_BYTES
+from n3xus.webrtc.datachannel import DATA_BURST, DATA_RATE_PER_S, MAX_DATA_MESSAGE_BYTES
 from n3xus.webrtc.errors import PullProtocolError, TokenError
 from n3xus.webrtc.rooms import ROLE_PERMISSIONS, Permission, Role, RoomTokens
 from n3xus.webrtc.schemas import CLIENT_SIGNAL_SCHEMA, DATA_MESSAGE_SCHEMA, SERVER_SIGNAL_SCHEMA
@@ -64,6 +64,8 @@ def test_the_state_table_is_the_codes() -> None:
     ("MAX_SDP_BYTES", sdp.MAX_SDP_BYTES),
     ("MAX_MEDIA_SECTIONS_PER_KIND", sdp.MAX_MEDIA_SECTIONS_PER_KIND),
     ("MAX_DATA_MESSAGE_BYTES", MAX_DATA_MESSAGE_BYTES),
+    ("DATA_BURST", DATA_BURST),
+    ("DATA_RATE_PER_S", int(DATA_RATE_PER_S)),
     ("MAX_PULL_MESSAGE_BYTES", pull.MAX_PULL_MESSAGE_BYTES),
     ("KEYFRAME_REQUEST_INTERVAL_S", relay.KEYFRAME_REQUEST_INTERVAL_S),
     ("PULL_QUEUE_FRAMES", service.PULL_QUEUE_FRAMES),

@@ -14,6 +14,12 @@ from .schemas import DATA_MESSAGE_SCHEMA
 #: One data-channel message: a chat line or a world edit is well under this; SCTP
 #: would carry megabytes, and every member would then get them.
 MAX_DATA_MESSAGE_BYTES = 8 * 1024
+#: Sustained data-channel messages per member: chat, reactions and world edits are
+#: human-paced (a few per second); 10/s lets a burst of reactions through while one
+#: member cannot make the node fan out a flood to everyone.
+DATA_RATE_PER_S = 10.0
+#: Burst allowance on top of the rate (a quick series of edits or emoji taps).
+DATA_BURST = 30
 #: Which permission each message type needs (a viewer may chat but not edit).
 MESSAGE_PERMISSION = {
     "chat": Permission.CHAT,

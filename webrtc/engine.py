@@ -14,6 +14,7 @@ presence and reactions to the room's other members; world edits go to the node
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,11 +35,12 @@ from aiortc.exceptions import (
     OperationError,
 )
 
-from .datachannel import DataMessageError, parse_data_message
+from .datachannel import DATA_BURST, DATA_RATE_PER_S, DataMessageError, parse_data_message
 from .errors import SignalingError
 from .relay import RelayedTrack, TrackRelay, wire_keyframe_requests
 from .rooms import Permission, Role, allows
 from .sdp import FORWARDED_CODEC, plan_offer
+from .signaling import TokenBucket
 
 #: What aiortc's SDP parser and negotiation raise on an offer they cannot use: its own
 #: errors and, for malformed lines, whatever its parsing code trips on (found by
@@ -88,8 +90,10 @@ class _Peer:
     name: str
     pc: RTCPeerConnection
     channel: RTCDataChannel | None = None
+    bucket: TokenBucket | None = None
     tracks: list[RelayedTrack] = field(default_factory=list)
     publishing: bool = False
+    data_refused: int = 0
 
 
 @dataclass
@@ -316,6 +320,15 @@ class LiveEngine:
         self.broadcast(media.name, {"type": "presence", "members": self._members(media)})
 
     def _on_data(self, media: RoomMedia, peer: _Peer, raw: str | bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        if peer.bucket is None:
+            peer.bucket = TokenBucket(DATA_RATE_PER_S, DATA_BURST, now)
+        if not peer.bucket.take(now):
+            peer.data_refused += 1
+            if peer.data_refused % DATA_BURST == 1:  # tell, but do not echo a flood back
+                self._send(peer, {"type": "error", "code": "rate-limited",
+                                  "message": f"more than {DATA_RATE_PER_S:g} messages/s"})
+            return
         try:
             message = parse_data_message(raw, peer.role)
         except DataMessageError as exc:
