@@ -124,3 +124,29 @@ async def test_metrics_follow_the_node(api: tuple[Node, httpx.AsyncClient]) -> N
                 assert any(s.name.endswith("_total") for s in family.samples), family.name
             if "duration" in family.name or "bytes" in family.name or "uptime" in family.name:
                 assert family.name.endswith(("_seconds", "_bytes")), family.name
+
+
+async def test_collecting_on_the_event_loop_never_scans_the_store(
+        api: tuple[Node, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console samples the registry on the trio thread: a block store scan there
+    would stall every task of the node. It gets the last scan instead."""
+    node, c = api
+    assert node.canon is not None
+
+    def names() -> set[str]:
+        return {f.name for f in node.counters.registry.collect()}
+
+    before_any_scan = names()
+    assert "n3xus_canon_log_entries" in before_any_scan
+    assert "n3xus_canon_blocks" not in before_any_scan  # nothing scanned yet: not invented
+    await c.post("/api/v1/canon/blocks", content=b"x")
+    scraped = await scrape(c)  # /metrics scans, in a worker thread
+    assert value(scraped, "n3xus_canon_blocks") == 1
+
+    def no_scan_on_the_loop() -> None:
+        raise AssertionError("the block store was scanned on the event loop")
+
+    monkeypatch.setattr(node.canon.store, "stats", no_scan_on_the_loop)
+    on_loop = {f.name: f.samples[0].value for f in node.counters.registry.collect()
+               if f.name == "n3xus_canon_blocks"}
+    assert on_loop == {"n3xus_canon_blocks": 1}

@@ -14,7 +14,10 @@ ledger          ``n3xus_ledger_log_entries``, ``n3xus_ledger_frozen_accounts``,
 process         ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
                 ``process_open_fds``, ... (prometheus_client's ProcessCollector)
 
-Collectors read LMDB, so the ``/metrics`` route runs them in a worker thread.
+Collectors read LMDB, so the ``/metrics`` route runs them in a worker thread. A
+collection on the trio thread itself (the console's sampler reads the registry there)
+never scans the block store: it reports the last scan, or no store totals before the
+first one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import trio
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -48,7 +52,9 @@ class CanonCollector(Collector):
         self._stats: StoreStats | None = None
         self._scanned_at = float("-inf")
 
-    def _store_stats(self) -> StoreStats:
+    def _store_stats(self) -> StoreStats | None:
+        if trio.lowlevel.in_trio_run():  # on the event loop: never a full scan here
+            return self._stats
         with self._lock:
             if self._stats is None or time.monotonic() - self._scanned_at >= STORE_SCAN_INTERVAL_S:
                 self._stats = self._canon.store.stats()
@@ -56,7 +62,11 @@ class CanonCollector(Collector):
             return self._stats
 
     def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("n3xus_canon_log_entries", "Entries in the signed canon log",
+                                value=len(self._canon.log))
         stats = self._store_stats()
+        if stats is None:
+            return
         yield GaugeMetricFamily("n3xus_canon_blocks", "Blocks in the canon block store",
                                 value=stats.blocks)
         yield GaugeMetricFamily("n3xus_canon_stored_bytes", "Bytes of block data stored",
@@ -65,8 +75,6 @@ class CanonCollector(Collector):
         yield GaugeMetricFamily("n3xus_canon_corrupt_blocks",
                                 "Blocks found not to hash to their CID (recorded, never served)",
                                 value=len(stats.corrupt))
-        yield GaugeMetricFamily("n3xus_canon_log_entries", "Entries in the signed canon log",
-                                value=len(self._canon.log))
 
 
 class LedgerCollector(Collector):
