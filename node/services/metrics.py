@@ -45,6 +45,14 @@ if TYPE_CHECKING:
 STORE_SCAN_INTERVAL_S = 15.0
 
 
+def _on_event_loop() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # a worker thread, or no trio run at all
+        return False
+    return True
+
+
 class CanonCollector(Collector):
     def __init__(self, canon: CanonService) -> None:
         self._canon = canon
@@ -53,7 +61,7 @@ class CanonCollector(Collector):
         self._scanned_at = float("-inf")
 
     def _store_stats(self) -> StoreStats | None:
-        if trio.lowlevel.in_trio_run():  # on the event loop: never a full scan here
+        if _on_event_loop():  # never a full scan there
             return self._stats
         with self._lock:
             if self._stats is None or time.monotonic() - self._scanned_at >= STORE_SCAN_INTERVAL_S:
