@@ -43,7 +43,6 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStore
-from libp2p.rcmgr import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -58,7 +57,7 @@ from trio_typing import TaskStatus
 
 from ..errors import AddressError, ConfigError, NodeError
 from .limits import ConnectionGate, ConnectionLimits
-from .patches import InboundSlotReleasingSwarm
+from .patches import InboundSlotReleasingSwarm, new_gate_admitted_resource_manager
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +226,9 @@ def make_host(
         transport_manager=TransportManager(),
         gate=ConnectionGate(limits),
     )
-    # Same default resource manager (stream and memory limits) new_host installs.
-    return BasicHost(network=swarm, resource_manager=new_resource_manager())
+    # new_host's default resource manager (stream and memory limits), minus its
+    # connection admission, which leaks under eviction (see patches.py).
+    return BasicHost(network=swarm, resource_manager=new_gate_admitted_resource_manager())
 
 
 def _swarm_of(host: BasicHost) -> InboundSlotReleasingSwarm:

@@ -59,6 +59,7 @@ from libp2p.metrics.swarm import SwarmEvent
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
+from libp2p.rcmgr.manager import ConnectionScope, ResourceManager
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
@@ -109,6 +110,10 @@ class InboundSlotReleasingSwarm(Swarm):
             await _close_quietly(read_write_closer)
             return
         handler_scope = trio.CancelScope()
+        # Eviction cancels the handler mid-handshake; the socket is closed in the
+        # ``finally`` below. (Cancellation skips upstream's release of the
+        # resource manager's connection slot, which is why make_host installs
+        # GateAdmittedResourceManager: connection admission is the gate's job.)
         ticket.on_evict = handler_scope.cancel
         try:
             with handler_scope:
@@ -161,6 +166,10 @@ class InboundSlotReleasingSwarm(Swarm):
             logger.debug("inbound connection on %s not upgraded: %s", maddr, error)
             return
 
+        if ticket.closed:
+            # Evicted in the instant between its handshake and here.
+            await muxed_conn.close()
+            return
         refusal = self.gate.complete(ticket, str(muxed_conn.peer_id), trio.current_time())
         if refusal is not None:
             # A banned key, or too many established connections (in all, or
@@ -189,6 +198,38 @@ class InboundSlotReleasingSwarm(Swarm):
         """Concurrent inbound connections the swarm holds: the pending pool plus
         the established capacity."""
         return self.gate.limits.max_pending + self.gate.limits.max_inbound
+
+
+class _UncountedConnectionScope(ConnectionScope):
+    def close(self) -> None:
+        self.closed = True  # nothing was counted, so nothing to give back
+
+
+class GateAdmittedResourceManager(ResourceManager):
+    """py-libp2p 0.8.1's resource manager (stream and memory limits, as
+    ``new_resource_manager`` configures it), with connection admission taken
+    out: the swarm asks it for a connection scope before and after every
+    inbound upgrade, and a handshake cancelled in between (an evicted pending
+    connection) never gives its pre-upgrade slot back -- measured: one leaked
+    slot per eviction, and at the manager's 10,000-connection limit (earlier,
+    once its graceful degradation starts cutting limits at high "usage") it
+    refuses every connection. Connection limits are the ConnectionGate's and the
+    swarm's ``max_connections``; this manager admits every connection uncounted.
+    """
+
+    def open_connection(self, peer_id: Any | None = None, endpoint_ip: str | None = None,
+                        direction: str = "inbound") -> ConnectionScope | None:
+        return _UncountedConnectionScope(str(peer_id) if peer_id is not None else "", self)
+
+
+def new_gate_admitted_resource_manager() -> GateAdmittedResourceManager:
+    """Same settings as 0.8.1's ``new_resource_manager()`` defaults."""
+    return GateAdmittedResourceManager(
+        limits=None, allowlist_config=None, enable_metrics=True, connection_limits=None,
+        enable_connection_tracking=True, memory_limits=None, enable_memory_limits=True,
+        enable_connection_pooling=False, enable_memory_pooling=True,
+        enable_circuit_breaker=True, enable_graceful_degradation=True,
+    )
 
 
 async def _no_background_task(nursery: trio.Nursery) -> None:
