@@ -431,6 +431,8 @@ class Discovery:
                         target.peer_id, target.failures, delay)
 
     async def _dial_any(self, peer_id: str, addrs: Sequence[str]) -> bool:
+        if p2p.gate_of(self.host).is_banned(peer_id, trio.current_time()):
+            return False  # banned peers are not dialed (a failure: backoff grows)
         for addr in list(addrs):
             try:
                 await p2p.connect(self.host, addr)
