@@ -318,3 +318,9 @@ def canon_proof(index: int, output: str | None, data_dir: str | None, as_json: b
     last signed checkpoint (sign one with `canon checkpoint --sign`)."""
     bundle = client_for(data_dir).text("GET", path_of("/canon/log/proof/{}", str(index)))
     emit_text(bundle, output, as_json, "bundle", {"index": index})
+
+
+# `canon fetch` (issue 8) lives in its own module.
+from .fetch import canon_fetch  # noqa: E402
+
+canon.add_command(canon_fetch)

@@ -13,8 +13,8 @@ node's policy:
   ``MAX_BLOCKS_SERVED_PER_SECOND`` answers a second (a token bucket; over it the answers wait,
   so a peer that asks for the same blocks in a loop gets them at that rate and no faster).
 * **Hello first.** A stream from a peer whose hello has not completed is refused
-  (``policy-denied``, penalty ``gated-stream``); so is a peer opening streams faster than the
-  PeerBook's stream rate (``busy``).
+  (``unexpected-message``); so is a peer opening streams faster than the PeerBook's stream
+  rate (``busy``): :func:`.streams.admit`.
 * **Fairness.** Each stream is served by its own task and each answer batch is bounded
   (:data:`SERVE_BATCH_BYTES`), so a flooding peer waits on its own bucket while others' streams
   keep being served; faults end only the offender's stream.
@@ -49,11 +49,18 @@ from n3xus.protocol.blocks import (
 )
 from n3xus.protocol.codes import ErrorCode
 from n3xus.protocol.errors import DeadlineExceeded, ProtocolError, RemoteProtocolError
-from n3xus.protocol.framing import encode_error
 from n3xus.protocol.limits import TokenBucket
 
 from . import host as p2p
-from .streams import CoreStream, PeerObserver, StreamClosed, guarded, pump
+from .streams import (
+    HELLO_WAIT_S,
+    CoreStream,
+    PeerObserver,
+    StreamClosed,
+    admit,
+    guarded,
+    pump,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +80,6 @@ batches keep a fast link busy while what a peer that stops reading pins in our m
 at 4 MiB (its writes then time out: streams.WRITE_TIMEOUT_S)."""
 SERVE_RATE_BURST: Final = MAX_OUTSTANDING_WANTS
 """Token bucket burst of the serving rate: one full window of wants is answered at once."""
-HELLO_WAIT_S: Final = 10.0
-"""How long a requester waits for a peer's hello to complete before opening a blocks stream
-(the hello runs on every new connection, in parallel with whatever dialled it)."""
 
 
 class PeerScores(PeerObserver, Protocol):
@@ -84,8 +88,6 @@ class PeerScores(PeerObserver, Protocol):
     def reward(self, peer_id: str, weight: float = 0.1) -> None: ...
 
     def is_accepted(self, peer_id: str) -> bool: ...
-
-    def count_stream(self, peer_id: str, protocol: str) -> bool: ...
 
 
 # --- serving ---------------------------------------------------------------------------
@@ -146,38 +148,27 @@ class BlockServer:
         return state
 
     async def handle(self, stream: INetStream) -> None:
-        peer_id = str(stream.muxed_conn.peer_id)
-        state = self._peer(peer_id)
-        refusal = self._refusal(peer_id, state)
-        if refusal is not None:
-            state.refused_streams += 1
-            channel = CoreStream(stream, peerbook=None, protocol="blocks")
-            await channel.fail(RemoteProtocolError(refusal[1], refusal[0]),
-                               frame=encode_error(refusal[0], refusal[1]))
-            return
-        state.streams += 1
-        responder = BlocksResponder(self._clock())
-        try:
-            async with guarded(stream, peerbook=self.peerbook, protocol="blocks") as channel:
+        """The stream handler: admission (stream rate, hello first), the per-peer stream
+        limit, then serving until the requester closes or breaks the protocol."""
+        async with guarded(stream, peerbook=self.peerbook, protocol="blocks") as channel:
+            state = self._peer(channel.peer_id)
+            if not await admit(channel):
+                state.refused_streams += 1
+                return
+            if state.streams >= MAX_STREAMS_PER_PEER:
+                state.refused_streams += 1
+                raise RemoteProtocolError(f"over {MAX_STREAMS_PER_PEER} blocks streams",
+                                          ErrorCode.BUSY)
+            state.streams += 1
+            responder = BlocksResponder(self._clock())
+            try:
                 await self._serve(channel, responder, state)
-        finally:
-            state.streams -= 1
-            state.wants -= len(responder.pending)
-        if channel.error is not None:
-            state.errors += 1
-
-    def _refusal(self, peer_id: str, state: ServedPeer) -> tuple[ErrorCode, str] | None:
-        book = self.peerbook
-        if book is not None and not book.is_accepted(peer_id):
-            book.penalize(peer_id, "gated-stream")
-            return ErrorCode.POLICY_DENIED, "complete /n3xus/hello/1.0.0 first"
-        if book is not None and not book.count_stream(peer_id, "blocks"):
-            return ErrorCode.BUSY, "too many streams opened per second"
-        if state.streams >= MAX_STREAMS_PER_PEER:
-            if book is not None:
-                book.penalize(peer_id, ErrorCode.BUSY)
-            return ErrorCode.BUSY, f"over {MAX_STREAMS_PER_PEER} blocks streams"
-        return None
+            except ProtocolError:
+                state.errors += 1
+                raise
+            finally:
+                state.streams -= 1
+                state.wants -= len(responder.pending)
 
     async def _serve(self, channel: CoreStream, responder: BlocksResponder,
                      state: ServedPeer) -> None:
@@ -327,12 +318,8 @@ class BlockSession:
     @classmethod
     async def open(cls, host: BasicHost, peer_id: str,
                    peerbook: PeerScores | None = None) -> BlockSession:
-        if peerbook is not None:
-            with trio.move_on_after(HELLO_WAIT_S):
-                while not peerbook.is_accepted(peer_id):
-                    await trio.sleep(0.05)
-            if not peerbook.is_accepted(peer_id):
-                raise SessionFailed(f"{peer_id} has not completed the hello")
+        if peerbook is not None and not await peerbook.wait_accepted(peer_id, HELLO_WAIT_S):
+            raise SessionFailed(f"{peer_id} has not completed the hello")
         try:
             stream = await host.new_stream(p2p.parse_peer_id(peer_id), [PROTOCOL])
         except p2p.NETWORK_ERRORS as exc:
