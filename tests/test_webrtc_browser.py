@@ -45,7 +45,8 @@ PLAY_TIMEOUT_MS = 30_000
 
 @asynccontextmanager
 async def serve_live(live: LiveService, recordings: Any = None,
-                     extra_routes: list[Any] | None = None) -> AsyncIterator[str]:
+                     extra_routes: list[Any] | None = None,
+                     tips: Any = None) -> AsyncIterator[str]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -53,7 +54,7 @@ async def serve_live(live: LiveService, recordings: Any = None,
     config = Config()
     config.bind = [f"fd://{listener.detach()}"]
     config.accesslog = None
-    app = Starlette(routes=live_routes(live, recordings) + (extra_routes or []))
+    app = Starlette(routes=live_routes(live, recordings, tips) + (extra_routes or []))
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         nursery.start_soon(lambda: serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
@@ -240,3 +241,70 @@ async def test_a_recording_replays_on_the_audience_page_with_seeking(tmp_path: P
     assert target <= result["landed"] < target + 1500
     assert result["duration"] == sum(s.duration_ms for s in segments)
     assert missing.status_code == 404
+
+
+class LedgerDesk:
+    """A stand-in for the node's ledger behind the Tip control: it serves what a tip
+    needs and checks each envelope with the ledger package's own decoder and
+    signature verification (the node will submit it to its ledger instead)."""
+
+    def __init__(self) -> None:
+        self.network = str(cid_of(b"test network"))
+        self.creator = bytes(range(32))
+        self.prev = str(cid_of(b"the viewer's previous transaction"))
+        self.ref = str(cid_of(b"a performance"))
+        self.asked: list[bytes] = []
+        self.received: list[Any] = []
+
+    async def tip_info(self, room: str, account: bytes) -> dict[str, Any] | None:
+        self.asked.append(account)
+        return {"network": self.network, "creator": self.creator.hex(), "next_seq": 3,
+                "prev": self.prev, "ref": self.ref}
+
+    async def submit_tip(self, room: str, envelope: bytes) -> dict[str, Any]:
+        from n3xus.ledger.tx import decode_tx, verify_tx_signature
+        from n3xus.webrtc.errors import TipRefusedError
+        try:
+            tx = decode_tx(envelope)
+        except ValueError as exc:
+            raise TipRefusedError(str(exc), code="malformed") from None
+        if not verify_tx_signature(tx):
+            raise TipRefusedError("signature does not verify", code="bad-signature")
+        self.received.append(tx)
+        return {"id": str(tx.cid)}
+
+
+def tip_in_browser(base: str, token: str) -> list[str]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(bypass_csp=True).new_page()
+            page.goto(f"{base}/rooms/{ROOM}/watch#token={token}")
+            statuses = []
+            for amount in ("25", "7"):
+                page.fill("#tip-amount", amount)
+                page.get_by_role("button", name="Tip").click()
+                page.wait_for_function(
+                    f"document.getElementById('status').textContent.includes('tip of {amount} ')"
+                    " && !document.getElementById('status').textContent.includes('signing')",
+                    timeout=PLAY_TIMEOUT_MS)
+                statuses.append(page.inner_text("#status"))
+            return statuses
+        finally:
+            browser.close()
+
+
+async def test_a_tip_is_signed_in_the_browser_and_verifies_with_the_ledger_code() -> None:
+    desk = LedgerDesk()
+    async with open_live_service(TOKEN_KEY) as live:
+        async with serve_live(live, tips=desk) as base:
+            statuses = await trio.to_thread.run_sync(
+                tip_in_browser, base, live.issue_token(ROOM, "viewer"))
+    assert all("sent" in s for s in statuses), statuses
+    assert [tx.args["amount"] for tx in desk.received] == [25, 7]
+    for tx in desk.received:
+        assert tx.op.value == "tip" and tx.args["to"] == desk.creator
+        assert str(tx.args["ref"]) == desk.ref and str(tx.prev_cid) == desk.prev
+        assert tx.seq == 3 and str(tx.network_cid) == desk.network
+        assert tx.account == desk.asked[0]  # the key the page created and kept
+    assert len(set(desk.asked)) == 1  # the same key for both tips (IndexedDB)

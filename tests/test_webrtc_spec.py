@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from n3xus.webrtc import pull, recording, relay, rooms, sdp, service, signaling
+from n3xus.webrtc import asgi, pull, recording, relay, rooms, sdp, service, signaling
 from n3xus.webrtc.datachannel import DATA_BURST, DATA_RATE_PER_S, MAX_DATA_MESSAGE_BYTES
 from n3xus.webrtc.errors import PullProtocolError, TokenError
 from n3xus.webrtc.rooms import ROLE_PERMISSIONS, Permission, Role, RoomTokens
@@ -71,6 +71,7 @@ def test_the_state_table_is_the_codes() -> None:
     ("PULL_QUEUE_FRAMES", service.PULL_QUEUE_FRAMES),
     ("SUBSCRIBER_QUEUE_FRAMES", relay.SUBSCRIBER_QUEUE_FRAMES),
     ("SEGMENT_TARGET_MS", recording.SEGMENT_TARGET_MS),
+    ("MAX_TIP_ENVELOPE_BYTES", asgi.MAX_TIP_ENVELOPE_BYTES),
 ])
 def test_the_limits_quoted_are_the_codes(name: str, value: float) -> None:
     quoted = re.search(rf"`{name}` =\s+([0-9,.]+)", TEXT)

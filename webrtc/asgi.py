@@ -9,6 +9,7 @@ never send in a request, so the token appears in no request line and no log.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketState
 
+from .errors import TipRefusedError
 from .rooms import ROOM_NAME_RE
 from .service import LiveService
 
@@ -28,6 +30,13 @@ SIGNAL_PATH = "/api/v1/rooms/{name}/signal"
 STATIC_PREFIX = "/live/static"
 #: A recording's replay description (specs/live.md §7.1), read by the audience page.
 RECORDING_PATH = "/api/v1/rooms/{name}/recordings/{cid}"
+#: Tips from the audience page (specs/live.md §5.1).
+TIP_INFO_PATH = "/api/v1/rooms/{name}/tip-info"
+TIPS_PATH = "/api/v1/rooms/{name}/tips"
+#: A tip envelope is ~250 bytes (a transaction map with two links and a signature);
+#: a few kB leaves room for a long ``ref`` and refuses anything else unread.
+MAX_TIP_ENVELOPE_BYTES = 4096
+ACCOUNT_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Page paths -> files (the issue fixes these paths; `n3xus room create` prints them).
 PAGES = {
     "/rooms/{name}": "room.html",
@@ -79,8 +88,24 @@ class RecordingSource(Protocol):
     async def replay(self, room: str, manifest_cid: str) -> dict[str, Any] | None: ...
 
 
-def live_routes(service: LiveService,
-                recordings: RecordingSource | None = None) -> list[BaseRoute]:
+class TipDesk(Protocol):
+    """The node's ledger, as the audience page's Tip control needs it."""
+
+    async def tip_info(self, room: str, account: bytes) -> dict[str, Any] | None:
+        """``{"network", "creator", "next_seq", "prev", "ref"}`` for a tip by ``account``
+        in ``room`` (``creator`` hex, ``prev``/``ref`` CID text or null), or ``None``."""
+
+    async def submit_tip(self, room: str, envelope: bytes) -> dict[str, Any]:
+        """Submit a signed tip envelope; the JSON answer (``{"id", ...}``), or raise
+        :class:`~n3xus.webrtc.errors.TipRefusedError`."""
+
+
+def _problem(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def live_routes(service: LiveService, recordings: RecordingSource | None = None,
+                tips: TipDesk | None = None) -> list[BaseRoute]:
     async def signal(websocket: WebSocket) -> None:
         await websocket.accept()
         await service.serve_signaling(StarletteSignalingSocket(websocket),
@@ -104,8 +129,38 @@ def live_routes(service: LiveService,
                                 status_code=404)
         return JSONResponse(replay, headers={"Cache-Control": "no-store"})
 
+    async def tip_info(request: Request) -> Response:
+        room = request.path_params["name"]
+        account = request.query_params.get("account", "")
+        if tips is None or not ROOM_NAME_RE.match(room):
+            return _problem(404, "not-found", "tipping is not available in this room")
+        if not ACCOUNT_HEX_RE.match(account):
+            return _problem(400, "bad-account", "account must be 64 lower-case hex digits")
+        info = await tips.tip_info(room, bytes.fromhex(account))
+        if info is None:
+            return _problem(404, "not-found", "tipping is not available in this room")
+        return JSONResponse(info, headers={"Cache-Control": "no-store"})
+
+    async def submit_tip(request: Request) -> Response:
+        room = request.path_params["name"]
+        if tips is None or not ROOM_NAME_RE.match(room):
+            return _problem(404, "not-found", "tipping is not available in this room")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_TIP_ENVELOPE_BYTES:
+                return _problem(413, "too-large",
+                                f"a tip envelope is at most {MAX_TIP_ENVELOPE_BYTES} bytes")
+        try:
+            answer = await tips.submit_tip(room, bytes(body))
+        except TipRefusedError as exc:
+            return _problem(422, exc.code, exc.message)
+        return JSONResponse(answer)
+
     routes: list[BaseRoute] = [WebSocketRoute(SIGNAL_PATH, signal),
-                               Route(RECORDING_PATH, recording)]
+                               Route(RECORDING_PATH, recording),
+                               Route(TIP_INFO_PATH, tip_info),
+                               Route(TIPS_PATH, submit_tip, methods=["POST"])]
     routes += [Route(path, page(filename)) for path, filename in PAGES.items()]
     routes.append(Mount(STATIC_PREFIX, app=StaticFiles(directory=PAGES_DIR), name="live-static"))
     return routes

@@ -71,3 +71,9 @@ class PullProtocolError(RemoteLiveError, ValueError):
 
     code = "bad-pull-message"
     wire_code = 1  # malformed
+
+
+class TipRefusedError(RemoteLiveError):
+    """The node's ledger refused a tip envelope (its ``code`` is the ledger's reason)."""
+
+    code = "tip-refused"

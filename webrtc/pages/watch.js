@@ -3,6 +3,7 @@
 import { connectSignal, el, negotiate, newPeerConnection, openRoomChannel, preferVp8, roomName,
   status } from "./live.js";
 import { replay } from "./replay.js";
+import { tip } from "./tip.js";
 
 const stage = document.getElementById("stage");
 const unmute = document.getElementById("unmute");
@@ -15,12 +16,20 @@ unmute.addEventListener("click", () => {
   stage.play().catch(() => {});
 });
 
-// A tip is a ledger transaction signed in the browser; the node-side route is wired
-// in a later phase. The control dispatches an event the ledger integration listens to.
-document.getElementById("tip").addEventListener("click", () => {
+// A tip is a ledger transaction signed here with the viewer's own key (tip.js).
+document.getElementById("tip").addEventListener("click", async () => {
   const amount = Number(document.getElementById("tip-amount").value);
-  window.dispatchEvent(new CustomEvent("n3xus-tip", { detail: { room: roomName(), amount } }));
-  status(`tip of ${amount} requested`);
+  if (!Number.isSafeInteger(amount) || amount <= 0) {
+    status("a tip is a whole positive amount", true);
+    return;
+  }
+  status(`signing a tip of ${amount}…`);
+  try {
+    const done = await tip(amount);
+    status(`tip of ${amount} sent (${done.id})`);
+  } catch (err) {
+    status(`tip failed: ${err.message}`, true);
+  }
 });
 
 async function main() {
