@@ -1,0 +1,638 @@
+// n3xus operator console. Plain JS, no framework, nothing loaded from anywhere but the node.
+// The API token lives in this tab's sessionStorage only; it goes out in the Authorization
+// header (never in a URL) and is never written to the console or the page.
+"use strict";
+(() => {
+  const API = "/api/v1";
+  const TOKEN_KEY = "n3xus.console.token";
+  const RECENT_ROWS = 20; // canon-log and ledger rows shown
+  const STREAM_SILENCE_MS = 45000; // 3 heartbeats: the stream is dead, reconnect
+  const RECONNECT_MAX_MS = 15000;
+  const DESTRUCTIVE = /^(stop|end|ban|delete|remove|kill|close|unpin)$/i;
+
+  let token = sessionStorage.getItem(TOKEN_KEY) || "";
+  let routes = {}; // OpenAPI paths of this node
+  let session = 0; // bumped at sign-out: late answers of an old session are dropped
+  let stream = null; // AbortController of the live-event loop
+  let lastSeq = 0;
+  const hist = { time: [], seq: [], series: {} };
+  let latest = {};
+  let worldShown = null;
+
+  // ---------------------------------------------------------------- helpers
+  const $ = (id) => document.getElementById(id);
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "text") node.textContent = String(v);
+      else if (k === "class") node.className = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
+    return node;
+  }
+  const svg = (tag, attrs) => {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+    return node;
+  };
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  function fmtBytes(n) {
+    if (n === null || n === undefined || Number.isNaN(n)) return "–";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : String(Math.round(n))) + " " + units[i];
+  }
+  function fmtDuration(s) {
+    s = Math.floor(s);
+    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+    return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m " + (s % 60) + "s";
+  }
+  const fmtNum = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US", { maximumFractionDigits: 2 }));
+  function fmtTime(ms) {
+    if (!ms && ms !== 0) return "–";
+    const d = new Date(ms);
+    return Number.isNaN(d.getTime()) ? String(ms) : d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  }
+  const short = (s) => (typeof s === "string" && s.length > 20 ? s.slice(0, 10) + "…" + s.slice(-6) : String(s ?? "–"));
+  const mono = (s, full) => el("span", { class: "mono", title: full === false ? null : s, text: full ? s : short(s) });
+  function facts(dl, rows) {
+    dl.replaceChildren(...rows.map(([label, value, field]) =>
+      el("div", {}, el("dt", { text: label }),
+        el("dd", { "data-field": field }, value instanceof Node ? value : String(value ?? "–")))));
+  }
+  function tbody(table, rows, emptyText) {
+    const body = table.tBodies[0];
+    if (!rows.length) {
+      const cols = table.tHead.rows[0].cells.length;
+      body.replaceChildren(el("tr", { class: "empty-row" }, el("td", { colspan: cols, class: "empty", text: emptyText })));
+    } else body.replaceChildren(...rows);
+  }
+  function notice(text, kind) {
+    const n = $("notice");
+    n.textContent = text;
+    n.dataset.kind = kind || "info";
+  }
+  function panelError(panelId, text) {
+    const p = document.querySelector("#" + panelId + " .panel-error");
+    if (p) p.textContent = text || "";
+  }
+
+  // ---------------------------------------------------------------- API access
+  class ApiError extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+  class SignedOut extends Error {}
+  async function api(path, opts = {}) {
+    const mine = session;
+    const headers = Object.assign({ Authorization: "Bearer " + token }, opts.headers || {});
+    let body = opts.body;
+    if (opts.json !== undefined) { body = JSON.stringify(opts.json); headers["Content-Type"] = "application/json"; }
+    const res = await fetch(API + path, { method: opts.method || "GET", headers, body, cache: "no-store" });
+    if (mine !== session) throw new SignedOut();
+    if (res.status === 401) { signOut("The node refused the token (wrong or replaced). Sign in again."); throw new SignedOut(); }
+    if (!res.ok) {
+      let message = res.status + " " + res.statusText;
+      try { message = (await res.json()).error.message; } catch (_) { /* not the JSON error shape */ }
+      throw new ApiError(res.status, message);
+    }
+    if (opts.blob) return res.blob();
+    const type = res.headers.get("content-type") || "";
+    return type.includes("json") ? res.json() : res.text();
+  }
+  const has = (method, path) => Boolean(routes[API + path] && routes[API + path][method]);
+  const enc = encodeURIComponent;
+  async function download(path, filename) {
+    const blob = await api(path, { blob: true });
+    const url = URL.createObjectURL(blob);
+    const a = el("a", { href: url, download: filename, hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 30000);
+    notice("Downloaded " + filename);
+  }
+  function confirmAction(text) {
+    const dialog = $("confirm-dialog");
+    $("confirm-text").textContent = text;
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+      dialog.returnValue = "cancel";
+      dialog.showModal();
+      $("confirm-cancel").focus();
+    });
+  }
+  // Runs an operator action: optional confirmation, disables the button meanwhile, reports.
+  async function act(button, { confirm, run, done, refresh }) {
+    if (confirm && !(await confirmAction(confirm))) { notice("Cancelled."); return; }
+    if (button) button.disabled = true;
+    try {
+      const result = await run();
+      notice(typeof done === "function" ? done(result) : done || "Done.");
+      if (refresh) await refresh();
+    } catch (err) {
+      if (!(err instanceof SignedOut)) notice(err.message || String(err), "error");
+    } finally {
+      if (button) button.disabled = false;
+    }
+  }
+  const button = (text, onclick, cls) => el("button", { type: "button", class: cls, text, onclick });
+
+  // ---------------------------------------------------------------- sign-in
+  async function tokenValid(candidate) {
+    const res = await fetch(API + "/console/session", { headers: { Authorization: "Bearer " + candidate }, cache: "no-store" });
+    if (!res.ok) throw new Error("the node answered " + res.status);
+    return (await res.json()).signed_in === true;
+  }
+  function showSignIn(message) {
+    $("main").hidden = true;
+    $("nav").hidden = true;
+    $("sign-out").hidden = true;
+    $("signin").hidden = false;
+    $("signin-error").textContent = message || "";
+    setLive("offline");
+    $("token-input").focus();
+  }
+  function signOut(message) {
+    session++;
+    token = "";
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (stream) { stream.abort(); stream = null; }
+    showSignIn(message);
+  }
+  async function onSignIn(event) {
+    event.preventDefault();
+    const input = $("token-input");
+    const candidate = input.value.trim();
+    input.value = "";
+    try {
+      if (!(await tokenValid(candidate))) { showSignIn("That token is not valid for this node."); return; }
+    } catch (err) { showSignIn("Cannot reach the node: " + err.message); return; }
+    token = candidate;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    start();
+  }
+
+  async function start() {
+    session++;
+    $("signin").hidden = true;
+    $("main").hidden = false;
+    $("nav").hidden = false;
+    $("sign-out").hidden = false;
+    try {
+      const doc = await (await fetch(API + "/openapi.json", { cache: "no-store" })).json();
+      routes = doc.paths || {};
+    } catch (_) { routes = {}; }
+    await Promise.allSettled([loadHistory(), ...Object.keys(PANELS).map(refresh)]);
+    document.body.dataset.ready = "true";
+    connectEvents();
+  }
+
+  // ---------------------------------------------------------------- panels
+  const PANELS = { node: refreshNode, peers: refreshPeers, canon: refreshCanon, ledger: refreshLedger, agents: refreshAgents, live: refreshLive };
+  const running = {}, again = {};
+  async function refresh(name) {
+    if (running[name]) { again[name] = true; return running[name]; }
+    running[name] = (async () => {
+      do {
+        again[name] = false;
+        try { await PANELS[name](); panelError(name, ""); }
+        catch (err) { if (!(err instanceof SignedOut)) panelError(name, "Could not load: " + err.message); }
+      } while (again[name]);
+    })();
+    try { await running[name]; } finally { running[name] = null; }
+  }
+
+  async function refreshNode() {
+    const n = await api("/console/node");
+    const inf = n.inference || {};
+    const model = inf.model || {};
+    const du = n.data_dir;
+    facts($("node-info"), [
+      ["Peer ID", mono(n.peer_id, true), "peer_id"],
+      ["Public key", mono(n.public_key, true), "public_key"],
+      ["Version", n.version, "version"],
+      ["Uptime", fmtDuration(n.uptime_s), "uptime"],
+      ["Started", fmtTime(n.started_at * 1000), "started_at"],
+      ["Connected peers", n.peer_count, "peer_count"],
+      ["Listening on", el("span", {}, ...n.listen_addrs.map((a) => [el("span", { class: "mono", text: a }), el("br")])), "listen_addrs"],
+      ["Dial me at", el("span", {}, ...n.dial_addrs.map((a) => [el("span", { class: "mono", text: a }), el("br")])), "dial_addrs"],
+      ["API", n.api_url + "/api/v1", "api_url"],
+      ["Inference backend", inf.available ? (inf.gpu_offload ? "GPU offload" : "CPU") + " (llama.cpp " + inf.llama_cpp + ", " + inf.threads + " threads)" : "not available: " + (inf.error || "unknown"), "inference"],
+      ["Model", model.file ? model.file + " (" + fmtBytes(model.bytes) + ")" : model.error || "–", "model"],
+      ["Data dir", el("span", { class: "mono", text: du.path }), "data_dir"],
+      ["Data dir on disk", fmtBytes(du.allocated_bytes) + " (" + du.files + " files, " + fmtBytes(du.apparent_bytes) + " apparent)", "data_dir_bytes"],
+      ["Disk free", fmtBytes(du.fs_free_bytes) + " of " + fmtBytes(du.fs_total_bytes), "disk_free"],
+      ["Dials (failed)", n.counters.dials + " (" + n.counters.dial_failures + ")", "dials"],
+      ["API requests", fmtNum(n.counters.api_requests), "api_requests"],
+      ["Runtime", "Python " + n.runtime.python + " on " + n.runtime.platform + ", pid " + n.runtime.pid, "runtime"],
+    ]);
+    const w = $("warnings");
+    if (!n.warnings.length) w.replaceChildren(el("li", { class: "fine", text: "Nothing needs attention." }));
+    else w.replaceChildren(...n.warnings.map((x) => el("li", { "data-code": x.code, text: x.message })));
+  }
+
+  function peerBanAction(peer) {
+    // Ban/unban routes come with the federation work; use them when the node has them.
+    const verb = peer.banned ? "unban" : "ban";
+    const candidates = Object.keys(routes).filter((p) => p.startsWith(API + "/peers") && routes[p].post &&
+      new RegExp("/" + verb + "(/|$)").test(p));
+    if (!candidates.length) return null;
+    const path = candidates[0].slice(API.length);
+    const templated = /\{[^}]+\}/.test(path);
+    return button(verb === "ban" ? "Ban" : "Unban", (e) => act(e.currentTarget, {
+      confirm: verb === "ban" ? "Ban peer " + peer.peer_id + "? It will be disconnected and refused." : null,
+      run: () => api(templated ? path.replace(/\{[^}]+\}/, enc(peer.peer_id)) : path,
+        { method: "POST", json: templated ? {} : { peer_id: peer.peer_id } }),
+      done: (verb === "ban" ? "Banned " : "Unbanned ") + short(peer.peer_id),
+      refresh: () => refresh("peers"),
+    }), verb === "ban" ? "danger" : null);
+  }
+  function helloText(hello) {
+    if (!hello || typeof hello !== "object") return "–";
+    const parts = [];
+    if (hello.network) parts.push("network " + short(hello.network));
+    if (hello.version) parts.push("v" + hello.version);
+    if (Array.isArray(hello.capabilities)) parts.push(hello.capabilities.join(", "));
+    for (const [k, v] of Object.entries(hello)) if (!["network", "version", "capabilities"].includes(k) && typeof v !== "object") parts.push(k + " " + v);
+    return parts.join(" · ") || "–";
+  }
+  async function refreshPeers() {
+    const { peers } = await api("/peers");
+    $("peer-count").textContent = "(" + peers.length + ")";
+    tbody($("peers-table"), peers.map((p) => {
+      const rtt = el("span", { class: "rtt" });
+      const traffic = p.traffic ? " · " + fmtBytes(p.traffic.bytes_in) + " in, " + fmtBytes(p.traffic.bytes_out) + " out" : "";
+      return el("tr", { "data-peer": p.peer_id, class: p.banned ? "banned" : null },
+        el("td", {}, mono(p.peer_id)),
+        el("td", {}, ...(p.addrs || []).map((a) => [el("span", { class: "mono", text: a }), el("br")])),
+        el("td", { text: helloText(p.hello) + traffic }),
+        el("td", { class: "num", text: p.score === undefined ? "–" : fmtNum(p.score) }),
+        el("td", { text: p.banned ? "banned" : "connected" }),
+        el("td", {},
+          button("Ping", (e) => act(e.currentTarget, {
+            run: () => api("/peers/ping", { method: "POST", json: { peer_id: p.peer_id } }),
+            done: (r) => { rtt.textContent = r.rtt_ms + " ms"; return "Ping " + short(p.peer_id) + ": " + r.rtt_ms + " ms"; },
+          })), peerBanAction(p), rtt));
+    }), "Not connected to any peer. Paste a peer's address above to connect.");
+  }
+
+  async function refreshCanon() {
+    const c = await api("/console/canon");
+    facts($("canon-totals"), [
+      ["Blocks", fmtNum(c.blocks), "blocks"], ["Stored", fmtBytes(c.bytes), "bytes"],
+      ["Pins", fmtNum(c.pins), "pins"], ["Log entries", fmtNum(c.log_size), "log_size"],
+      ["Worlds", fmtNum(c.worlds.length), "worlds"],
+      ["Corrupt blocks", c.corrupt.length ? c.corrupt.join(", ") : "none", "corrupt"],
+    ]);
+    $("canon-checkpoint").textContent = c.checkpoint || "No checkpoint signed yet.";
+    const [pins, log] = await Promise.all([
+      api("/canon/pins"),
+      api("/canon/log?start=" + Math.max(0, c.log_size - RECENT_ROWS) + "&limit=" + RECENT_ROWS),
+    ]);
+    tbody($("pins-table"), pins.pins.map((p) => el("tr", { "data-pin": p.name },
+      el("td", { class: "mono", text: p.name }), el("td", {}, mono(p.cid)), el("td", { text: p.recursive ? "yes" : "no" }),
+      el("td", {}, button("Unpin", (e) => act(e.currentTarget, {
+        confirm: "Unpin " + p.name + "? Its blocks can then be garbage-collected.",
+        run: () => api("/canon/pins/" + enc(p.name), { method: "DELETE" }),
+        done: "Unpinned " + p.name, refresh: () => refresh("canon"),
+      }), "danger")))), "No pins.");
+    tbody($("canon-log-table"), log.entries.slice().reverse().map((e) => el("tr", { "data-index": e.index },
+      el("td", { class: "num", text: e.index }), el("td", { text: e.type }), el("td", {}, mono(e.author)),
+      el("td", { text: fmtTime(e.time) }), el("td", {}, mono(e.payload)),
+      el("td", {}, button("Proof", (ev) => act(ev.currentTarget, {
+        run: () => download("/canon/log/proof/" + e.index, "n3xus-canon-" + e.index + ".tlog-proof"), done: "Proof downloaded.",
+      }))))), "The canon log is empty.");
+    tbody($("worlds-table"), c.worlds.map((w) => el("tr", { "data-world": w.world },
+      el("td", { text: w.world }), el("td", { class: "num", text: w.seq }), el("td", {}, mono(w.writer)),
+      el("td", { text: fmtTime(w.time) }),
+      el("td", {}, button("Browse", () => showWorld(w.world))))), "No worlds yet.");
+    if (worldShown) await showWorld(worldShown, true);
+  }
+  async function showWorld(name, quiet) {
+    worldShown = name;
+    const prefix = $("world-prefix").value;
+    const [entries, history] = await Promise.all([
+      api("/worlds/" + enc(name) + "/entries?limit=200" + (prefix ? "&prefix=" + enc(prefix) : "")),
+      api("/worlds/" + enc(name) + "/history?limit=" + RECENT_ROWS),
+    ]);
+    $("world-browser").hidden = false;
+    $("world-browser-title").textContent = "World “" + name + "”";
+    tbody($("world-keys-table"), entries.entries.map((e) => el("tr", { "data-key": e.key },
+      el("td", { class: "mono", text: e.key }), el("td", { class: "mono", text: JSON.stringify(e.value) }))), "No keys" + (prefix ? " with that prefix." : "."));
+    tbody($("world-history-table"), history.history.map((h) => el("tr", {},
+      el("td", { class: "num", text: h.seq }), el("td", {}, mono(h.commit)), el("td", {}, mono(h.author)),
+      el("td", { text: fmtTime(h.time) }))), "No history.");
+    if (!quiet) $("world-browser-title").scrollIntoView({ block: "nearest" });
+  }
+
+  function txDetails(e) {
+    const a = e.args || {};
+    const parts = [];
+    if (a.to) parts.push("to " + short(a.to));
+    if (a.amount !== undefined) parts.push(fmtNum(a.amount) + " units");
+    if (a.asset) parts.push("asset " + short(a.asset));
+    if (a.edition !== undefined) parts.push("edition " + a.edition);
+    if (a.price !== undefined) parts.push("price " + fmtNum(a.price));
+    if (a.editions !== undefined) parts.push(a.editions + " editions");
+    return parts.join(", ");
+  }
+  async function refreshLedger() {
+    const [status, view, checkpoint] = await Promise.all([
+      api("/ledger/status"), api("/console/ledger"), api("/ledger/checkpoint")]);
+    facts($("ledger-status"), [
+      ["Network", status.name, "name"], ["Network id", mono(status.network), "network"],
+      ["Log entries", fmtNum(status.log_size), "log_size"],
+      ["Supply", fmtNum(status.supply) + " of " + fmtNum(status.supply_cap), "supply"],
+      ["State root", mono(status.state_root), "state_root"],
+      ["Frozen accounts", String(status.frozen_accounts.length), "frozen"],
+    ]);
+    $("ledger-checkpoint").textContent = checkpoint;
+    const log = await api("/ledger/log?start=" + Math.max(0, status.log_size - RECENT_ROWS) + "&limit=" + RECENT_ROWS);
+    tbody($("ledger-txs-table"), log.entries.slice().reverse().map((e) => el("tr", { "data-index": e.index, "data-id": e.id },
+      el("td", { class: "num", text: e.index }), el("td", { text: e.kind === "tx" ? e.op : e.kind }),
+      el("td", {}, e.account ? mono(e.account) : "–"), el("td", { text: txDetails(e) }),
+      el("td", { text: e.time ? fmtTime(e.time) : "–" }),
+      el("td", {}, e.kind === "tx" ? button("Proof", (ev) => act(ev.currentTarget, {
+        run: () => download("/ledger/proofs/tx/" + enc(e.id), "n3xus-tx-" + e.index + ".tlog-proof"),
+        done: "Proof bundle downloaded: verify it offline with `n3xus audit`.",
+      })) : null))), "No transactions yet.");
+    tbody($("accounts-table"), view.accounts.map((a) => el("tr", { "data-account": a.account },
+      el("td", {}, mono(a.account)), el("td", { class: "num", text: fmtNum(a.balance) }),
+      el("td", { class: "num", text: a.txs }), el("td", { text: a.frozen ? "frozen" : "ok" }))), "No accounts yet.");
+    tbody($("assets-table"), view.assets.map((a) => el("tr", { "data-asset": a.asset },
+      el("td", {}, mono(a.asset)), el("td", {}, mono(a.creator)), el("td", { class: "num", text: a.editions }),
+      el("td", { text: (a.royalty_bps / 100) + " %" }),
+      el("td", {}, ...a.owners.map((o) => [el("span", { text: "#" + o.edition + " " }), mono(o.owner), el("br")])))), "No assets minted yet.");
+    tbody($("listings-table"), view.listings.map((l) => el("tr", { "data-asset": l.asset, "data-edition": l.edition },
+      el("td", {}, mono(l.asset)), el("td", { class: "num", text: l.edition }), el("td", {}, mono(l.seller)),
+      el("td", { class: "num", text: fmtNum(l.price) }))), "Nothing listed.");
+    tbody($("fraud-table"), view.frozen_accounts.map((acct) => el("tr", { "data-account": acct },
+      el("td", {}, mono(acct)),
+      el("td", {}, button("Download fraud proof", (ev) => act(ev.currentTarget, {
+        run: () => download("/ledger/fraud-proofs/" + acct, "n3xus-fraud-" + acct.slice(0, 16) + ".cbor"), done: "Fraud proof downloaded.",
+      }))))), "No fraud proofs: no account is frozen.");
+  }
+
+  // Agents and rooms come with later issues: render whatever the node's routes return,
+  // and offer the per-item actions its OpenAPI document declares.
+  function itemActions(collection, id, item, refreshName) {
+    const out = [];
+    const re = new RegExp("^" + API + "/" + collection + "/\\{[^}]+\\}/([a-z-]+)$");
+    for (const [path, ops] of Object.entries(routes)) {
+      const m = re.exec(path);
+      if (!m || !ops.post) continue;
+      const verb = m[1];
+      if (["signal", "tokens"].includes(verb)) continue;
+      const label = verb.charAt(0).toUpperCase() + verb.slice(1);
+      out.push(button(label, (e) => act(e.currentTarget, {
+        confirm: DESTRUCTIVE.test(verb) ? label + " " + id + "?" : null,
+        run: () => api(path.slice(API.length).replace(/\{[^}]+\}/, enc(id)), { method: "POST", json: {} }),
+        done: label + ": " + id, refresh: () => refresh(refreshName),
+      }), DESTRUCTIVE.test(verb) ? "danger" : null));
+    }
+    if (routes[API + "/" + collection + "/{name}"]?.delete || routes[API + "/" + collection + "/{id}"]?.delete) {
+      const p = routes[API + "/" + collection + "/{name}"] ? "/{name}" : "/{id}";
+      out.push(button(collection === "rooms" ? "End" : "Delete", (e) => act(e.currentTarget, {
+        confirm: (collection === "rooms" ? "End performance " : "Delete ") + id + "?",
+        run: () => api("/" + collection + p.replace(/\{[^}]+\}/, enc(id)), { method: "DELETE" }),
+        done: "Done: " + id, refresh: () => refresh(refreshName),
+      }), "danger"));
+    }
+    return out;
+  }
+  function cell(v) {
+    if (v === null || v === undefined) return "–";
+    if (Array.isArray(v)) return v.length + " item" + (v.length === 1 ? "" : "s");
+    if (typeof v === "object") return JSON.stringify(v).slice(0, 120);
+    return String(v);
+  }
+  async function renderCollection(collection, target, refreshName, what) {
+    const box = $(target);
+    if (!has("get", "/" + collection)) {
+      box.replaceChildren(el("p", { class: "unavailable", "data-unavailable": "true", text: what + " are not available on this node (no /api/v1/" + collection + " route)." }));
+      return;
+    }
+    let data;
+    try { data = await api("/" + collection); } catch (err) {
+      if (err instanceof ApiError && err.status === 404) {
+        box.replaceChildren(el("p", { class: "unavailable", "data-unavailable": "true", text: what + " are not available on this node." }));
+        return;
+      }
+      throw err;
+    }
+    const items = Array.isArray(data) ? data : data[collection] || [];
+    const keys = [];
+    for (const it of items) for (const k of Object.keys(it)) if (!keys.includes(k)) keys.push(k);
+    const id = (it) => it.name ?? it.id ?? it.agent_id ?? it.room ?? "";
+    const table = el("table", { "data-collection": collection },
+      el("thead", {}, el("tr", {}, ...keys.map((k) => el("th", { text: k })), el("th", { text: "Actions" }))),
+      el("tbody", {}, ...items.map((it) => el("tr", { "data-item": id(it) },
+        ...keys.map((k) => el("td", { text: cell(it[k]) })),
+        el("td", {}, ...itemActions(collection, id(it), it, refreshName), el("details", {}, el("summary", { text: "details" }), el("pre", { class: "note", text: JSON.stringify(it, null, 2) })))))));
+    box.replaceChildren(items.length ? el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": what }, table)
+      : el("p", { class: "empty", text: "No " + what.toLowerCase() + " right now." }));
+  }
+  const refreshAgents = () => renderCollection("agents", "agents-body", "agents", "Agents");
+  const refreshLive = () => renderCollection("rooms", "live-body", "live", "Live rooms");
+
+  // ---------------------------------------------------------------- charts
+  const CHARTS = [
+    { id: "peers", title: "Connected peers", series: ["peers"] },
+    { id: "ledger", title: "Ledger log entries", series: ["ledger_log_size"] },
+    { id: "ledger-rate", title: "Ledger entries / min", series: ["ledger_log_size"], rate: 60 },
+    { id: "api-rate", title: "API requests / s", series: ["n3xus_api_requests_total", "n3xus_api_requests"], rate: 1 },
+    { id: "canon-blocks", title: "Canon blocks", series: ["canon_blocks", "n3xus_canon_blocks"] },
+    { id: "disk", title: "Data dir on disk", series: ["data_dir_bytes"], bytes: true },
+    { id: "cpu", title: "Node CPU %", series: ["process_cpu_seconds", "process_cpu_seconds_total"], rate: 100 },
+    { id: "rss", title: "Node memory (RSS)", series: ["process_rss_bytes", "process_resident_memory_bytes"], bytes: true },
+  ];
+  function chartPoints(def) {
+    const name = def.series.find((s) => hist.series[s]);
+    if (!name) return [];
+    const v = hist.series[name], t = hist.time, out = [];
+    for (let i = 0; i < t.length; i++) {
+      if (v[i] === null || v[i] === undefined) continue;
+      if (def.rate) {
+        let j = i - 1;
+        while (j >= 0 && (v[j] === null || v[j] === undefined)) j--;
+        if (j < 0 || t[i] <= t[j]) continue;
+        out.push([t[i], Math.max(0, (v[i] - v[j]) / (t[i] - t[j])) * def.rate]);
+      } else out.push([t[i], v[i]]);
+    }
+    return out;
+  }
+  function drawCharts() {
+    const grid = $("chart-grid");
+    if (!grid.children.length) {
+      for (const def of CHARTS) {
+        grid.append(el("figure", { class: "chart", id: "chart-" + def.id, "data-chart": def.id },
+          el("figcaption", {}, el("span", { text: def.title }), el("span", { class: "latest", text: "–" })),
+          el("div", { class: "plot" }), el("div", { class: "range" }, el("span", { class: "min" }), el("span", { class: "max" }))));
+      }
+    }
+    const W = 300, H = 80;
+    for (const def of CHARTS) {
+      const fig = $("chart-" + def.id);
+      const pts = chartPoints(def);
+      const fmt = (x) => (def.bytes ? fmtBytes(x) : fmtNum(x));
+      fig.dataset.points = String(pts.length);
+      fig.dataset.latest = pts.length ? String(pts[pts.length - 1][1]) : "";
+      fig.querySelector(".latest").textContent = pts.length ? fmt(pts[pts.length - 1][1]) : "–";
+      const plot = fig.querySelector(".plot");
+      const box = svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img" });
+      if (pts.length) {
+        const t0 = pts[0][0], t1 = pts[pts.length - 1][0];
+        const ys = pts.map((p) => p[1]);
+        const lo = Math.min(0, ...ys), hi = Math.max(...ys);
+        const span = hi - lo || 1, dt = t1 - t0 || 1;
+        const xy = pts.map(([t, y]) => [((t - t0) / dt) * W, H - 2 - ((y - lo) / span) * (H - 4)]);
+        if (xy.length === 1) xy.unshift([0, xy[0][1]]);
+        const line = xy.map(([x, y]) => x.toFixed(1) + "," + y.toFixed(1)).join(" ");
+        box.append(svg("polygon", { class: "area", points: "0," + H + " " + line + " " + W + "," + H }));
+        box.append(svg("polyline", { class: "line", points: line }));
+        fig.querySelector(".min").textContent = "min " + fmt(Math.min(...ys));
+        fig.querySelector(".max").textContent = "max " + fmt(hi) + " · " + fmtDuration(t1 - t0);
+        box.setAttribute("aria-label", def.title + ": now " + fmt(ys[ys.length - 1]) + ", min " + fmt(Math.min(...ys)) + ", max " + fmt(hi) + " over " + fmtDuration(t1 - t0));
+      } else box.setAttribute("aria-label", def.title + ": no data yet");
+      plot.replaceChildren(box);
+    }
+  }
+  async function loadHistory() {
+    const h = await api("/console/metrics");
+    hist.time = h.time; hist.seq = h.seq; hist.series = h.series;
+    hist.capacity = h.capacity;
+    lastSeq = h.last_seq;
+    const n = h.time.length;
+    if (n) latest = Object.fromEntries(Object.entries(h.series).map(([k, v]) => [k, v[n - 1]]));
+    $("charts-hint").textContent = "Sampled every " + h.interval_s + " s; the last " + fmtDuration(h.interval_s * h.capacity) + " are kept in the node's memory.";
+    drawCharts();
+  }
+  function addSample(s) {
+    if (s.seq <= lastSeq) return;
+    lastSeq = s.seq;
+    hist.time.push(s.time); hist.seq.push(s.seq);
+    for (const name of Object.keys(s.values)) if (!hist.series[name]) hist.series[name] = hist.time.slice(1).map(() => null);
+    for (const [name, arr] of Object.entries(hist.series)) arr.push(s.values[name] ?? null);
+    if (hist.time.length > (hist.capacity || 900)) { hist.time.shift(); hist.seq.shift(); for (const a of Object.values(hist.series)) a.shift(); }
+    drawCharts();
+    const changed = (...names) => names.some((k) => s.values[k] !== latest[k]);
+    if (changed("peers")) { refresh("peers"); refresh("node"); }
+    if (changed("ledger_log_size", "ledger_supply", "ledger_frozen_accounts")) refresh("ledger");
+    if (changed("canon_log_size", "canon_pins", "worlds", "canon_blocks")) refresh("canon");
+    latest = s.values;
+    const up = document.querySelector('#node-info [data-field="uptime"]');
+    if (up && s.values.uptime_seconds !== undefined) up.textContent = fmtDuration(s.values.uptime_seconds);
+  }
+
+  // ---------------------------------------------------------------- live events
+  function setLive(state) {
+    const p = $("live-state");
+    p.dataset.state = state;
+    p.textContent = { live: "live", connecting: "connecting…", reconnecting: "reconnecting…", offline: "offline" }[state] || state;
+  }
+  // EventSource cannot send the Authorization header, so the stream is read with fetch()
+  // and parsed here (text/event-stream framing: blank-line separated fields).
+  async function readEvents(body, onActivity) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      onActivity();
+      buf += value;
+      let cut;
+      while ((cut = buf.search(/\r?\n\r?\n/)) >= 0) {
+        const block = buf.slice(0, cut);
+        buf = buf.slice(cut).replace(/^\r?\n\r?\n/, "");
+        let event = "message", data = "";
+        for (const line of block.split(/\r?\n/)) {
+          if (line.startsWith(":")) continue;
+          const i = line.indexOf(":");
+          const field = i < 0 ? line : line.slice(0, i), val = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+          if (field === "event") event = val;
+          else if (field === "data") data += (data ? "\n" : "") + val;
+        }
+        if (event === "sample" && data) addSample(JSON.parse(data));
+      }
+    }
+  }
+  async function connectEvents() {
+    if (stream) stream.abort();
+    const ctrl = new AbortController();
+    stream = ctrl;
+    let delay = 1000;
+    while (stream === ctrl) {
+      setLive(delay === 1000 ? "connecting" : "reconnecting");
+      const conn = new AbortController();
+      const stop = () => conn.abort();
+      ctrl.signal.addEventListener("abort", stop);
+      let timer = setTimeout(stop, STREAM_SILENCE_MS);
+      const alive = () => { clearTimeout(timer); timer = setTimeout(stop, STREAM_SILENCE_MS); };
+      try {
+        const res = await fetch(API + "/console/events?after=" + lastSeq, {
+          headers: { Authorization: "Bearer " + token, Accept: "text/event-stream" }, signal: conn.signal, cache: "no-store" });
+        if (res.status === 401) { signOut("The node refused the token (wrong or replaced). Sign in again."); return; }
+        if (res.ok) {
+          setLive("live");
+          delay = 1000;
+          await readEvents(res.body, alive);
+        }
+      } catch (_) {
+        // Network error or aborted: fall through to the reconnect below.
+      } finally {
+        clearTimeout(timer);
+        ctrl.signal.removeEventListener("abort", stop);
+      }
+      if (stream !== ctrl) return;
+      setLive("reconnecting");
+      await sleep(delay);
+      delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+      if (stream === ctrl) Promise.allSettled(Object.keys(PANELS).map(refresh)); // catch up
+    }
+  }
+
+  // ---------------------------------------------------------------- wiring
+  function wire() {
+    $("signin-form").addEventListener("submit", onSignIn);
+    $("sign-out").addEventListener("click", () => signOut("Signed out."));
+    $("connect-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const addr = $("connect-addr").value.trim();
+      act(e.submitter, {
+        run: () => api("/peers/connect", { method: "POST", json: { multiaddr: addr } }),
+        done: (r) => "Connected to " + r.peer_id, refresh: () => refresh("peers"),
+      });
+    });
+    $("pin-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const body = { cid: $("pin-cid").value.trim(), recursive: $("pin-recursive").checked };
+      const name = $("pin-name").value.trim();
+      if (name) body.name = name;
+      act(e.submitter, {
+        run: () => api("/canon/pins", { method: "POST", json: body }),
+        done: (r) => "Pinned " + r.name + " (" + r.blocks + " blocks)", refresh: () => refresh("canon"),
+      });
+    });
+    $("canon-sign").addEventListener("click", (e) => act(e.currentTarget, {
+      run: () => api("/canon/log/checkpoint", { method: "POST" }), done: "Checkpoint signed.", refresh: () => refresh("canon"),
+    }));
+    $("world-filter").addEventListener("submit", (e) => {
+      e.preventDefault();
+      if (worldShown) showWorld(worldShown).catch((err) => notice(err.message, "error"));
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    wire();
+    drawCharts();
+    if (!token) { showSignIn(""); return; }
+    try {
+      if (await tokenValid(token)) { start(); return; }
+      signOut("The stored token is no longer valid for this node (wrong or replaced). Sign in again.");
+    } catch (err) { showSignIn("Cannot reach the node: " + err.message); }
+  });
+})();
