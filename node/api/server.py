@@ -44,7 +44,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from .metrics import api_metrics
 from .reasons import install_reason_phrases
@@ -380,9 +380,14 @@ class _RawPathRouting:
 
 
 def build_app(
-    routes: Sequence[ApiRoute], *, token: str, registry: CollectorRegistry, version: str
+    routes: Sequence[ApiRoute], *, token: str, registry: CollectorRegistry, version: str,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Any:
-    """The ASGI application for ``routes`` plus the built-in public endpoints."""
+    """The ASGI application for ``routes`` plus the built-in public endpoints.
+
+    ``extra_routes`` are plain Starlette routes (WebSockets, static mounts, pages) that
+    are not API operations: they are routed as given, with no boundary checks, auth or
+    OpenAPI entry of ours, and see path parameters percent-encoded."""
     from .openapi import openapi_document
 
     install_reason_phrases()
@@ -425,7 +430,8 @@ def build_app(
             exc.status_code, str(exc.detail))
         return error_response(exc.status_code, code, message)
 
-    app = Starlette(routes=starlette_routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=[*starlette_routes, *extra_routes],
+                    exception_handlers={HTTPException: http_error})
     # `/worlds/` (an empty name) must be a 404, not a redirect to the world listing.
     app.router.redirect_slashes = False
     return _RawPathRouting(app)
