@@ -9,16 +9,21 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import structlog
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.testclient import TestClient
 
 from n3xus.node.api.server import ApiRoute, build_app
+from n3xus.node.cli.client import path_of
 from n3xus.node.config import DataDir, NodeConfig
 from n3xus.node.logs import configure_logging
 from n3xus.node.runtime import Node
@@ -183,3 +188,30 @@ async def test_the_token_never_reaches_the_log(log_format: str | None,
     if log_format == "json":
         lines = [json.loads(line) for line in logged.err.splitlines() if line.startswith("{")]
         assert any(line.get("event") == "API handler failed" for line in lines)
+
+
+def _echo_app() -> Any:
+    async def one(request: Request) -> Response:
+        return JSONResponse({"name": request.path_params["name"]})
+
+    async def two(request: Request) -> Response:
+        return JSONResponse(dict(request.path_params))
+
+    routes = [ApiRoute("GET", "/t/{name}", one, "echo", auth=False),
+              ApiRoute("GET", "/t/{name}/keys/{key:path}", two, "echo two", auth=False)]
+    return build_app(routes, token="t", registry=CollectorRegistry(), version="test")
+
+
+_ECHO = TestClient(_echo_app())
+_NAMES = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_NAMES, key=_NAMES)
+def test_any_name_survives_the_client_encoding_and_the_server_routing(name: str, key: str) -> None:
+    """The CLI's path_of() and the server's raw-path routing are inverse for any text:
+    no name is cut at `?`/`#`, normalised at `..`, or split at `/`."""
+    one = _ECHO.get("/api/v1" + path_of("/t/{}", name))
+    assert one.status_code == 200 and one.json() == {"name": name}
+    two = _ECHO.get("/api/v1" + path_of("/t/{}/keys/{}", name, key))
+    assert two.status_code == 200 and two.json() == {"name": name, "key": key}
