@@ -135,9 +135,12 @@ async def _run_until_signal(node_obj: Any, events: _Events) -> None:
                      *(f"listening on {addr}" for addr in listen),
                      *((f"dial me at {addr}" for addr in dial) if dial != listen else ()),
                      f"API {node_obj.api_url}/api/v1  (token: {node_obj.data_dir.token_path})",
+                     f"console {node_obj.api_url}/  (open it in a browser; sign in with the "
+                     f"token in {node_obj.data_dir.token_path})",
                      "press Ctrl-C to stop"]
             events("started", lines, version=__version__, peer_id=node_obj.peer_id,
                    listen_addrs=listen, dial_addrs=dial, api_url=f"{node_obj.api_url}/api/v1",
+                   console_url=f"{node_obj.api_url}/",
                    token_path=str(node_obj.data_dir.token_path), data_dir=str(node_obj.data_dir.path))
             async for signum in signals:
                 name = signal.Signals(signum).name
