@@ -379,6 +379,9 @@ def _config_from_toml(raw: dict[str, Any], path: Path) -> NodeConfig:
         dht=typed(p2p, "dht", bool, True),
         mdns=typed(p2p, "mdns", bool, False),
         p2p_limits=limits,
+        # [federation]: networks, allow, deny, ban_seconds, ban_threshold; checked by
+        # n3xus.node.p2p.hello.federation_settings when the node starts.
+        extra={"federation": section("federation")},
     )
 
 

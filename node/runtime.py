@@ -38,15 +38,19 @@ from . import __version__
 from .api.canon import canon_routes
 from .api.console import ConsoleSampler, console_routes
 from .api.ledger import ledger_routes
+from .api.fetch import fetch_routes
 from .api.node import node_routes
 from .api.server import ApiRoute, build_app
 from .config import DataDir, NodeConfig
 from .errors import AddressError
 from .logs import get_logger
 from .p2p import host as p2p
+from .p2p.blocks import BlockServer
 from .p2p.discovery import Discovery, DiscoveryConfig
+from .p2p.federation import Federation
 from .p2p.limits import register_gate_metrics
 from .services.canon import CanonService
+from .services.fetch import FetchService
 from .services.ledger import LedgerService
 from .services.metrics import register_service_metrics
 from .services.metrics_history import MetricsHistory
@@ -137,6 +141,13 @@ class Node:
         self.env: Any = None
         self.canon: CanonService | None = None
         self.ledger: LedgerService | None = None
+        self.block_server: BlockServer | None = None
+        self.fetcher: FetchService | None = None
+        # Hello, peer scoring and witnessing (node/p2p/federation.py); set by run().
+        self.federation: Federation | None = None
+        self.peerbook: Any = None
+        self.genesis: Any = None
+        self.signing_key: SigningKey | None = None
         # Short metrics history for the operator console's charts and live view.
         self.metrics_history = MetricsHistory(ConsoleSampler(self))
 
@@ -146,6 +157,8 @@ class Node:
         seed = self.data_dir.read_identity_seed()
         token = self.data_dir.read_token()
         genesis, _ = ensure_genesis(self.data_dir)  # a dev network unless one is configured
+        self.genesis = genesis
+        self.signing_key = SigningKey(seed)
         key_pair = p2p.keypair_from_seed(seed)
         with self.data_dir.lock():
             # Bound before anything starts: a port in use is a clear error at once,
@@ -179,12 +192,26 @@ class Node:
                 self.api_url = await nursery.start(self._serve_api, token, api_socket)
                 self.data_dir.write_run_file(self.api_url, self.peer_id)
                 nursery.start_soon(self.metrics_history.run)
+                # Hello on every connection, scoring, bans, witnessing: before discovery
+                # dials anyone, so no connection misses its hello.
+                self.federation = Federation(self, self._host)
+                self.peerbook = self.federation.peerbook
+                await nursery.start(self.federation.run)
+                # /n3xus/blocks/1.0.0 serving (node/p2p/blocks.py): registered before any
+                # dial, so every hello lists it.
+                assert self.canon is not None  # opened by run() before _serve
+                self.block_server = BlockServer(self._host, self.canon.store, self.peerbook)
+                self.block_server.register()
                 # Bootstrap dials, reconnects, DHT, mDNS, keepalive (node/p2p/discovery.py).
                 self.discovery = await nursery.start(Discovery(
                     self._host,
                     DiscoveryConfig(bootstrap=self.config.bootstrap, dht=self.config.dht,
                                     mdns=self.config.mdns,
                                     advertise=dial_addrs(self.listen_addrs)),
+                    registry=self.counters.registry).run)
+                # DAG fetches (node/services/fetch.py).
+                self.fetcher = await nursery.start(FetchService(
+                    self._host, self.canon, peerbook=self.peerbook, discovery=self.discovery,
                     registry=self.counters.registry).run)
                 log.info(
                     "node started",
@@ -250,6 +277,7 @@ class Node:
             "counters": self.counters.snapshot(),
             "connection_gate": p2p.gate_of(self._host).snapshot(),
             "discovery": self.discovery.snapshot() if self.discovery is not None else None,
+            "federation": self.federation.snapshot() if self.federation is not None else None,
             "data_dir": str(self.data_dir.path),
         }
 
@@ -267,7 +295,7 @@ class Node:
             *(canon_routes(self.canon) if self.canon is not None else []),
             *(ledger_routes(self.ledger) if self.ledger is not None else []),
         ]
-        return [*feature_routes, *node_routes(self),
+        return [*feature_routes, *fetch_routes(self), *node_routes(self),
                 *console_routes(self, self.metrics_history)]
 
 

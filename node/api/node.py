@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,14 +19,28 @@ if TYPE_CHECKING:
 PEER_ID = {"type": "string", "description": "a libp2p peer ID (base58btc, 12D3Koo…)"}
 MULTIADDR = {"type": "string", "description": "a multiaddr, e.g. /ip4/127.0.0.1/tcp/4141/p2p/12D3Koo…"}
 ADDRS = arr(MULTIADDR)
+# What the federation layer adds to each peer (node/services/peers.py PeerBook.describe).
+FEDERATION_FIELDS: dict[str, dict[str, Any]] = {
+    "hello": {"type": ["object", "null"], "description": "the peer's verified hello (version, "
+              "agent, network, protocols, capabilities, canon/ledger checkpoint sizes, cid)"},
+    "score": {"type": "number", "description": "peer score; banned at the threshold"},
+    "banned": {"type": ["object", "null"], "description": "{peer_id, seconds_left, reason}"},
+    "refusal": {"type": ["object", "null"], "description": "last hello refusal: {code, "
+                "reason, message, by: us | peer}"},
+    "traffic": {"type": ["object", "null"], "description": "bytes, streams per protocol, "
+                "penalties per reason"},
+}
 # Peer and status views grow with the federation work (issue 8/9): declared fields
 # are checked, further fields are allowed.
 PEER = obj({"peer_id": PEER_ID, "addrs": ADDRS},
            {"direction": {"enum": ["inbound", "outbound", "unknown"]},
             "connected_since": {"type": "number", "description": "unix seconds"},
             "last_ping_rtt_ms": {"type": ["number", "null"]},
-            "last_ping_at": {"type": ["number", "null"], "description": "unix seconds"}},
+            "last_ping_at": {"type": ["number", "null"], "description": "unix seconds"},
+            **FEDERATION_FIELDS},
            extra=True)
+OTHER_PEER = obj({"peer_id": PEER_ID, "connected": {"type": "boolean"}}, FEDERATION_FIELDS,
+                 extra=True)
 IDENTITY = obj({"peer_id": PEER_ID, "public_key": {"type": "string", "pattern": "^[0-9a-f]*$"},
                 "listen_addrs": ADDRS, "dial_addrs": ADDRS})
 STATUS = obj({
@@ -61,8 +75,38 @@ def node_routes(node: Node) -> Sequence[ApiRoute]:
     async def get_status(_r: Request) -> Response:
         return JSONResponse(node.status())
 
+    def federated(peers: list[dict[str, Any]]) -> dict[str, Any]:
+        # hello / score / banned / refusal / traffic per peer (node/p2p/federation.py), and
+        # the refused or banned peers that are no longer connected.
+        federation = getattr(node, "federation", None)
+        if federation is None:
+            return {"peers": peers, "others": []}
+        return {"peers": [{**p, **federation.peer_fields(p["peer_id"])} for p in peers],
+                "others": federation.other_peers({p["peer_id"] for p in peers})}
+
     async def get_peers(_r: Request) -> Response:
-        return JSONResponse({"peers": node.peers()})
+        return JSONResponse(federated(node.peers()))
+
+    async def post_ban(request: Request) -> Response:
+        body = await read_json(request)
+        peer, seconds = body["peer_id"], body.get("seconds")
+        if not is_peer_id(peer):
+            raise ApiProblem(400, "bad_peer_id", f"{peer[:100]} is not a peer ID")
+        if node.federation is None:
+            raise ApiProblem(503, "not_ready", "the node's federation layer is not running")
+        try:
+            result = await node.federation.ban(peer, seconds)
+        except ValueError as exc:
+            raise ApiProblem(400, "bad_seconds", str(exc)) from exc
+        return JSONResponse(result)
+
+    async def post_unban(request: Request) -> Response:
+        peer = (await read_json(request))["peer_id"]
+        if not is_peer_id(peer):
+            raise ApiProblem(400, "bad_peer_id", f"{peer[:100]} is not a peer ID")
+        if node.federation is None:
+            raise ApiProblem(503, "not_ready", "the node's federation layer is not running")
+        return JSONResponse(node.federation.unban(peer))
 
     async def post_connect(request: Request) -> Response:
         addr = (await read_json(request))["multiaddr"]
@@ -103,8 +147,21 @@ def node_routes(node: Node) -> Sequence[ApiRoute]:
                  response_schema=IDENTITY),
         ApiRoute("GET", "/status", get_status, "Peer ID, addresses, uptime, peers, counters",
                  response_schema=STATUS),
-        ApiRoute("GET", "/peers", get_peers, "Connected peers",
-                 response_schema=obj({"peers": arr(PEER)})),
+        ApiRoute("GET", "/peers", get_peers,
+                 "Connected peers (with hello, score, ban, refusal, traffic) and the refused "
+                 "or banned ones no longer connected (others)",
+                 response_schema=obj({"peers": arr(PEER)}, {"others": arr(OTHER_PEER)})),
+        ApiRoute("POST", "/peers/ban", post_ban,
+                 "Ban a peer: disconnect it and refuse it in and out for seconds "
+                 "(default: the configured federation.ban_seconds)",
+                 body=Body(JSON, obj({"peer_id": short},
+                                     {"seconds": {"type": "number", "exclusiveMinimum": 0}})),
+                 response_schema=obj({"peer_id": PEER_ID, "banned": {"type": ["object", "null"]}}),
+                 errors=(503,)),
+        ApiRoute("POST", "/peers/unban", post_unban, "Lift a peer's ban",
+                 body=Body(JSON, obj({"peer_id": short})),
+                 response_schema=obj({"peer_id": PEER_ID, "was_banned": {"type": "boolean"}}),
+                 errors=(503,)),
         ApiRoute("POST", "/peers/connect", post_connect,
                  "Dial a peer by multiaddr (no dial when it is connected already)",
                  body=Body(JSON, obj({"multiaddr": short})), response_schema=CONNECTED,

@@ -45,7 +45,7 @@ output_option = click.option(
 # matches each command's own help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "node": ("node", "node", "Create, start and inspect the node."),
-    "peers": ("node", "peers", "Connect to and list peers."),
+    "peers": ("node", "peers", "Connect to, list, ban and unban peers."),
     "id": ("node", "identity", "The node's peer ID (and addresses, when it runs)."),
     "canon": ("canon", "canon", "Content-addressed blocks and files, pins, GC, the canon log, "
                                 "CAR export/import."),

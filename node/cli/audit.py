@@ -198,3 +198,25 @@ def audit_replay(export: str, key: str | None, as_json: bool) -> None:
             echo("  WARNING: checkpoint signatures were NOT checked (no --key)")
 
     emit(as_json, {"ok": True, **report.to_json()}, human)
+
+
+@audit.command("split-view")
+@click.argument("proof", metavar="PROOF.cbor|-")
+@key_option
+@json_option
+def audit_split_view(proof: str, key: str | None, as_json: bool) -> None:
+    """Verify a split-view proof (specs/protocol-hello.md §8.1): two checkpoints signed by
+    one log's key that cannot both be true. The key comes from the log's origin (its peer
+    id) unless --key pins it."""
+    from n3xus.protocol.witness import verify_split_view
+
+    verifier = _verifier(key, required=False)
+    view = verify_split_view(_read(proof), key=verifier)
+
+    def human() -> None:
+        echo(f"OK  split view ({view.kind.value}): {view.origin} signed two checkpoints "
+             "that cannot both be true")
+        for name, checkpoint in (("first", view.first), ("second", view.second)):
+            echo(f"  {name:<7} size {checkpoint.size}  root {checkpoint.root_hash.hex()}")
+
+    emit(as_json, {"ok": True, **view.to_json()}, human)

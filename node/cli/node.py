@@ -174,7 +174,7 @@ def node_status(data_dir: str | None, as_json: bool) -> None:
 # -- peers ------------------------------------------------------------------------
 @click.group()
 def peers() -> None:
-    """Connect to and list peers."""
+    """Connect to, list, ban and unban peers."""
 
 
 @peers.command("connect")
@@ -205,12 +205,63 @@ def peers_list(data_dir: str | None, as_json: bool) -> None:
     def human() -> None:
         if not result["peers"]:
             echo("no connected peers")
-            return
-        rows = [[p["peer_id"], ", ".join(p["addrs"]) or "-"] for p in result["peers"]]
-        for line in table(["peer id", "addresses"], rows):
-            echo(line)
+        else:
+            rows = [[p["peer_id"], ", ".join(p["addrs"]) or "-", _hello_cell(p),
+                     _score_cell(p)] for p in result["peers"]]
+            for line in table(["peer id", "addresses", "hello", "score"], rows):
+                echo(line)
+        others = result.get("others") or []
+        if others:
+            echo("not connected (refused or banned):")
+            rows = [[p["peer_id"], _hello_cell(p), _score_cell(p)] for p in others]
+            for line in table(["peer id", "hello", "score"], rows):
+                echo(line)
 
     emit(as_json, result, human)
+
+
+def _hello_cell(peer: dict[str, Any]) -> str:
+    hello, refusal = peer.get("hello"), peer.get("refusal")
+    if hello:
+        return f"ok v{hello.get('version')}"
+    if refusal:
+        return f"refused by {refusal.get('by')}: {refusal.get('reason')} ({refusal.get('code')})"
+    return "-"
+
+
+def _score_cell(peer: dict[str, Any]) -> str:
+    score = peer.get("score")
+    text = "-" if score is None else f"{score:.1f}"
+    banned = peer.get("banned")
+    return f"{text} banned {banned.get('seconds_left', 0):.0f} s" if banned else text
+
+
+@peers.command("ban")
+@click.argument("peer_id")
+@click.option("--for", "seconds", type=float, default=None, metavar="SECONDS",
+              help="How long (default: the node's federation.ban_seconds).")
+@data_dir_option
+@json_option
+def peers_ban(peer_id: str, seconds: float | None, data_dir: str | None, as_json: bool) -> None:
+    """Disconnect a peer and refuse it, in and out, for a while."""
+    body: dict[str, Any] = {"peer_id": peer_id}
+    if seconds is not None:
+        body["seconds"] = seconds
+    result = client_for(data_dir).post("/peers/ban", json=body)
+    ban = result.get("banned") or {}
+    emit(as_json, result, lambda: echo(
+        f"banned {peer_id} for {ban.get('seconds_left', seconds or 0):.0f} s"))
+
+
+@peers.command("unban")
+@click.argument("peer_id")
+@data_dir_option
+@json_option
+def peers_unban(peer_id: str, data_dir: str | None, as_json: bool) -> None:
+    """Lift a peer's ban."""
+    result = client_for(data_dir).post("/peers/unban", json={"peer_id": peer_id})
+    emit(as_json, result, lambda: echo(
+        f"unbanned {peer_id}" if result["was_banned"] else f"{peer_id} was not banned"))
 
 
 # -- id ---------------------------------------------------------------------------

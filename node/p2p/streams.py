@@ -171,7 +171,10 @@ class CoreStream:
         already made it; nothing if the peer sent the error), then reset. A remote error
         counts against the peer."""
         self.error = error
-        if isinstance(error, RemoteProtocolError) and self.peerbook is not None:
+        # The peer's own error message (PeerError: send_error false) is its refusal of us,
+        # not a fault of its own.
+        if (isinstance(error, RemoteProtocolError) and getattr(error, "send_error", True)
+                and self.peerbook is not None):
             self.peerbook.penalize(self.peer_id, error.code)
         if isinstance(error, LocalProtocolError):
             logger.error("/n3xus/%s with %s: our bug: %s", self.protocol, self.peer_id, error)

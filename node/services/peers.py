@@ -81,13 +81,14 @@ PENALTY_WEIGHTS: Final[dict[str, float]] = {
     ErrorCode.BUSY.label: 0.0,             # the peer is telling us about itself
     ErrorCode.INTERNAL.label: 0.0,
     # Hello refusals: lying about identity or replaying costs most.
-    ErrorCode.WRONG_NETWORK.label: 5.0,
-    ErrorCode.UNSUPPORTED_VERSION.label: 5.0,
+    # (Not faults: such peers are kept away by hello.INCOMPATIBLE_BACKOFF_S instead.)
+    ErrorCode.WRONG_NETWORK.label: 0.0,
+    ErrorCode.UNSUPPORTED_VERSION.label: 0.0,
     ErrorCode.BAD_SIGNATURE.label: 25.0,
     ErrorCode.IDENTITY_MISMATCH.label: 25.0,
     ErrorCode.REPLAYED.label: 20.0,
     ErrorCode.STALE.label: 5.0,
-    ErrorCode.POLICY_DENIED.label: 5.0,
+    ErrorCode.POLICY_DENIED.label: 0.0,
     ErrorCode.BAD_CHECKPOINT.label: 20.0,
     # Blocks.
     ErrorCode.BLOCK_MISMATCH.label: 20.0,
