@@ -44,6 +44,7 @@ from n3xus.protocol.blocks import (
     MAX_PAYLOAD_BYTES,
     BlocksRequester,
     BlocksResponder,
+    Cancel,
     Have,
     RequesterEvent,
 )
@@ -182,16 +183,17 @@ class BlockServer:
             nonlocal wake, ended
             try:
                 while True:
-                    before = len(responder.pending)
                     try:
                         more = await pump(channel, responder)
                     except DeadlineExceeded:
                         if responder.pending:
                             raise
                         return  # idle for IDLE_TIMEOUT_S: close, no fault (rule of §6)
-                    state.wants += len(responder.pending) - before
-                    while responder.next_event() is not None:
-                        pass  # wants are read from responder.pending, in arrival order
+                    # Wants are answered from responder.pending, in arrival order; the
+                    # events only tell how many were added or withdrawn.
+                    while (event := responder.next_event()) is not None:
+                        change = len(event.cids)
+                        state.wants += -change if isinstance(event, Cancel) else change
                     if state.wants > MAX_PEER_OUTSTANDING_WANTS:
                         raise RemoteProtocolError(
                             f"over {MAX_PEER_OUTSTANDING_WANTS} outstanding wants across "

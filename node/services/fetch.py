@@ -55,9 +55,10 @@ FLUSH_BYTES: Final = 8 * 1024 * 1024
 """Received bytes written per LMDB transaction at most. The environment syncs each commit
 (a write acknowledged survives a crash), so one commit per block would cost one fsync per
 256 KiB; 8 MiB amortises it while a crash loses at most that much (fetched again)."""
-STORE_QUEUE_BLOCKS: Final = 256
-"""Verified blocks waiting for the store task: when the disk is slower than the network the
-readers wait here, so memory stays bounded (256 x 1 MiB at worst)."""
+MAX_STORE_QUEUE_BYTES: Final = 4 * FLUSH_BYTES
+"""Verified block bytes waiting for the store task: when the disk is slower than the network
+the readers wait here, so memory stays bounded. Counted in bytes, not blocks: a queue of 256
+blocks forced one commit (one fsync) per 256 KiB of 1 KiB blocks."""
 MAX_SOURCES: Final = 8
 """Peers one fetch draws from at once: more adds little on one machine's uplinks and costs a
 stream and two tasks each."""
@@ -350,8 +351,11 @@ class _Transfer:
         self.active: set[str] = set()
         self.complete = trio.Event()
         self.store_error: str | None = None
+        # Unbounded as a channel; bounded in bytes by _queue_block (MAX_STORE_QUEUE_BYTES).
         self.store_send, self.store_receive = trio.open_memory_channel[tuple[CID, bytes]](
-            STORE_QUEUE_BLOCKS)
+            float("inf"))
+        self.queued_bytes = 0
+        self.drained = trio.Event()
 
     async def run(self, peers: Sequence[str]) -> None:
         async with trio.open_nursery() as nursery:
@@ -458,7 +462,7 @@ class _Transfer:
                     stats.bytes += len(event.data)
                     metrics.blocks.inc()
                     metrics.bytes.inc(len(event.data))
-                    await self.store_send.send((event.cid, event.data))
+                    await self._queue_block(event.cid, event.data)
                 elif isinstance(event, DontHave):
                     stats.dont_haves += 1
                     planner.dont_have(peer, event.cid)
@@ -466,6 +470,13 @@ class _Transfer:
             self._dispatch()
             if self.complete.is_set():
                 return
+
+    async def _queue_block(self, cid: CID, data: bytes) -> None:
+        while self.queued_bytes >= MAX_STORE_QUEUE_BYTES:
+            await self.drained.wait()
+            self.drained = trio.Event()
+        self.queued_bytes += len(data)
+        self.store_send.send_nowait((cid, data))
 
     async def _store_blocks(self) -> None:
         """Writes verified blocks in batches; the store checks each once more."""
@@ -488,6 +499,8 @@ class _Transfer:
                         break
                     batch.append(item)
                     size += len(item[1])
+                self.queued_bytes -= size
+                self.drained.set()
                 rejected: list[tuple[CID, CanonError]] = []
                 stored = await trio.to_thread.run_sync(self.session.put_blocks, batch,
                                                        _collector(rejected))
