@@ -37,8 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from . import __version__
 from .api.canon import canon_routes
 from .api.console import ConsoleSampler, console_routes
-from .api.ledger import ledger_routes
 from .api.fetch import fetch_routes
+from .api.ledger import ledger_routes
 from .api.node import node_routes
 from .api.server import ApiRoute, build_app
 from .config import DataDir, NodeConfig
