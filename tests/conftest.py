@@ -78,11 +78,19 @@ class CliNode:
         return code, elapsed, stderr
 
 
-def start_cli_node(data_dir: Path, *extra: str) -> CliNode:
+def start_cli_node(data_dir: Path, *extra: str, genesis: Path | None = None,
+                   env: dict[str, str] | None = None) -> CliNode:
+    """``n3xus node start`` on free ports. ``genesis``: join that network first (`node init
+    --genesis`); nodes of different networks refuse each other's hello, and a fresh data dir
+    is a development network of its own. ``env``: extra environment variables."""
+    if genesis is not None:
+        init = run_cli("node", "init", "--data-dir", str(data_dir), "--genesis", str(genesis))
+        assert init.returncode == 0, init.stderr
     proc = subprocess.Popen(
         n3xus_argv("node", "start", "--data-dir", str(data_dir),
                    "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", *extra),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+        env=None if env is None else {**os.environ, **env},
     )
     node = CliNode(data_dir, proc)
     deadline = time.monotonic() + CLI_START_TIMEOUT_S

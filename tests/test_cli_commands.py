@@ -166,7 +166,8 @@ def test_canon_world_and_ledger_through_the_cli(tmp_path: Path, cli_nodes: list[
 def test_peers_connect_says_when_it_did_not_dial(tmp_path: Path, cli_nodes: list[CliNode]) -> None:
     a = start_cli_node(tmp_path / "a")
     cli_nodes.append(a)
-    b = start_cli_node(tmp_path / "b")
+    # One network: nodes of different genesis refuse each other's hello and disconnect.
+    b = start_cli_node(tmp_path / "b", genesis=tmp_path / "a" / "genesis.cbor")
     cli_nodes.append(b)
     d = ("--data-dir", str(b.data_dir))
     first = _ok("peers", "connect", a.listen_addr, *d)

@@ -38,7 +38,8 @@ def test_status_restart_keeps_peer_id_and_sigterm_exits_0(tmp_path: Path, cli_no
 def test_two_cli_nodes_connect_and_list_each_other(tmp_path: Path, cli_nodes: list[CliNode]) -> None:
     a = start_cli_node(tmp_path / "a")
     cli_nodes.append(a)
-    b = start_cli_node(tmp_path / "b")
+    # One network: nodes of different genesis refuse each other's hello.
+    b = start_cli_node(tmp_path / "b", genesis=tmp_path / "a" / "genesis.cbor")
     cli_nodes.append(b)
     res = run_cli("peers", "connect", a.listen_addr, "--data-dir", str(b.data_dir), "--json")
     assert res.returncode == 0, res.stderr
