@@ -17,9 +17,11 @@ at its own leaf (present), at an empty subtree, or at another key's leaf (absent
 Storage. :class:`SparseMerkleTree` keeps every non-empty position in one key-value store
 (an LMDB database in the node): key ``u8 depth || prefix`` (the path's first ``depth`` bits,
 ``ceil(depth/8)`` bytes, the unused low bits zero), value ``0x00 || leaf hash || state key``
-for a leaf or ``0x01 || hash`` for an inner node. A batch of k changed keys rewrites only the
-positions on their paths: O(k log n) reads, hashes and writes; a proof reads O(log n)
-positions. :func:`root_of` computes the same root from scratch (the in-memory ledger, audits).
+for a leaf or ``0x01 || left hash || right hash`` for an inner node (whose own hash is then
+BLAKE3 of the stored value). Because an inner node holds both child hashes, an update reads
+only the positions on the changed paths, and a proof reads only the walked path. A batch of
+k changed keys costs O(k log n) reads, hashes and writes; a proof O(log n) reads.
+:func:`root_of` computes the same root from scratch (the in-memory ledger, audits).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ _LEAF: Final = 0x00
 _NODE: Final = 0x01
 _ROOT_POSITION: Final = b"\x00"
 
-# (hash, state key) of a leaf; (hash, None) of an inner node; None for an empty subtree.
+# (hash, state key) of a leaf; (stored value 0x01 || left || right, None) of an inner node;
+# None for an empty subtree.
 Content = tuple[bytes, bytes | None] | None
 Getter = Callable[[bytes], bytes | None]
 Putter = Callable[[bytes, bytes], object]
@@ -74,17 +77,30 @@ def position(depth: int, prefix: int) -> bytes:
 
 
 def _hash(content: Content) -> bytes:
-    return EMPTY if content is None else content[0]
+    if content is None:
+        return EMPTY
+    if content[1] is None:
+        return blake3(content[0]).digest()  # an inner node: 0x01 || left || right
+    return content[0]
+
+
+def _inner(left: Content, right: Content) -> tuple[bytes, None]:
+    return b"\x01" + _hash(left) + _hash(right), None
+
+
+def _children(content: tuple[bytes, bytes | None]) -> tuple[bytes, bytes]:
+    raw = content[0]
+    return raw[1:1 + HASH_BYTES], raw[1 + HASH_BYTES:]
 
 
 def _encode(content: tuple[bytes, bytes | None]) -> bytes:
     digest, key = content
-    return b"\x01" + digest if key is None else b"\x00" + digest + key
+    return digest if key is None else b"\x00" + digest + key
 
 
 def _decode(raw: bytes) -> Content:
-    if raw[0] == _NODE and len(raw) == 1 + HASH_BYTES:
-        return bytes(raw[1:]), None
+    if raw[0] == _NODE and len(raw) == 1 + 2 * HASH_BYTES:
+        return bytes(raw), None
     if raw[0] == _LEAF and len(raw) > 1 + HASH_BYTES:
         return bytes(raw[1:1 + HASH_BYTES]), bytes(raw[1 + HASH_BYTES:])
     raise LedgerCorruptError("a state tree position holds neither a leaf nor a node")
@@ -125,7 +141,12 @@ def _build(leaves: _Leaves, depth: int, prefix: int, lo: int, hi: int,
             sink(position(depth + 1, prefix << 1), _encode(left))
         if right is not None:
             sink(position(depth + 1, (prefix << 1) | 1), _encode(right))
-    return node_hash(_hash(left), _hash(right)), None
+    return _inner(left, right)
+
+
+def _side_hash(side: Content | bytes) -> bytes:
+    """The hash of a child given as its content or, unread, as its hash."""
+    return side if isinstance(side, bytes) else _hash(side)
 
 
 def root_of(items: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -220,30 +241,50 @@ class SparseMerkleTree:
             return _build(leaves, depth, prefix, 0, len(leaves.items), self._put)
         split = _split(changes.paths, depth, prefix, lo, hi)
         left_prefix, right_prefix = prefix << 1, (prefix << 1) | 1
-        old_left = self._read(depth + 1, left_prefix)
-        old_right = self._read(depth + 1, right_prefix)
-        left = self._update(changes, depth + 1, left_prefix, old_left, lo, split) \
-            if split > lo else old_left
-        right = self._update(changes, depth + 1, right_prefix, old_right, split, hi) \
-            if hi > split else old_right
-        lone = None
-        if left is None and (right is None or right[1] is not None):
+        left_hash, right_hash = _children(content)
+        # Only the changed sides are read; an unchanged side is known by its hash, and read
+        # only when the other side empties (a lone leaf there moves up).
+        old_left: Content | bytes = left_hash
+        old_right: Content | bytes = right_hash
+        if split > lo:
+            old_left = self._read(depth + 1, left_prefix)
+            left: Content | bytes = self._update(changes, depth + 1, left_prefix, old_left, lo, split)
+        else:
+            left = left_hash
+        if hi > split:
+            old_right = self._read(depth + 1, right_prefix)
+            right: Content | bytes = self._update(changes, depth + 1, right_prefix, old_right,
+                                                  split, hi)
+        else:
+            right = right_hash
+        if isinstance(left, bytes) and left == EMPTY:
+            left = None
+        if isinstance(right, bytes) and right == EMPTY:
+            right = None
+        if left is None and isinstance(right, bytes):
+            right = self._read(depth + 1, right_prefix)
+        if right is None and isinstance(left, bytes):
+            left = self._read(depth + 1, left_prefix)
+        lone: Content | bytes = None
+        if left is None and (right is None or (not isinstance(right, bytes) and right[1] is not None)):
             lone = right
-        elif right is None and left is not None and left[1] is not None:
+        elif right is None and not isinstance(left, bytes) and left is not None and left[1] is not None:
             lone = left
         else:
             for child, old, child_prefix, changed in ((left, old_left, left_prefix, split > lo),
                                                       (right, old_right, right_prefix, hi > split)):
                 if changed:
+                    assert not isinstance(child, bytes)
                     if child is None:
                         self._delete(position(depth + 1, child_prefix))
                     elif child != old:
                         self._put(position(depth + 1, child_prefix), _encode(child))
-            return node_hash(_hash(left), _hash(right)), None
+            return (b"\x01" + _side_hash(left) + _side_hash(right)), None
         # At most one leaf is left below: it moves up here, the children's positions go.
         for old, child_prefix in ((old_left, left_prefix), (old_right, right_prefix)):
-            if old is not None:
+            if old is not None and not (isinstance(old, bytes) and old == EMPTY):
                 self._delete(position(depth + 1, child_prefix))
+        assert not isinstance(lone, bytes)
         return lone
 
     def bulk_load(self, items: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -267,8 +308,13 @@ class SparseMerkleTree:
         siblings: list[bytes] = []
         while content is not None and content[1] is None:
             bit = _bit(path, depth)
-            siblings.append(_hash(self._read(depth + 1, (prefix << 1) | (1 - bit))))
+            left, right = _children(content)
+            siblings.append(left if bit else right)
             prefix = (prefix << 1) | bit
             depth += 1
+            if (right if bit else left) == EMPTY:
+                return siblings, None
             content = self._read(depth, prefix)
+            if content is None:
+                raise LedgerCorruptError("a state tree node links a missing position")
         return siblings, content
