@@ -16,8 +16,9 @@ Two mechanisms, because gossip is best effort:
   hour, catches up this way without operator action.
 
 The per-account summary hashes exactly what decides the state (§10): the account's
-transactions below its freeze seq, and that seq. Two nodes with equal digests have equal
-states; anti-entropy stops when they agree.
+transactions below its freeze seq (an XOR of their hashes, so a new transaction costs O(1)
+whatever the chain's length), and that seq. Two nodes with equal digests have equal states;
+anti-entropy stops when they agree.
 """
 
 from __future__ import annotations
@@ -75,16 +76,6 @@ def bucket_of(account: bytes) -> int:
     return account[0] >> 4
 
 
-def entry_account(entry: bytes) -> bytes | None:
-    """The account a logged entry is about (None for the genesis block)."""
-    if entry.startswith(FRAUD_PROOF_PREFIX):
-        return verify_fraud_proof(entry).account
-    try:
-        return decode_tx(entry).account
-    except ValueError:
-        return None
-
-
 class LedgerSync:
     """The sync state of one node over its ledger."""
 
@@ -94,6 +85,7 @@ class LedgerSync:
         self.peers: dict[Peer, None] = {}
         self._seen: dict[bytes, None] = {}
         self._rows: dict[bytes, SummaryRow] = {}
+        self._accumulators: dict[bytes, int] = {}
         self._buckets = [0] * BUCKETS
         self._announced = ledger.log_size()
         self.counters: dict[str, int] = {"gossip_in": 0, "gossip_dup": 0, "pulled": 0,
@@ -111,28 +103,51 @@ class LedgerSync:
 
     # --- summaries -----------------------------------------------------------------------
 
-    def _summary(self, account: bytes) -> SummaryRow:
+    def _summary(self, account: bytes) -> tuple[SummaryRow, int]:
+        """The account's summary from its whole chain, and its XOR accumulator."""
         freeze = self.ledger.freeze_seq(account)
-        chain = self.ledger.account_chain(account)
-        digest = blake3(ACCOUNT_DIGEST_TAG + account
-                        + (_NO_FREEZE if freeze is None else freeze.to_bytes(8, "big")))
+        accumulator = 0
         next_seq = 0
-        for seq, tx_id in chain:
+        for seq, tx_id in self.ledger.account_chain(account):
             if freeze is not None and seq >= freeze:
                 break
-            digest.update(seq.to_bytes(8, "big") + tx_id)
+            accumulator ^= _tx_hash(seq, tx_id)
             if seq == next_seq:
                 next_seq += 1
-        return SummaryRow(account, digest.digest(), next_seq, freeze)
+        return _row(account, accumulator, next_seq, freeze), accumulator
 
-    def _refresh(self, account: bytes) -> None:
+    def _set_row(self, account: bytes, row: SummaryRow, accumulator: int) -> None:
         bucket = bucket_of(account)
         old = self._rows.get(account)
         if old is not None:
             self._buckets[bucket] ^= _row_hash(old)
-        row = self._summary(account)
         self._rows[account] = row
+        self._accumulators[account] = accumulator
         self._buckets[bucket] ^= _row_hash(row)
+
+    def _refresh(self, account: bytes) -> None:
+        """Recompute an account's summary from its chain (start, fraud proofs)."""
+        row, accumulator = self._summary(account)
+        self._set_row(account, row, accumulator)
+
+    def _add_tx(self, account: bytes, seq: int, tx_id: bytes) -> None:
+        """Fold one newly admitted transaction into its account's summary: O(1) plus the
+        stretch of chain it completes, however long the chain."""
+        row = self._rows.get(account)
+        if row is None:
+            self._refresh(account)
+            return
+        if row.freeze is not None and seq >= row.freeze:
+            return
+        accumulator = self._accumulators[account] ^ _tx_hash(seq, tx_id)
+        next_seq = row.next_seq
+        if seq == next_seq:
+            for present, _ in self.ledger.account_chain(account, next_seq):
+                if present == next_seq:
+                    next_seq += 1
+                elif present > next_seq:
+                    break
+        self._set_row(account, _row(account, accumulator, next_seq, row.freeze), accumulator)
 
     def digest(self) -> Digest:
         return Digest(tuple(value.to_bytes(32, "big") for value in self._buckets))
@@ -151,13 +166,19 @@ class LedgerSync:
             return []
         fresh = list(self.ledger.iter_log(self._announced, size))
         self._announced = size
-        touched: dict[bytes, None] = {}
+        refresh: dict[bytes, None] = {}
         for entry in fresh:
             self._remember(entry)
-            account = entry_account(entry)
-            if account is not None:
-                touched[account] = None
-        for account in touched:
+            if entry.startswith(FRAUD_PROOF_PREFIX):
+                refresh[verify_fraud_proof(entry).account] = None  # a freeze: recompute
+                continue
+            try:
+                tx = decode_tx(entry)
+            except ValueError:
+                continue  # the genesis block
+            if tx.account not in refresh:
+                self._add_tx(tx.account, tx.seq, tx.id)
+        for account in refresh:
             self._refresh(account)
         sends: list[Send] = []
         for start in range(0, len(fresh), MAX_ENTRIES):
@@ -273,6 +294,17 @@ class LedgerSync:
             if entry is not None:
                 entries.append(entry)
         return Chain(account, tuple(entries))
+
+
+def _tx_hash(seq: int, tx_id: bytes) -> int:
+    return int.from_bytes(blake3(seq.to_bytes(8, "big") + tx_id).digest(), "big")
+
+
+def _row(account: bytes, accumulator: int, next_seq: int, freeze: int | None) -> SummaryRow:
+    digest = blake3(ACCOUNT_DIGEST_TAG + account
+                    + (_NO_FREEZE if freeze is None else freeze.to_bytes(8, "big"))
+                    + accumulator.to_bytes(32, "big")).digest()
+    return SummaryRow(account, digest, next_seq, freeze)
 
 
 def _row_hash(row: SummaryRow) -> int:
