@@ -321,6 +321,7 @@ class HelloService:
     async def _initiate(self, conn: INetConn, peer: str) -> None:
         state = self._state(conn)
         state.stream_seen = True
+        self.peerbook.hello_started(peer)
         started = trio.current_time()
         stream: INetStream | None = None
         with trio.move_on_after(OPEN_STREAM_TIMEOUT_S):
@@ -355,6 +356,7 @@ class HelloService:
     async def _exchange(self, state: _ConnectionHello, conn: INetConn | None,
                         stream: INetStream, role: Role, started: float) -> None:
         peer = str(stream.muxed_conn.peer_id)
+        self.peerbook.hello_started(peer)
         direction = "outbound" if role is Role.INITIATOR else "inbound"
         exchange: HelloExchange | None = None
         error: RemoteProtocolError | None = None

@@ -251,12 +251,17 @@ class PeerBook:
         if event is not None:
             event.set()
 
+    def hello_started(self, peer_id: str) -> None:
+        """A hello exchange with ``peer_id`` is under way (see :meth:`wait_accepted`)."""
+        self._outcomes.setdefault(peer_id, trio.Event())
+
     async def wait_accepted(self, peer_id: str, timeout: float) -> bool:
         """True once ``peer_id``'s hello completed: at once if it has, else when the hello
-        in progress ends (False if it fails, or nothing completes within ``timeout``)."""
+        under way ends (False if it fails, none is under way, or none completes within
+        ``timeout``)."""
         if self.is_accepted(peer_id):
             return True
-        if self.is_banned(peer_id):
+        if self.is_banned(peer_id) or peer_id not in self._outcomes:
             return False
         event = self._outcomes.setdefault(peer_id, trio.Event())
         with trio.move_on_after(timeout):

@@ -1,0 +1,180 @@
+"""The signed hello between real CLI nodes (``n3xus node start``, each its own process on
+127.0.0.1): three nodes of one network recognise each other and log it verifiably; a node of
+another network and one of another major version are refused with their reasons, visible in
+``n3xus peers list --json`` and in the log."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import CliNode, run_cli, start_cli_node
+from n3xus.canon.codec import decode
+from n3xus.node.p2p.hello import TEST_VERSION_ENV, verify_recognition
+from n3xus.protocol.codes import ErrorCode
+from n3xus.protocol.errors import HelloRefused
+
+# B and C bootstrap from A and find each other through the DHT; on a loaded 2-core
+# machine with other test processes the first lookups can take a while.
+CONNECT_BOUND_S = 40.0
+POLL_S = 0.25
+
+
+def api(node: CliNode, path: str, **params: Any) -> Any:
+    token = (node.data_dir / "api.token").read_text().strip()
+    response = httpx.get(f"{node.api_url}/api/v1{path}", params=params,
+                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    response.raise_for_status()
+    return response.json() if "json" in response.headers.get("content-type", "") else response.content
+
+
+def peers_json(node: CliNode) -> dict[str, Any]:
+    res = run_cli("peers", "list", "--data-dir", str(node.data_dir), "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(POLL_S)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def recognised(node: CliNode) -> set[str]:
+    return {p["peer_id"] for p in api(node, "/peers")["peers"] if p.get("hello")}
+
+
+def test_three_cli_nodes_complete_hellos_and_log_verifiable_handshakes(
+        tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    a = start_cli_node(tmp_path / "a")
+    cli_nodes.append(a)
+    genesis = tmp_path / "a" / "genesis.cbor"
+    b = start_cli_node(tmp_path / "b", "--bootstrap", a.listen_addr, genesis=genesis)
+    cli_nodes.append(b)
+    c = start_cli_node(tmp_path / "c", "--bootstrap", a.listen_addr, genesis=genesis)
+    cli_nodes.append(c)
+    nodes = {a.peer_id: a, b.peer_id: b, c.peer_id: c}
+
+    took = wait_for(lambda: all(recognised(n) == set(nodes) - {pid} for pid, n in nodes.items()),
+                    CONNECT_BOUND_S, "every node recognises the two others")
+    print(f"\nall hellos complete {took:.1f} s after C started")
+
+    networks = set()
+    durations = []
+    for peer_id, node in nodes.items():
+        listed = peers_json(node)
+        assert {p["peer_id"] for p in listed["peers"]} == set(nodes) - {peer_id}
+        for peer in listed["peers"]:
+            hello = peer["hello"]
+            networks.add(hello["network"])
+            assert hello["version"] == "0.1.0"
+            assert "/n3xus/hello/1.0.0" in hello["protocols"] and "witness" in hello["capabilities"]
+            assert peer["refusal"] is None and peer["banned"] is None and peer["score"] > 0
+            assert hello["direction"] in ("inbound", "outbound")
+            durations.append(hello["elapsed_ms"])
+        status = api(node, "/status")["federation"]
+        assert status["hellos_completed"] >= 2 and status["hellos_refused"] == 0
+    assert len(networks) == 1  # one genesis
+
+    # Each completed hello is a handshake v2 entry that a third party can check: the
+    # linked block is the peer's signed hello for a session between the two nodes.
+    for peer_id, node in nodes.items():
+        entries = [e for e in api(node, "/canon/log", start=0, limit=100)["entries"]
+                   if e["type"] == "handshake"]
+        assert entries and all(e["version"] == 2 for e in entries)
+        seen = set()
+        for entry in entries:
+            payload = decode(api(node, f"/canon/blocks/{entry['payload']}"))
+            block = api(node, f"/canon/blocks/{payload['hello']}")
+            hello = verify_recognition(payload, block, peer_id)
+            assert hello.peer_id == payload["peer"] != peer_id
+            seen.add(payload["peer"])
+            tampered = bytearray(block)
+            tampered[-1] ^= 1
+            with pytest.raises(HelloRefused) as refused:
+                verify_recognition(payload, bytes(tampered), peer_id)
+            assert refused.value.code is ErrorCode.BAD_SIGNATURE
+            with pytest.raises(HelloRefused) as refused:  # not a recognition of a third node
+                verify_recognition(payload, block, "12D3KooWGYHiagipDUke28zYWUQ68LJvzGQ9kzAdbsikGbcHu8Aw")
+            assert refused.value.code is ErrorCode.REPLAYED
+        assert seen == set(nodes) - {peer_id}
+        # The log still verifies as a whole with these entries (their schema is registered).
+        proof = api(node, f"/canon/log/proof/{entries[0]['index']}")
+        assert proof
+    print(f"hello exchange (as each side saw it): median {statistics.median(durations):.1f} ms, "
+          f"max {max(durations):.1f} ms over {len(durations)} sides")
+    for node in nodes.values():
+        code, _, stderr = node.stop()
+        assert code == 0, stderr[-2000:]
+
+
+def refusal_of(node: CliNode, peer_id: str) -> dict[str, Any] | None:
+    listed = peers_json(node)
+    for peer in [*listed["peers"], *listed["others"]]:
+        if peer["peer_id"] == peer_id and peer.get("refusal"):
+            return peer["refusal"]  # type: ignore[no-any-return]
+    return None
+
+
+def test_other_network_and_other_major_version_are_refused_with_reasons(
+        tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    a = start_cli_node(tmp_path / "a")
+    cli_nodes.append(a)
+    # A fresh data dir is a development network of its own: another genesis.
+    stranger = start_cli_node(tmp_path / "x", "--bootstrap", a.listen_addr)
+    cli_nodes.append(stranger)
+    # Same network, but it advertises major version 7 (the documented test hook).
+    future = start_cli_node(tmp_path / "v", "--bootstrap", a.listen_addr,
+                            genesis=tmp_path / "a" / "genesis.cbor",
+                            env={TEST_VERSION_ENV: "7.0.0"})
+    cli_nodes.append(future)
+
+    wait_for(lambda: refusal_of(a, stranger.peer_id) is not None
+             and refusal_of(a, future.peer_id) is not None, CONNECT_BOUND_S,
+             "A shows both refusals")
+    wait_for(lambda: refusal_of(stranger, a.peer_id) is not None
+             and refusal_of(future, a.peer_id) is not None, CONNECT_BOUND_S,
+             "the refused nodes show them too")
+
+    # The dialer verifies first (it receives the responder's hello), so it refuses: A
+    # learns the reason from the error frame ("by": "peer").
+    on_a = refusal_of(a, stranger.peer_id)
+    assert on_a is not None and on_a["code"] == ErrorCode.WRONG_NETWORK == 16
+    assert on_a["reason"] == "wrong-network" and on_a["by"] == "peer"
+    assert "is not one this node accepts" in on_a["message"]
+    on_x = refusal_of(stranger, a.peer_id)
+    assert on_x is not None and on_x["reason"] == "wrong-network" and on_x["by"] == "us"
+
+    on_a = refusal_of(a, future.peer_id)
+    assert on_a is not None and on_a["code"] == ErrorCode.UNSUPPORTED_VERSION == 17
+    assert on_a["reason"] == "unsupported-version" and "major versions differ" in on_a["message"]
+    on_v = refusal_of(future, a.peer_id)
+    assert on_v is not None and on_v["reason"] == "unsupported-version"
+
+    # Refused peers are not connected, and are kept away (no reconnect loop) for a while.
+    listed = peers_json(a)
+    assert listed["peers"] == []
+    others = {p["peer_id"]: p for p in listed["others"]}
+    assert others[stranger.peer_id]["banned"]["reason"].startswith("hello refused (wrong-network")
+    assert others[future.peer_id]["hello"] is None
+    human = run_cli("peers", "list", "--data-dir", str(a.data_dir)).stdout
+    assert "wrong-network (16)" in human and "unsupported-version (17)" in human
+    assert api(a, "/status")["federation"]["hellos_completed"] == 0
+
+    for node in (a, stranger, future):
+        code, _, stderr = node.stop()
+        assert code == 0, stderr[-2000:]
+        if node is a:
+            log = stderr + "\n".join(node.stdout_lines)
+            assert "hello refused" in log and "reason=wrong-network" in log
+            assert "reason=unsupported-version" in log
