@@ -368,8 +368,12 @@ class Simulation:
         self.stats["frozen"] = len([k for k in union.state if k[:1] == b"F"])
         self.stats["replays"] = sum(ledger.replays for ledger in self.ledgers)
         self.stats["entries"] = len(seen)
-        return SimResult(self.config, roots, reference,
-                         all(root == reference for root in roots), self.trace.hexdigest(),
+        # Anti-entropy must also come to rest: every node's sync digest the same (a
+        # summary that never agreed would keep nodes exchanging forever).
+        digests = {self.syncs[node].digest() for node in range(self.config.nodes)}
+        self.stats["digests"] = len(digests)
+        converged = all(root == reference for root in roots) and len(digests) == 1
+        return SimResult(self.config, roots, reference, converged, self.trace.hexdigest(),
                          self.stats, time.perf_counter() - started)
 
 

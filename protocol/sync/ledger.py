@@ -133,10 +133,7 @@ class LedgerSync:
     def _add_tx(self, account: bytes, seq: int, tx_id: bytes) -> None:
         """Fold one newly admitted transaction into its account's summary: O(1) plus the
         stretch of chain it completes, however long the chain."""
-        row = self._rows.get(account)
-        if row is None:
-            self._refresh(account)
-            return
+        row = self._rows[account]
         if row.freeze is not None and seq >= row.freeze:
             return
         accumulator = self._accumulators[account] ^ _tx_hash(seq, tx_id)
@@ -176,7 +173,11 @@ class LedgerSync:
                 tx = decode_tx(entry)
             except ValueError:
                 continue  # the genesis block
-            if tx.account not in refresh:
+            if tx.account in refresh or tx.account not in self._rows:
+                # A new account is summarised from its chain after the batch (which already
+                # holds the batch's later transactions: folding them too would count twice).
+                refresh[tx.account] = None
+            else:
                 self._add_tx(tx.account, tx.seq, tx.id)
         for account in refresh:
             self._refresh(account)
