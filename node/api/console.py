@@ -90,7 +90,8 @@ SSE_HEARTBEAT_S = 15.0
 # two are normal, hundreds are a leak or an attack.
 MAX_EVENT_STREAMS = 16
 # Canon block totals come from a scan of the block store; in the metrics history
-# they are refreshed at most this often (the other series are read every sample).
+# they are refreshed when the canon log or the pins change, else at most this often
+# (the other series are read every sample).
 CANON_SCAN_INTERVAL_S = 30.0
 # The ledger log is indexed incrementally (accounts, assets, listings and fraud
 # proofs seen in it), in batches of this many entries per thread hop.
@@ -281,6 +282,7 @@ class ConsoleSampler:
         self.node = node
         self._canon_totals: dict[str, float] = {}
         self._canon_scanned_at = -CANON_SCAN_INTERVAL_S
+        self._canon_marks: tuple[float, float] = (-1.0, -1.0)  # (log size, pins) at the scan
 
     async def __call__(self) -> dict[str, float]:
         node = self.node
@@ -308,7 +310,9 @@ class ConsoleSampler:
             out["canon_pins"] = float(len(canon.store.pins()))
             out["worlds"] = float(len(canon.world_names()))
             now = time.monotonic()
-            if now - self._canon_scanned_at >= CANON_SCAN_INTERVAL_S:
+            marks = (out["canon_log_size"], out["canon_pins"])
+            if marks != self._canon_marks or now - self._canon_scanned_at >= CANON_SCAN_INTERVAL_S:
+                self._canon_marks = marks
                 stats = canon.store.stats()
                 self._canon_totals = {"canon_blocks": float(stats.blocks),
                                       "canon_bytes": float(stats.bytes),

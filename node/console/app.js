@@ -251,33 +251,59 @@
       refresh: () => refresh("peers"),
     }), verb === "ban" ? "danger" : null);
   }
+  // Hello fields worth a glance; the rest is in the row's details.
+  const HELLO_SKIP = new Set(["at", "cid", "elapsed_ms", "signature", "public_key", "peer_id"]);
   function helloText(hello) {
     if (!hello || typeof hello !== "object") return "–";
     const parts = [];
     if (hello.network) parts.push("network " + short(hello.network));
     if (hello.version) parts.push("v" + hello.version);
-    if (Array.isArray(hello.capabilities)) parts.push(hello.capabilities.join(", "));
-    for (const [k, v] of Object.entries(hello)) if (!["network", "version", "capabilities"].includes(k) && typeof v !== "object") parts.push(k + " " + v);
+    for (const [k, v] of Object.entries(hello)) {
+      if (k === "network" || k === "version" || HELLO_SKIP.has(k)) continue;
+      if (Array.isArray(v)) parts.push(k + ": " + v.join(", "));
+      else if (v === true) parts.push(k);
+      else if (v !== false && v !== null && typeof v !== "object") parts.push(k + " " + v);
+    }
     return parts.join(" · ") || "–";
   }
+  function trafficText(t) {
+    if (!t || typeof t !== "object") return "–";
+    const parts = [];
+    if (t.bytes_sent !== undefined) parts.push("↑ " + fmtBytes(t.bytes_sent));
+    if (t.bytes_received !== undefined) parts.push("↓ " + fmtBytes(t.bytes_received));
+    const penalties = Object.entries(t.penalties || {});
+    if (penalties.length) parts.push("penalties: " + penalties.map(([k, n]) => k + " ×" + n).join(", "));
+    return parts.join(" · ") || "–";
+  }
+  function peerStatus(p, connected) {
+    if (p.banned) {
+      const b = typeof p.banned === "object" ? p.banned : {};
+      return "banned" + (b.seconds_left !== undefined ? " (" + fmtDuration(b.seconds_left) + " left)" : "") + (b.reason ? ": " + b.reason : "");
+    }
+    const refusal = p.refusal ? " (refused: " + (p.refusal.reason || p.refusal.message || "?") + ", by " + (p.refusal.by || "?") + ")" : "";
+    return (connected ? "connected" : "not connected") + refusal;
+  }
+  function peerRow(p, connected) {
+    const rtt = el("span", { class: "rtt" });
+    return el("tr", { "data-peer": p.peer_id, "data-connected": connected ? "true" : "false", "data-banned": p.banned ? "true" : "false", class: p.banned ? "banned" : null },
+      el("td", {}, mono(p.peer_id)),
+      el("td", {}, ...(p.addrs || []).map((a) => [el("span", { class: "mono", text: a }), el("br")])),
+      el("td", { text: helloText(p.hello) }),
+      el("td", { class: "num", text: p.score === undefined || p.score === null ? "–" : fmtNum(p.score) }),
+      el("td", { text: trafficText(p.traffic) }),
+      el("td", { class: "status", text: peerStatus(p, connected) }),
+      el("td", {},
+        connected ? button("Ping", (e) => act(e.currentTarget, {
+          run: () => api("/peers/ping", { method: "POST", json: { peer_id: p.peer_id } }),
+          done: (r) => { rtt.textContent = r.rtt_ms + " ms"; return "Ping " + short(p.peer_id) + ": " + r.rtt_ms + " ms"; },
+        })) : null, peerBanAction(p), rtt));
+  }
   async function refreshPeers() {
-    const { peers } = await api("/peers");
-    $("peer-count").textContent = "(" + peers.length + ")";
-    tbody($("peers-table"), peers.map((p) => {
-      const rtt = el("span", { class: "rtt" });
-      const traffic = p.traffic ? " · " + fmtBytes(p.traffic.bytes_in) + " in, " + fmtBytes(p.traffic.bytes_out) + " out" : "";
-      return el("tr", { "data-peer": p.peer_id, class: p.banned ? "banned" : null },
-        el("td", {}, mono(p.peer_id)),
-        el("td", {}, ...(p.addrs || []).map((a) => [el("span", { class: "mono", text: a }), el("br")])),
-        el("td", { text: helloText(p.hello) + traffic }),
-        el("td", { class: "num", text: p.score === undefined ? "–" : fmtNum(p.score) }),
-        el("td", { text: p.banned ? "banned" : "connected" }),
-        el("td", {},
-          button("Ping", (e) => act(e.currentTarget, {
-            run: () => api("/peers/ping", { method: "POST", json: { peer_id: p.peer_id } }),
-            done: (r) => { rtt.textContent = r.rtt_ms + " ms"; return "Ping " + short(p.peer_id) + ": " + r.rtt_ms + " ms"; },
-          })), peerBanAction(p), rtt));
-    }), "Not connected to any peer. Paste a peer's address above to connect.");
+    const res = await api("/peers");
+    const peers = res.peers || [], others = res.others || [];
+    $("peer-count").textContent = "(" + peers.length + " connected" + (others.length ? ", " + others.length + " other known" : "") + ")";
+    tbody($("peers-table"), [...peers.map((p) => peerRow(p, true)), ...others.map((p) => peerRow(p, false))],
+      "Not connected to any peer. Paste a peer's address above to connect.");
   }
 
   async function refreshCanon() {
@@ -436,8 +462,8 @@
     box.replaceChildren(items.length ? el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": what }, table)
       : el("p", { class: "empty", text: "No " + what.toLowerCase() + " right now." }));
   }
-  const refreshAgents = () => renderCollection("agents", "agents-body", "agents", "Agents");
-  const refreshLive = () => renderCollection("rooms", "live-body", "live", "Live rooms");
+  function refreshAgents() { return renderCollection("agents", "agents-body", "agents", "Agents"); }
+  function refreshLive() { return renderCollection("rooms", "live-body", "live", "Live rooms"); }
 
   // ---------------------------------------------------------------- charts
   const CHARTS = [
@@ -520,7 +546,9 @@
     if (hist.time.length > (hist.capacity || 900)) { hist.time.shift(); hist.seq.shift(); for (const a of Object.values(hist.series)) a.shift(); }
     drawCharts();
     const changed = (...names) => names.some((k) => s.values[k] !== latest[k]);
-    if (changed("peers")) { refresh("peers"); refresh("node"); }
+    // Peers change without changing in number (hello, score, traffic): read them every sample.
+    refresh("peers");
+    if (changed("peers")) refresh("node");
     if (changed("ledger_log_size", "ledger_supply", "ledger_frozen_accounts")) refresh("ledger");
     if (changed("canon_log_size", "canon_pins", "worlds", "canon_blocks")) refresh("canon");
     latest = s.values;
