@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from conftest import CliNode, start_cli_node
+from conftest import CliNode, run_cli, start_cli_node
 from n3xus.node.p2p.discovery import VANISHED_PEER_BOUND_SECONDS
 
 # B and C bootstrap from A only; A answers their DHT lookups within a few seconds
@@ -49,9 +49,16 @@ def test_three_cli_nodes_find_each_other_and_a_stopped_one_is_dropped(
         tmp_path: Path, cli_nodes: list[CliNode]) -> None:
     a = start_cli_node(tmp_path / "a")
     cli_nodes.append(a)
-    b = start_cli_node(tmp_path / "b", "--bootstrap", a.listen_addr)
+    # B and C join A's network (the hello refuses peers of another genesis).
+    for name in ("b", "c"):
+        joined = run_cli("node", "init", "--data-dir", str(tmp_path / name),
+                         "--genesis", str(a.data_dir / "genesis.cbor"))
+        assert joined.returncode == 0, joined.stderr
+    # One network: nodes of different genesis refuse each other's hello.
+    genesis = tmp_path / "a" / "genesis.cbor"
+    b = start_cli_node(tmp_path / "b", "--bootstrap", a.listen_addr, genesis=genesis)
     cli_nodes.append(b)
-    c = start_cli_node(tmp_path / "c", "--bootstrap", a.listen_addr)
+    c = start_cli_node(tmp_path / "c", "--bootstrap", a.listen_addr, genesis=genesis)
     cli_nodes.append(c)
 
     took = wait_for(lambda: c.peer_id in peer_ids(b) and b.peer_id in peer_ids(c),
@@ -90,6 +97,19 @@ def test_three_cli_nodes_find_each_other_and_a_stopped_one_is_dropped(
     # Awake again, C is re-dialed (it was a recently useful peer) or re-dials.
     took = wait_for(lambda: c.peer_id in peer_ids(b), FIND_EACH_OTHER_BOUND_S, "C back")
     print(f"C reconnected {took:.1f} s after it resumed")
-    for node in (a, b, c):
+
+    # Killed outright, C's sockets close with it: the others see it at once and
+    # keep re-dialing it (a recently useful peer) with growing delays.
+    c.proc.kill()
+    c.proc.wait()
+    took = wait_for(lambda: c.peer_id not in peer_ids(b), DETECTION_SLACK_S, "killed C dropped")
+    print(f"killed peer dropped after {took:.1f} s")
+    try:
+        wait_for(lambda: any(t["peer_id"] == c.peer_id and t["failures"] >= 2
+                             for t in api(b, "/status")["discovery"]["reconnect_targets"]),
+                 FIND_EACH_OTHER_BOUND_S, "B retries C with backoff")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; B's discovery: {api(b, '/status')['discovery']}") from None
+    for node in (a, b):
         code, _, stderr = node.stop()
         assert code == 0, stderr[-2000:]
