@@ -171,11 +171,6 @@ class CoreStream:
         already made it; nothing if the peer sent the error), then reset. A remote error
         counts against the peer."""
         self.error = error
-        # The peer's own error message (PeerError: send_error false) is its refusal of us,
-        # not a fault of its own.
-        if (isinstance(error, RemoteProtocolError) and getattr(error, "send_error", True)
-                and self.peerbook is not None):
-            self.peerbook.penalize(self.peer_id, error.code)
         if isinstance(error, LocalProtocolError):
             logger.error("/n3xus/%s with %s: our bug: %s", self.protocol, self.peer_id, error)
         else:
@@ -191,6 +186,12 @@ class CoreStream:
                 except NETWORK_ERRORS:
                     pass  # the peer is gone: the reset below is all that is left to do
             await self._linger()
+        # Scored after the error frame went out: a penalty may ban the peer, and a ban
+        # closes its connection. The peer's own error message (PeerError: send_error
+        # false) is its refusal of us, not a fault of its own.
+        if (isinstance(error, RemoteProtocolError) and getattr(error, "send_error", True)
+                and self.peerbook is not None):
+            self.peerbook.penalize(self.peer_id, error.code)
         await self.reset()
 
     async def _linger(self) -> None:
