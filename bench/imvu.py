@@ -51,11 +51,13 @@ from n3xus.imvu.registry import AgentRegistry  # noqa: E402
 from n3xus.imvu.runtime import AccountHead, Agent, ToolError  # noqa: E402
 from n3xus.imvu.scheduler import GREEDY_SETTINGS, InferenceScheduler  # noqa: E402
 
-# Turns per timed call (--large: more). Each is ~15 generated tokens on ~90 prompt tokens.
+# Turns per timed call (--large: more). Each is ~17 generated tokens on ~140 prompt tokens.
 TURNS = 3
 TURNS_LARGE = 10
 AGENTS_AT_ONCE = 4
-REQUEST = "Hi there!"
+# A request the bundled model answers with a complete, valid action that needs no outside
+# tool (write_memory), so every turn runs parse, policy and execution for real.
+REQUEST = "Remember that the show starts at nine."
 MAX_TOKENS = 32
 TOKENS_TARGET = 0.90
 NON_INFERENCE_TARGET_MS = 5.0
@@ -69,7 +71,8 @@ def _key(name: str) -> SigningKey:
 
 
 class _NoTools:
-    """The benchmark's agents only reply; a tool call would be a bug in the workload."""
+    """The benchmark's agents only reply and remember (no outside tool); a call here would
+    be a bug in the workload."""
 
     async def read_world(self, world: str, key: str) -> str | None:
         raise ToolError("no tools in the benchmark")
@@ -110,8 +113,8 @@ class Host:
             manifest = sign_manifest(
                 _key("creator"), name=f"nova{index}", persona="You are Nova, a cheerful stage assistant.",
                 agent=bytes(agent_key.verify_key), model=model_ref,
-                generation=Generation(MAX_TOKENS, CONTEXT_TOKENS, 0), tools=[],
-                primitives=make_primitives(actions=["reply"]), time=self.clock)
+                generation=Generation(MAX_TOKENS, CONTEXT_TOKENS, 0), tools=["memory.write"],
+                primitives=make_primitives(actions=["reply", "write_memory"]), time=self.clock)
             registry.create(manifest)
             self.agents.append(Agent(registry=registry, key=agent_key, log=log, scheduler=self.scheduler,
                                      tools=_NoTools()))
@@ -183,6 +186,8 @@ def build(args: Namespace) -> tuple[list[Pair], Any]:
     reference = direct(None)[0]
     if reference != warm.output:
         raise AssertionError(f"the agent and the direct call disagree: {warm.output!r} vs {reference!r}")
+    if not warm.decision.executed:
+        raise AssertionError(f"the workload's turn was not executed: {warm.output!r} {warm.decision.reason}")
     tokens = warm.decision.output_tokens * turns
     latencies: dict[str, list[tuple[float, int]]] = {"sync on": [], "sync off": []}
 

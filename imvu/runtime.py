@@ -20,7 +20,9 @@ concurrent turns of one agent cannot both spend the same budget.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
@@ -29,7 +31,8 @@ import trio
 from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID, cid_of
-from n3xus.canon.log import CanonLog
+from n3xus.canon.errors import VerificationError
+from n3xus.canon.log import CanonLog, LogEntry
 from n3xus.ledger.tx import AccountChain, Op
 
 from .actions import Action, Kind, parse_action
@@ -49,7 +52,7 @@ from .policy import (
     screen_request,
 )
 from .prompt import PromptBlock, Request, build_prompt, check_request
-from .registry import MAX_PENDING, AgentRegistry
+from .registry import MAX_PENDING, AgentRegistry, AgentState
 from .scheduler import GenerationRequest, GenerationResult, InferenceScheduler
 
 # How much of a request and of an outcome a memory turn keeps (the decision has it all).
@@ -162,7 +165,7 @@ class Agent:
             screened = screen_request(manifest, request.texts())
             if not screened.allowed:
                 async with self._lock:
-                    return self._record(manifest_cid, manifest, request, request_cid, None, None,
+                    return await self._record(manifest_cid, manifest, request, request_cid, None, None,
                                         None, screened, started)
             memory = Memory(self.store, state.memory).recall(
                 request.text, manifest.generation.memory_tokens, self.count_tokens)
@@ -205,17 +208,19 @@ class Agent:
             except ToolError as exc:
                 result = f"tool failed: {exc}"
         output = OutputBlock(generated.output, generated.finish, generated.output_tokens)
-        return self._record(manifest_cid, manifest, request, request_cid, prompt, output, action,
+        return await self._record(manifest_cid, manifest, request, request_cid, prompt, output, action,
                             verdict, started, snapshot=snapshot, executed=executed, result=result,
                             generated=generated, approved_from=approved_from)
 
-    def _record(self, manifest_cid: CID, manifest: Manifest, request: Request, request_cid: CID,
+    async def _record(self, manifest_cid: CID, manifest: Manifest, request: Request, request_cid: CID,
                 prompt: PromptBlock | None, output: OutputBlock | None, action: Action | None,
                 verdict: Verdict, started: float, *, snapshot: StateSnapshot | None = None,
                 executed: bool = False, result: str = "", generated: GenerationResult | None = None,
                 approved_from: CID | None = None) -> TurnResult:
         """Write the decision's blocks, its log entry, the memory turn and the agent state:
-        the turn's blocks in one write transaction, then the log entry, then the pointer."""
+        the turn's blocks in one write transaction, then the log entry, then the pointer, in
+        a worker thread (a durable LMDB commit waits for an fsync: milliseconds the trio loop,
+        and the scheduler's dispatch with it, must not be blocked for)."""
         batch = _Batch(self.store)
         state = self.registry.get(self.agent)
         expected = self.registry.state_cid(self.agent)
@@ -249,14 +254,21 @@ class Agent:
         pending = tuple(p for p in state.pending if p != approved_from)
         if verdict.outcome is Outcome.ESCALATE:
             pending = (*pending, decision_cid)
-        self.registry.put_blocks(list(batch.blocks.values()))
-        entry = self.log.append(self.key, DECISION_ENTRY_TYPE, block, version=DECISION_VERSION,
-                                time=max(snapshot.time, self.log.head().time))
-        self.registry.update(replace(state, memory=memory.head, events=_trim(events, manifest, snapshot.time),
-                                     pending=pending, turns=state.turns + 1), expected)
+        new_state = replace(state, memory=memory.head, events=_trim(events, manifest, snapshot.time),
+                            pending=pending, turns=state.turns + 1)
+        batch.put(new_state.to_block())
+        entry = await trio.to_thread.run_sync(self._store, list(batch.blocks.values()), block,
+                                              snapshot.time, new_state, expected)
         self._count(decision, action)
         return TurnResult(decision, decision_cid, entry.cid, action, result,
                           "" if output is None else output.output.decode("utf-8", "replace"))
+
+    def _store(self, blocks: list[bytes], decision_block: bytes, time_ms: int, state: AgentState,
+               expected: CID) -> LogEntry:
+        self.registry.put_blocks(blocks)  # one write transaction
+        entry = append_to_log(self.log, self.key, decision_block, time_ms)
+        self.registry.update(state, expected, stored=True)
+        return entry
 
     def _count(self, decision: Decision, action: Action | None) -> None:
         stats = self.stats
@@ -327,6 +339,30 @@ class Agent:
             return await self._finish(state.manifest, manifest, request, escalated.request, prompt,
                                       generated, action, snapshot, verdict, started,
                                       approved_from=approval.decision)
+
+
+# Attempts at a canon-log append when another writer moved the head in between (a node
+# appends world commits and other agents' decisions from other threads too).
+LOG_APPEND_ATTEMPTS: Final = 5
+_LOG_LOCKS: weakref.WeakKeyDictionary[CanonLog, threading.Lock] = weakref.WeakKeyDictionary()
+_LOG_LOCKS_LOCK = threading.Lock()
+
+
+def append_to_log(log: CanonLog, key: SigningKey, decision_block: bytes, time_ms: int) -> LogEntry:
+    """Append an agent-decision v2 entry signed by ``key``; serialized per log in this
+    process, and retried if a writer outside this module moved the head meanwhile."""
+    with _LOG_LOCKS_LOCK:
+        lock = _LOG_LOCKS.setdefault(log, threading.Lock())
+    with lock:
+        for attempt in range(LOG_APPEND_ATTEMPTS):
+            head = log.head()
+            try:
+                return log.append(key, DECISION_ENTRY_TYPE, decision_block, version=DECISION_VERSION,
+                                  time=max(time_ms, head.time))
+            except VerificationError:
+                if attempt + 1 == LOG_APPEND_ATTEMPTS or log.head() == head:
+                    raise  # not a race: the entry itself is wrong
+    raise AssertionError("unreachable")
 
 
 class _Batch:
