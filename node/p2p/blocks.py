@@ -23,6 +23,7 @@ node's policy:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -38,7 +39,9 @@ from n3xus.canon.cid import CID
 from n3xus.canon.errors import CanonError
 from n3xus.protocol.blocks import (
     BLOCKS_PROTOCOL_ID,
+    INITIAL_BLOCK_SIZE_ESTIMATE,
     MAX_BLOCKS_SERVED_PER_SECOND,
+    MAX_BYTES_IN_FLIGHT,
     MAX_CIDS_PER_MESSAGE,
     MAX_OUTSTANDING_WANTS,
     MAX_PAYLOAD_BYTES,
@@ -80,7 +83,14 @@ MAX_SERVE_BYTES_IN_FLIGHT: Final = 4 * SERVE_BATCH_BYTES
 batches keep a fast link busy while what a peer that stops reading pins in our memory stays
 at 4 MiB (its writes then time out: streams.WRITE_TIMEOUT_S)."""
 SERVE_RATE_BURST: Final = MAX_OUTSTANDING_WANTS
-"""Token bucket burst of the serving rate: one full window of wants is answered at once."""
+"""Token bucket burst of the serving rate: one full window of wants is answered at once
+(a lower rate gets a burst of one second's worth)."""
+WINDOW_SAMPLE_BLOCKS: Final = 16
+"""Blocks a peer must have sent before its window follows their mean size."""
+SERVE_RATE_ENV: Final = "N3XUS_TEST_BLOCKS_SERVE_RATE"
+"""Test hook, not a setting: blocks served per second per peer instead of
+MAX_BLOCKS_SERVED_PER_SECOND, so the CLI tests can catch a 50 MiB fetch mid-way (kill a
+source, restart the fetcher) on a fast machine."""
 
 
 class PeerScores(PeerObserver, Protocol):
@@ -123,12 +133,13 @@ class BlockServer:
     end with their streams."""
 
     def __init__(self, host: BasicHost, store: BlockStore, peerbook: PeerScores | None = None,
-                 *, rate: float = MAX_BLOCKS_SERVED_PER_SECOND,
+                 *, rate: float | None = None,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.host = host
         self.store = store
         self.peerbook = peerbook
-        self.rate = rate
+        self.rate = rate if rate is not None else float(
+            os.environ.get(SERVE_RATE_ENV, MAX_BLOCKS_SERVED_PER_SECOND))
         self._clock = clock
         self.peers: dict[str, ServedPeer] = {}
 
@@ -144,8 +155,8 @@ class BlockServer:
     def _peer(self, peer_id: str) -> ServedPeer:
         state = self.peers.get(peer_id)
         if state is None:
-            state = self.peers[peer_id] = ServedPeer(
-                TokenBucket(self.rate, SERVE_RATE_BURST, self._clock()))
+            burst = max(1.0, min(float(SERVE_RATE_BURST), self.rate))
+            state = self.peers[peer_id] = ServedPeer(TokenBucket(self.rate, burst, self._clock()))
         return state
 
     async def handle(self, stream: INetStream) -> None:
@@ -336,8 +347,14 @@ class BlockSession:
 
     @property
     def limit(self) -> int:
-        """Wants this peer may have open (outstanding plus what still fits its window)."""
-        return self.requester.window + len(self.requester.outstanding)
+        """Wants this peer may have open: MAX_BYTES_IN_FLIGHT over the mean size of its
+        blocks, once WINDOW_SAMPLE_BLOCKS have arrived (before, the default chunk size is
+        assumed: a DAG's first blocks are its small interior nodes, and their mean would
+        hand one peer the whole DAG before any other peer joined)."""
+        received = self.requester.blocks_received
+        mean = (self.requester.block_bytes_received // received
+                if received >= WINDOW_SAMPLE_BLOCKS else INITIAL_BLOCK_SIZE_ESTIMATE)
+        return min(MAX_OUTSTANDING_WANTS, max(1, MAX_BYTES_IN_FLIGHT // max(mean, 1)))
 
     async def want(self, cids: Sequence[CID], *, have_only: bool = False) -> None:
         if not cids:
