@@ -9,17 +9,24 @@ import trio
 
 from n3xus.node.config import DataDir, NodeConfig
 from n3xus.node.runtime import Node
+from n3xus.node.services.wallets import ensure_genesis
 
 
-def _node(path: Path) -> Node:
+def _node(path: Path, network_of: Path | None = None) -> Node:
+    """A node; ``network_of``: another node's data dir whose network (genesis) it joins --
+    nodes of different networks refuse each other's hello and disconnect."""
     dd = DataDir(path)
     dd.init()
+    if network_of is not None:
+        ensure_genesis(DataDir(network_of))
+        ensure_genesis(dd, network_of / "genesis.cbor")
     config = NodeConfig(listen=("/ip4/127.0.0.1/tcp/0",), api_port=0, map_size_mib=64)
     return Node(dd, config)
 
 
 async def test_two_nodes_connect_and_ping(tmp_path: Path) -> None:
-    a, b = _node(tmp_path / "a"), _node(tmp_path / "b")
+    a = _node(tmp_path / "a")
+    b = _node(tmp_path / "b", network_of=tmp_path / "a")
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
         await nursery.start(b.run)
