@@ -150,6 +150,25 @@ def decode_decision(data: bytes) -> Decision:
     return decision
 
 
+def decision_of_entry(entry_block: bytes, blocks: Blocks) -> Decision:
+    """``n3xus audit decision ENTRY``'s first step, offline: parse the canon-log entry
+    block, verify its signature, require an ``agent-decision`` v2 entry authored by the
+    decision's agent, and decode its payload from ``blocks``."""
+    from n3xus.canon.log import LogEntry
+
+    try:
+        entry = LogEntry.from_block(entry_block)
+        entry.verify_signature()
+    except CanonError as exc:
+        raise DecisionError(f"log entry: {exc}") from exc
+    if (entry.type, entry.version) != (DECISION_ENTRY_TYPE, DECISION_VERSION):
+        raise DecisionError(f"log entry is {entry.type!r} v{entry.version}, not an agent-decision v2")
+    decision = decode_decision(_get(blocks, entry.payload, "decision payload"))
+    if decision.agent != entry.author:
+        raise DecisionError("the decision's agent did not sign its log entry")
+    return decision
+
+
 # -- re-checking ------------------------------------------------------------------------------
 
 

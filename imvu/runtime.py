@@ -54,6 +54,8 @@ from .policy import (
 from .prompt import PromptBlock, Request, build_prompt, check_request
 from .registry import MAX_PENDING, AgentRegistry, AgentState
 from .scheduler import GenerationRequest, GenerationResult, InferenceScheduler
+from .wire import MAX_RESULT_CHARS as MAX_ANSWER_CHARS
+from .wire import Answer
 
 # How much of a request and of an outcome a memory turn keeps (the decision has it all).
 MEMORY_EXCERPT_CHARS: Final = 300
@@ -105,6 +107,12 @@ class TurnResult:
     @property
     def verdict(self) -> Outcome:
         return self.decision.verdict
+
+    def to_answer(self) -> Answer:
+        """The ``/n3xus/imvu/1.0.0`` answer for this turn (imvu/wire.py)."""
+        return Answer(self.decision.verdict.value, self.decision.primitive, self.decision.reason[:MAX_ANSWER_CHARS],
+                      "" if self.action is None else self.action.kind.value,
+                      self.result[:MAX_ANSWER_CHARS] if self.decision.executed else "", self.decision_cid)
 
     def to_json(self) -> dict[str, Any]:
         return {"decision": str(self.decision_cid), "entry": str(self.entry),

@@ -23,7 +23,7 @@ from n3xus.protocol.codes import ErrorCode
 from n3xus.protocol.errors import LocalProtocolError, MessageError, PeerError
 from n3xus.protocol.framing import FrameDecoder, decode_message, encode_error, encode_message
 
-from .prompt import MAX_CONTEXT_CHARS, MAX_CONTEXT_ITEMS, MAX_REQUEST_CHARS
+from .prompt import MAX_CONTEXT_CHARS, MAX_CONTEXT_ITEMS, MAX_REQUEST_CHARS, Request
 
 PROTOCOL_ID: Final = "/n3xus/imvu/1.0.0"
 # An ask carries at most a request and its context (~18 KB of text); 64 KiB leaves room
@@ -116,6 +116,12 @@ def parse_message(raw: dict[str, Any]) -> Message:
         return Answer(str(verdict), _text(raw, "primitive", 32), _text(raw, "reason", MAX_REASON_CHARS),
                       _text(raw, "action", 32), _text(raw, "result", MAX_RESULT_CHARS), decision)
     raise MessageError(f"unknown message type {kind!r}", ErrorCode.UNSUPPORTED)
+
+
+def request_from_ask(ask: Ask, remote_peer: str, time_ms: int) -> Request:
+    """The request an answering node runs for ``ask``: the sender names the asking agent
+    and the peer id the connection authenticated (never a value the peer chose alone)."""
+    return Request(f"agent:{ask.sender.hex()}@{remote_peer}", ask.text, time_ms, ask.context)
 
 
 class Role(StrEnum):

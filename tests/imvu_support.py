@@ -25,9 +25,9 @@ from n3xus.imvu.manifest import (
     model_ref_of_file,
     sign_manifest,
 )
-from n3xus.imvu.prompt import Request
 from n3xus.imvu.registry import AgentRegistry
 from n3xus.imvu.runtime import AccountHead, Agent, ToolError
+from n3xus.imvu.wire import AgentExchange, Answer, Ask, Role, request_from_ask
 from n3xus.ledger.errors import TxRejected
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.store import LedgerStore
@@ -37,6 +37,7 @@ T0 = 1_760_000_000_000  # a fixed "now" (ms) for deterministic snapshots
 SUPPLY_CAP = 10**9
 STARTING_FUNDS = 1_000
 WORLD = "stage"
+PEER_B = "12D3KooWBmwkafWE2fqfzS96VoTZLq3GVAAbqFgsXHYc8QvT5hcP"  # the answering node's peer id
 
 
 def key(name: str) -> SigningKey:
@@ -113,12 +114,19 @@ class NodeTools:
         return str(accepted.tx.cid)
 
     async def send_agent_message(self, sender: bytes, address: str, text: str) -> str:
+        """Through /n3xus/imvu/1.0.0 for real: the ask and the answer cross as frames
+        between an asker and an answerer exchange (only the libp2p stream is left out)."""
         self.calls.append(("send_agent_message", (address, text)))
         other = self.agents.get(address)
         if other is None:
             raise ToolError(f"no agent at {address!r}")
-        turn = await other.ask(Request(f"agent:{sender.hex()}", text, self.clock()))
-        return turn.result
+        asker, answerer = AgentExchange(Role.ASKER), AgentExchange(Role.ANSWERER)
+        (ask,) = answerer.receive_data(asker.send(Ask(address, sender, text)), 0.0)
+        assert isinstance(ask, Ask)
+        turn = await other.ask(request_from_ask(ask, PEER_B, self.clock()))
+        (answer,) = asker.receive_data(answerer.send(turn.to_answer()), 0.0)
+        assert isinstance(answer, Answer)
+        return answer.result or f"{answer.verdict}: {answer.reason}"
 
 
 class Node:

@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 import trio
-from imvu_support import Node, account, bundled_manifest, key, primitives
+from imvu_support import PEER_B, Node, account, bundled_manifest, key, primitives
 
 from n3xus.canon.car import CarReader, export_car
 from n3xus.canon.world import MemoryBlockStore
 from n3xus.imvu.actions import Kind
 from n3xus.imvu.approval import sign_approval
-from n3xus.imvu.decision import decode_decision, recheck_decision, rerun_decision
+from n3xus.imvu.decision import decision_of_entry, decode_decision, recheck_decision, rerun_decision
 from n3xus.imvu.errors import ApprovalError
 from n3xus.imvu.inference import ModelSettings, bundled_model_path, load_model
 from n3xus.imvu.memory import Memory
 from n3xus.imvu.policy import Outcome
-from n3xus.imvu.prompt import Request
+from n3xus.imvu.prompt import Request, decode_request
 from n3xus.imvu.registry import export_roots
 from n3xus.imvu.runtime import Agent, TurnResult
 from n3xus.imvu.scheduler import InferenceScheduler
@@ -170,6 +170,8 @@ async def test_an_agent_asks_another_agent(node: Node, scheduler: InferenceSched
     assert turn.decision.executed
     (echo_turn,) = [d for d in decisions(node) if d.agent == account("echo")]
     assert echo_turn.executed and turn.result  # echo answered, and nova got the answer
+    echo_request = decode_request(node.store.get(echo_turn.request))
+    assert echo_request.sender == f"agent:{nova.agent.hex()}@{PEER_B}"
     assert node.tools.calls[0][0] == "send_agent_message"
 
 
@@ -197,6 +199,8 @@ async def test_memory_upgrade_rollback_and_offline_rerun(node: Node, scheduler: 
         offline.blocks[section.cid] = section.data
     records = decisions(node)
     assert len(records) == 3
+    for index, _ in node.log.entries():  # what `n3xus audit decision ENTRY` starts from
+        assert decision_of_entry(node.log.entry_block(index), offline) == records[index]
     for record in records:
         assert recheck_decision(record.to_block(), offline).ok
         rerun = rerun_decision(record, offline, bundled_model_path(), model=model)
