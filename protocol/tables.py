@@ -47,6 +47,12 @@ def spec_tables() -> dict[str, tuple[str, Callable[[], str]]]:
     from .codes import error_code_table
     from .framing_limits import FRAMING_LIMITS
     from .hello import HELLO_LIMITS, INITIATOR_TRANSITIONS, RESPONDER_TRANSITIONS
+    from .witness_wire import (
+        REQUESTER_TRANSITIONS,
+        WITNESS_LIMITS,
+        witness_table,
+    )
+    from .witness_wire import RESPONDER_TRANSITIONS as WITNESS_RESPONDER
 
     return {
         "error-codes": ("protocol.md", lambda: markdown_table(
@@ -56,7 +62,16 @@ def spec_tables() -> dict[str, tuple[str, Callable[[], str]]]:
         "hello-responder": ("protocol-hello.md", lambda: transition_table(RESPONDER_TRANSITIONS)),
         "hello-limits": ("protocol-hello.md", lambda: limits_table(HELLO_LIMITS)),
         "blocks-limits": ("protocol-blocks.md", lambda: limits_table(BLOCKS_LIMITS)),
+        "witness-requester": ("protocol-witness.md", lambda: markdown_table(
+            ["state", "input", "next state"], _quoted(witness_table(REQUESTER_TRANSITIONS)))),
+        "witness-responder": ("protocol-witness.md", lambda: markdown_table(
+            ["state", "input", "next state"], _quoted(witness_table(WITNESS_RESPONDER)))),
+        "witness-limits": ("protocol-witness.md", lambda: limits_table(WITNESS_LIMITS)),
     }
+
+
+def _quoted(rows: Iterable[Sequence[str]]) -> list[list[str]]:
+    return [[f"`{cell}`" for cell in row] for row in rows]
 
 
 def embedded(text: str, name: str) -> str | None:

@@ -368,3 +368,12 @@ def test_operator_ban_and_unban(tmp_path: Path, cli_nodes: list[CliNode]) -> Non
     for node in (a, b):
         code, _, stderr = node.stop()
         assert code == 0, stderr[-2000:]
+
+
+def test_the_spec_shows_the_penalty_weights_the_node_uses() -> None:
+    from n3xus.protocol.tables import embedded, markdown_table
+
+    text = (Path(__file__).resolve().parents[1] / "specs" / "protocol.md").read_text(encoding="utf-8")
+    rendered = markdown_table(["reason", "weight"],
+                              [(f"`{label}`", str(weight)) for label, weight in PENALTY_WEIGHTS.items()])
+    assert embedded(text, "penalty-weights") == rendered

@@ -218,3 +218,26 @@ def test_witness_responses_are_checked_against_the_request() -> None:
     with pytest.raises(RemoteProtocolError) as late:
         responder.check_deadline(10.0)
     assert late.value.code is ErrorCode.TIMEOUT and responder.state is WitnessState.FAILED
+
+
+def test_witness_vectors_match_the_implementation() -> None:
+    from protocol_vectors import from_json, to_json
+
+    from n3xus.protocol.framing import FrameDecoder, decode_message
+
+    vectors = json.loads((Path(__file__).resolve().parents[1] / "specs" / "vectors" /
+                          "protocol-witness.json").read_text(encoding="utf-8"))
+    assert len(vectors["valid"]) == 6 and len(vectors["invalid"]) == 5
+    for vector in vectors["valid"]:
+        frames = FrameDecoder(MAX_WITNESS_FRAME_BYTES)
+        frames.receive_data(bytes.fromhex(vector["frame_hex"]), 0.0)
+        body = frames.next_frame()
+        assert body is not None and frames.buffered == 0
+        value = decode_message(body)
+        assert to_json(value) == vector["value"], vector["name"]
+        assert encode_message(from_json(vector["value"]), MAX_WITNESS_FRAME_BYTES).hex() == vector["frame_hex"]
+    for vector in vectors["invalid"]:
+        responder = WitnessResponder(now=0.0)
+        with pytest.raises(RemoteProtocolError) as refused:
+            responder.receive_data(bytes.fromhex(vector["frame_hex"]), 0.0)
+        assert int(refused.value.code) == vector["code"], vector["name"]

@@ -100,7 +100,6 @@ PENALTY_WEIGHTS: Final[dict[str, float]] = {
     # Node-level labels (not error codes).
     "flood": 2.0,                          # per stream over the rate
     "no-hello": 10.0,                      # a connection that never completed its hello
-    "gated-stream": 10.0,                  # a /n3xus/ stream before the hello completed
 }
 DEFAULT_PENALTY: Final = 10.0
 
