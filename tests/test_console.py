@@ -330,6 +330,29 @@ def test_console_shows_the_api_and_its_actions_work(
     assert (shots / "console-desktop.png").stat().st_size > 10_000
     assert (shots / "console-phone.png").stat().st_size > 10_000
 
+    # Live updates survive a restart of the node: the page reconnects by itself and
+    # starts over from the new history (a new boot id).
+    page.set_viewport_size(DESKTOP)
+    port = node.api_url.rsplit(":", 1)[1]
+    before_restart = len(errors)
+    node.stop()
+    page.wait_for_selector('#live-state[data-state="reconnecting"]', timeout=LIVE_TIMEOUT_MS)
+    restarted = start_cli_node(node.data_dir, "--api", f"127.0.0.1:{port}")
+    cli_nodes.append(restarted)
+    assert restarted.api_url == node.api_url
+    page.wait_for_selector('#live-state[data-state="live"]', timeout=LIVE_TIMEOUT_MS)
+    after_restart = ledger.submit(ledger.alice, Op.TRANSFER, to=ledger.bob, amount=2)
+    page.wait_for_selector(f'#ledger-txs-table tr[data-index="{after_restart["log_index"]}"]',
+                           timeout=LIVE_TIMEOUT_MS)
+    wait_for(lambda: page.get_attribute("[data-chart=ledger]", "data-latest")
+             == str(after_restart["log_index"] + 1))
+    # While the node was down, the open stream broke and requests failed to connect;
+    # nothing else went wrong.
+    outage = errors[before_restart:]
+    del errors[before_restart:]
+    expected = ("net::ERR_CONNECTION_REFUSED", "net::ERR_INCOMPLETE_CHUNKED_ENCODING")
+    assert all(any(e.endswith(x) for x in expected) for e in outage), outage
+
     # A token that stops being valid (replaced, or a stale tab) gets the sign-in prompt.
     page.evaluate("sessionStorage.setItem('n3xus.console.token', 'stale-token')")
     page.reload()

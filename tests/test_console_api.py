@@ -8,8 +8,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 import trio
+from openapi_spec_validator import validate
 
 from n3xus.node.api.console import ASSETS, CONTENT_SECURITY_POLICY, MAX_EVENT_STREAMS
 from n3xus.node.config import DataDir, NodeConfig
@@ -115,22 +117,47 @@ async def test_console_routes_of_a_running_node(tmp_path: Path) -> None:
             assert canon["worlds"][0]["writer"] == view["public_key"]
             ledger = (await client.get("/api/v1/console/ledger", headers=auth)).json()
             assert ledger["scanned"] == 1 and ledger["accounts"] == []  # genesis only
+            # Every console route is in the OpenAPI document, and its answers match it.
+            doc = (await client.get("/api/v1/openapi.json")).json()
+            validate(doc)
+            console_ops = {(m, p): op for p, item in doc["paths"].items()
+                           for m, op in item.items() if op["tags"] == ["console"]}
+            assert set(console_ops) == {("get", "/"), ("get", "/console/{asset}")} | {
+                ("get", f"/api/v1/console/{n}")
+                for n in ("session", "node", "canon", "ledger", "metrics", "events")}
+            assert [p["name"] for p in console_ops[("get", "/api/v1/console/events")]["parameters"]] == ["after"]
+            assert "429" in console_ops[("get", "/api/v1/console/events")]["responses"]
+            assert "text/event-stream" in console_ops[("get", "/api/v1/console/events")]["responses"]["200"]["content"]
+            for name in ("session", "node", "canon", "ledger", "metrics"):
+                answer = (await client.get(f"/api/v1/console/{name}", headers=auth)).json()
+                schema = console_ops[("get", f"/api/v1/console/{name}")]["responses"]["200"][
+                    "content"]["application/json"]["schema"]
+                jsonschema.validate(answer, schema)
+
             # The live stream: samples as server-sent events, resumable with after=SEQ.
             with trio.fail_after(20):
                 async with client.stream("GET", "/api/v1/console/events?after=0", headers=auth) as res:
                     assert res.headers["content-type"].startswith("text/event-stream")
-                    events = []
+                    kind, hello, events = "", {}, []
                     async for line in res.aiter_lines():
-                        if line.startswith("data: "):
+                        if line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("data: ") and kind == "hello":
+                            hello = json.loads(line[6:])
+                        elif line.startswith("data: ") and kind == "sample":
                             events.append(json.loads(line[6:]))
                             if len(events) == 2:
                                 break
-            assert events[1]["seq"] == events[0]["seq"] + 1
+            assert hello["boot"] == (await client.get("/api/v1/console/metrics", headers=auth)).json()["boot"]
+            assert events[0]["seq"] == 1 and events[1]["seq"] == 2
             assert events[1]["values"]["worlds"] == 1.0 and "n3xus_api_requests_total" in events[1]["values"]
             history = (await client.get("/api/v1/console/metrics", headers=auth,
                                         params={"after": events[0]["seq"]})).json()
             assert history["seq"][0] == events[1]["seq"]
             assert (await client.get("/api/v1/console/metrics?after=-1", headers=auth)).status_code == 400
+            # A seq from before a restart (past the end) gets the whole new history.
+            stale = (await client.get("/api/v1/console/metrics?after=999999", headers=auth)).json()
+            assert stale["seq"][0] == 1
             # The number of open streams is bounded; a closed stream gives its slot back.
             async with AsyncExitStack() as streams:
                 readers = []  # kept referenced: a collected line iterator closes its stream

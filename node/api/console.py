@@ -52,7 +52,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from n3xus.canon.cid import CID
 
 from ..services.metrics_history import MetricsHistory, registry_values
-from .server import ApiProblem, ApiRoute
+from .schemas import BOOLEAN, HEX, INTEGER, NUMBER, STRING, arr, nullable, obj
+from .server import ApiProblem, ApiRoute, Param, query
 
 if TYPE_CHECKING:
     from ..runtime import Node
@@ -342,15 +343,6 @@ def _warnings(node: Node, usage: dict[str, int], inference: dict[str, Any],
     return out
 
 
-def _int_query(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiProblem(400, "bad_request", f"{name} must be a non-negative integer")
-    return int(raw)
-
-
 def console_routes(node: Node, history: MetricsHistory) -> Sequence[ApiRoute]:
     run = trio.to_thread.run_sync
     expected_auth = f"Bearer {node.data_dir.read_token()}".encode()
@@ -359,6 +351,11 @@ def console_routes(node: Node, history: MetricsHistory) -> Sequence[ApiRoute]:
     inference_lock = trio.Lock()
     ledger_index = LedgerIndex(node.ledger) if node.ledger is not None else None
     open_streams = [0]
+
+    def _resume_point(after: int) -> int:
+        # A seq past the end was issued before a restart of the node (a new boot):
+        # the client gets the whole new history rather than waiting for it to catch up.
+        return 0 if after > history.last_seq else after
 
     async def index_page(request: Request) -> Response:
         return _static(INDEX_FILE, "text/html; charset=utf-8", request, asset_cache)
@@ -419,10 +416,10 @@ def console_routes(node: Node, history: MetricsHistory) -> Sequence[ApiRoute]:
         return JSONResponse(await run(ledger_index.view))
 
     async def metrics(request: Request) -> Response:
-        return JSONResponse(history.columns(_int_query(request, "after", 0)))
+        return JSONResponse(history.columns(_resume_point(query(request).get("after", 0))))
 
     async def events(request: Request) -> Response:
-        after = _int_query(request, "after", 0)
+        after = _resume_point(query(request).get("after", 0))
         if open_streams[0] >= MAX_EVENT_STREAMS:
             raise ApiProblem(429, "too_many_streams",
                              f"at most {MAX_EVENT_STREAMS} event streams at once")
@@ -431,7 +428,8 @@ def console_routes(node: Node, history: MetricsHistory) -> Sequence[ApiRoute]:
         async def stream() -> AsyncIterator[str]:
             nonlocal after
             try:
-                yield f"retry: 2000\n: n3xus console events, {history.interval_s:g} s samples\n\n"
+                hello = json.dumps({"boot": history.boot, "last_seq": history.last_seq})
+                yield f"retry: 2000\nevent: hello\ndata: {hello}\n\n"
                 while True:
                     samples: list[Any] = []
                     with trio.move_on_after(SSE_HEARTBEAT_S):
@@ -450,38 +448,72 @@ def console_routes(node: Node, history: MetricsHistory) -> Sequence[ApiRoute]:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    text_schema = {"type": "string"}
-    sample_schema = {"type": "object", "properties": {
-        "interval_s": {"type": "number"}, "capacity": {"type": "integer"},
-        "last_seq": {"type": "integer"}, "seq": {"type": "array", "items": {"type": "integer"}},
-        "time": {"type": "array", "items": {"type": "number"}},
-        "series": {"type": "object", "additionalProperties": {
-            "type": "array", "items": {"type": ["number", "null"]}}}}}
+    html = {"type": "string", "description": "the console page (HTML)"}
+    after = Param("after", INTEGER, "only samples with a larger seq (resume after a reconnect)")
+    samples = arr(obj({"seq": INTEGER, "time": NUMBER, "values": obj(extra=True)}))
+    history_schema = obj({
+        "boot": STRING, "interval_s": NUMBER, "capacity": INTEGER, "last_seq": INTEGER,
+        "seq": arr(INTEGER), "time": arr(NUMBER),
+        "series": {"type": "object", "additionalProperties": arr(nullable(NUMBER))}})
+    warning = obj({"code": STRING, "message": STRING})
+    node_schema = obj({
+        "peer_id": STRING, "public_key": HEX, "version": STRING, "listen_addrs": arr(STRING),
+        "dial_addrs": arr(STRING), "api_url": STRING, "uptime_s": NUMBER, "started_at": NUMBER,
+        "peer_count": INTEGER, "counters": obj(extra=True),
+        "data_dir": obj({"path": STRING, "files": INTEGER, "apparent_bytes": INTEGER,
+                         "allocated_bytes": INTEGER, "fs_total_bytes": INTEGER,
+                         "fs_free_bytes": INTEGER}),
+        "inference": obj({"available": BOOLEAN, "threads": INTEGER}, extra=True),
+        "runtime": obj({"python": STRING, "platform": STRING, "pid": INTEGER}),
+        "warnings": arr(warning)})
+    canon_schema = obj({
+        "blocks": INTEGER, "bytes": INTEGER, "pins": INTEGER, "corrupt": arr(STRING),
+        "log_size": INTEGER, "checkpoint": nullable(STRING),
+        "worlds": arr(obj({"world": STRING, "head": STRING, "seq": INTEGER, "time": INTEGER,
+                           "writer": HEX}))})
+    ledger_schema = obj({
+        "scanned": INTEGER,
+        "accounts": arr(obj({"account": HEX, "balance": INTEGER, "frozen": BOOLEAN,
+                             "txs": INTEGER})),
+        "assets": arr(obj({"asset": STRING, "log_index": INTEGER, "creator": HEX,
+                           "artifact": STRING, "editions": INTEGER, "royalty_bps": INTEGER,
+                           "owners": arr(obj({"edition": INTEGER, "owner": nullable(HEX)}))})),
+        "listings": arr(obj({"asset": STRING, "edition": INTEGER, "seller": HEX,
+                             "price": INTEGER})),
+        "frozen_accounts": arr(HEX), "fraud_proof_entries": arr(INTEGER)})
     return [
         ApiRoute("GET", "/", index_page, "The operator console (HTML page)", auth=False,
-                 absolute=True, tag="console", response_schema=text_schema,
-                 response_media_type="text/html"),
+                 absolute=True, tag="console", response_schema=html,
+                 response_media_type="text/html", other_statuses=((304, ""),)),
         ApiRoute("GET", "/console/{asset}", asset, "A static asset of the operator console",
-                 auth=False, absolute=True, tag="console", response_schema=text_schema,
-                 response_media_type="text/plain"),
+                 auth=False, absolute=True, tag="console",
+                 params=(Param("asset", STRING, "file name: " + ", ".join(ASSETS), where="path"),),
+                 response_schema=STRING, response_media_type="text/javascript",
+                 alt_responses=(("text/css", STRING), ("image/svg+xml", STRING)),
+                 other_statuses=((304, ""),), errors=(404,)),
         ApiRoute("GET", "/console/session", session,
                  "Whether the bearer token sent is valid (always 200, for the sign-in form)",
-                 auth=False, tag="console", response_schema={
-                     "type": "object", "required": ["signed_in"],
-                     "properties": {"signed_in": {"type": "boolean"}}}),
+                 auth=False, tag="console", response_schema=obj({"signed_in": BOOLEAN}),
+                 description="Send the token as `Authorization: Bearer <token>`; the answer "
+                             "is 200 either way, so a failed sign-in is not a failed request."),
         ApiRoute("GET", "/console/node", node_view,
                  "Identity, version, uptime, inference backend, data dir use, warnings",
-                 tag="console"),
+                 tag="console", response_schema=node_schema),
         ApiRoute("GET", "/console/canon", canon_view,
                  "Canon totals, log size, latest signed checkpoint, worlds and their writers",
-                 tag="console"),
+                 tag="console", response_schema=canon_schema, errors=(404,)),
         ApiRoute("GET", "/console/ledger", ledger_view,
                  "Accounts, assets, listings and fraud proofs seen in the ledger log",
-                 tag="console"),
+                 tag="console", response_schema=ledger_schema, errors=(404,)),
         ApiRoute("GET", "/console/metrics", metrics,
-                 "In-memory history of the main metrics (query: after=SEQ)", tag="console",
-                 response_schema=sample_schema),
+                 "In-memory history of the main metrics, as columns", tag="console",
+                 params=(after,), response_schema=history_schema),
         ApiRoute("GET", "/console/events", events,
-                 "Live metric samples as server-sent events (query: after=SEQ)", tag="console",
-                 response_schema=text_schema, response_media_type="text/event-stream"),
+                 "Live metric samples as server-sent events (never ends; resume with after)",
+                 tag="console", params=(after,), response_schema=STRING,
+                 response_media_type="text/event-stream", errors=(429,),
+                 description="Events: `hello` (data: boot id and last seq; a new boot id "
+                             "means the node restarted and the history began again), then "
+                             "`sample` (data: " + json.dumps(samples["items"]) + "), with a "
+                             f"comment line every {SSE_HEARTBEAT_S:g} s when idle."),
     ]

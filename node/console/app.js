@@ -260,7 +260,7 @@
     if (hello.version) parts.push("v" + hello.version);
     for (const [k, v] of Object.entries(hello)) {
       if (k === "network" || k === "version" || HELLO_SKIP.has(k)) continue;
-      if (Array.isArray(v)) parts.push(k + ": " + v.join(", "));
+      if (Array.isArray(v)) parts.push(v.length > 3 ? v.length + " " + k : k + ": " + v.join(", "));
       else if (v === true) parts.push(k);
       else if (v !== false && v !== null && typeof v !== "object") parts.push(k + " " + v);
     }
@@ -531,6 +531,7 @@
     const h = await api("/console/metrics");
     hist.time = h.time; hist.seq = h.seq; hist.series = h.series;
     hist.capacity = h.capacity;
+    hist.boot = h.boot;
     lastSeq = h.last_seq;
     const n = h.time.length;
     if (n) latest = Object.fromEntries(Object.entries(h.series).map(([k, v]) => [k, v[n - 1]]));
@@ -554,6 +555,15 @@
     latest = s.values;
     const up = document.querySelector('#node-info [data-field="uptime"]');
     if (up && s.values.uptime_seconds !== undefined) up.textContent = fmtDuration(s.values.uptime_seconds);
+  }
+
+  // A new boot id: the node restarted, its history began again. Start over from it.
+  function onHello(h) {
+    if (hist.boot && h.boot !== hist.boot) {
+      lastSeq = 0;
+      loadHistory().catch(() => {});
+      Promise.allSettled(Object.keys(PANELS).map(refresh));
+    }
   }
 
   // ---------------------------------------------------------------- live events
@@ -585,6 +595,7 @@
           else if (field === "data") data += (data ? "\n" : "") + val;
         }
         if (event === "sample" && data) addSample(JSON.parse(data));
+        else if (event === "hello" && data) onHello(JSON.parse(data));
       }
     }
   }

@@ -18,6 +18,7 @@ appeared later, or one that failed to read).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -64,6 +65,9 @@ class MetricsHistory:
         self._series: list[str] = []
         self._next_seq = 1
         self._changed = trio.Event()
+        # Identifies this history: sequence numbers start again at 1 when the node
+        # restarts, and a client resuming with an old seq must notice.
+        self.boot = secrets.token_hex(8)
 
     # -- writing ----------------------------------------------------------------------
     def record(self, values: dict[str, float], at: float | None = None) -> Sample:
@@ -123,6 +127,7 @@ class MetricsHistory:
         """The history as columns (what the console's charts draw)."""
         rows = self.since(after)
         return {
+            "boot": self.boot,
             "interval_s": self.interval_s,
             "capacity": self.capacity,
             "last_seq": self.last_seq,
