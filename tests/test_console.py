@@ -143,6 +143,16 @@ def test_console_shows_the_api_and_its_actions_work(
                            metadata={"title": "console"}, editions=2, royalty_bps=500,
                            creator_bps=8000, platform_bps=2000)
     ledger.submit(ledger.alice, Op.LIST, asset=CID(minted["id"]), price=700, edition=1)
+    # Mallory signs two different transactions with one seq: the node keeps a fraud
+    # proof and freezes the account.
+    mallory_key = SigningKey(bytes(range(2, 34)))
+    mallory = AccountChain(mallory_key, ledger.issuer.network)
+    ledger.submit(ledger.issuer, Op.ISSUE, to=bytes(mallory_key.verify_key), amount=100)
+    for amount in (10, 20):
+        ledger.clock += 1
+        api.client.post("/ledger/txs", content=mallory.sign_at(
+            0, None, Op.TRANSFER, {"to": ledger.bob, "amount": amount}, time_ms=ledger.clock))
+    assert api.get("/ledger/status")["frozen_accounts"] == [bytes(mallory_key.verify_key).hex()]
     api.post("/worlds/garden", set={"rose": {"colour": "red"}, "tulip": 3})
     api.post("/worlds/garden", set={"lily": "white"}, delete=["tulip"])
     block = api.client.post("/canon/blocks", content=b"console block", params={"pin": "false"}).json()
@@ -190,7 +200,8 @@ def test_console_shows_the_api_and_its_actions_work(
     assert inference["llama_cpp"] in shown
     assert inference["model"]["file"] in field(page, "node", "model")
     warnings = texts(page, "#warnings li[data-code]", "data-code")
-    assert warnings == [w["code"] for w in overview["warnings"]] and "no_peers" in warnings
+    assert warnings == [w["code"] for w in overview["warnings"]]
+    assert "no_peers" in warnings and "frozen_accounts" in warnings
 
     # -- peers: connect through the form, then ping ------------------------------------
     assert page.inner_text("#peers-table tbody") .startswith("Not connected")
@@ -284,10 +295,18 @@ def test_console_shows_the_api_and_its_actions_work(
     entries = api.get("/ledger/log", start=0, limit=100)["entries"]
     assert texts(page, "#ledger-txs-table tr[data-index]", "data-index") == [str(e["index"]) for e in reversed(entries)]
     assert texts(page, "#accounts-table tr[data-account]", "data-account") == [a["account"] for a in view["accounts"]]
-    assert len(view["accounts"]) == 3  # issuer, alice, bob
+    assert len(view["accounts"]) == 4  # issuer, alice, bob, mallory
+    assert [a["frozen"] for a in view["accounts"] if a["account"] == view["frozen_accounts"][0]] == [True]
     assert texts(page, "#assets-table tr[data-asset]", "data-asset") == [minted["id"]] == [a["asset"] for a in view["assets"]]
     assert texts(page, "#listings-table tr[data-asset]", "data-asset") == [x["asset"] for x in view["listings"]] == [minted["id"]]
-    assert page.inner_text("#fraud-table tbody").startswith("No fraud proofs") and view["frozen_accounts"] == []
+    assert texts(page, "#fraud-table tr[data-account]", "data-account") == view["frozen_accounts"] == [
+        bytes(mallory_key.verify_key).hex()]
+    with page.expect_download() as dl:
+        page.click("#fraud-table tr[data-account] button")
+    fraud_file = tmp_path / "fraud.cbor"
+    dl.value.save_as(fraud_file)
+    fraud = api.client.get(f"/ledger/fraud-proofs/{view['frozen_accounts'][0]}")
+    assert fraud.status_code == 200 and fraud_file.read_bytes() == fraud.content
     # "proof" downloads the offline bundle an auditor verifies with `n3xus audit`.
     transfer = entries[2]
     with page.expect_download() as dl:

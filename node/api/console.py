@@ -324,7 +324,7 @@ class ConsoleSampler:
 
 
 def _warnings(node: Node, usage: dict[str, int], inference: dict[str, Any],
-              latest: dict[str, float]) -> list[dict[str, str]]:
+              latest: dict[str, float], frozen: int) -> list[dict[str, str]]:
     """Things an operator should look at, each with a short code and a sentence."""
     out: list[dict[str, str]] = []
     if usage["fs_total_bytes"] and usage["fs_free_bytes"] / usage["fs_total_bytes"] < LOW_DISK_FRACTION:
@@ -333,9 +333,9 @@ def _warnings(node: Node, usage: dict[str, int], inference: dict[str, Any],
     if latest.get("canon_corrupt_blocks", 0) > 0:
         out.append({"code": "corrupt_blocks", "message":
                     f"{int(latest['canon_corrupt_blocks'])} corrupt block(s) in the canon store"})
-    if latest.get("ledger_frozen_accounts", 0) > 0:
+    if frozen:
         out.append({"code": "frozen_accounts", "message":
-                    f"{int(latest['ledger_frozen_accounts'])} account(s) frozen by fraud proofs"})
+                    f"{frozen} account(s) frozen by fraud proofs"})
     if not node.peers():
         out.append({"code": "no_peers", "message": "not connected to any peer"})
     if not inference.get("available"):
@@ -382,6 +382,8 @@ def console_routes(node: Node, history: MetricsHistory) -> Sequence[ApiRoute]:
 
     async def node_view(_request: Request) -> Response:
         usage = await run(dir_usage, node.data_dir.path)
+        ledger = node.ledger
+        frozen = 0 if ledger is None else len(await run(ledger.store.frozen_accounts))
         info = await inference()
         samples = history.since(max(0, history.last_seq - 1))
         latest = samples[-1].values if samples else {}
@@ -401,7 +403,7 @@ def console_routes(node: Node, history: MetricsHistory) -> Sequence[ApiRoute]:
             "inference": info,
             "runtime": {"python": platform.python_version(), "platform": sys.platform,
                         "pid": os.getpid()},
-            "warnings": _warnings(node, usage, info, latest),
+            "warnings": _warnings(node, usage, info, latest, frozen),
         })
 
     async def canon_view(_request: Request) -> Response:
