@@ -6,9 +6,10 @@ never reused: a retired code stays in the enum with a ``retired`` note.
 
 Ranges (like the multicodec table, by owner): 0 is never sent; 1-15 apply to every protocol
 (framing, state, deadlines); 16-31 belong to ``/n3xus/hello``; 32-47 to ``/n3xus/blocks``;
-48-63 to witnessing; 64-1023 are reserved for later n3xus protocols (ledger sync, agents,
-live); 1024 and above are private-use for experiments and MUST NOT be sent to peers that did
-not announce them. A receiver MUST accept an unknown code (it logs the number and the text).
+48-63 to witnessing; 64-79 to ``/n3xus/imvu``; 80-1023 are reserved for later n3xus
+protocols (ledger sync, live); 1024 and above are private-use for experiments and MUST NOT
+be sent to peers that did not announce them. A receiver MUST accept an unknown code (it
+logs the number and the text).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class ErrorCode(IntEnum):
     UNEXPECTED_BLOCK = 34
     SPLIT_VIEW = 48
     INCONSISTENT_PROOF = 49
+    UNKNOWN_AGENT = 64
+    AGENT_STOPPED = 65
 
     @property
     def label(self) -> str:
@@ -75,6 +78,8 @@ _MEANINGS: Final[dict[ErrorCode, tuple[str, str]]] = {
     ErrorCode.UNEXPECTED_BLOCK: ("blocks", "a block, have or dont-have for a CID that was not wanted"),
     ErrorCode.SPLIT_VIEW: ("witness", "the peer's log signed two checkpoints that cannot both be true"),
     ErrorCode.INCONSISTENT_PROOF: ("witness", "a consistency proof from the peer does not verify"),
+    ErrorCode.UNKNOWN_AGENT: ("imvu", "no agent of that name or key on the answering node"),
+    ErrorCode.AGENT_STOPPED: ("imvu", "the agent exists but is stopped (takes no new turns)"),
 }
 
 
