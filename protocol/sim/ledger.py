@@ -280,7 +280,11 @@ class Simulation:
         client = self.clients[number]
         chain = client.chain
         when = client.when(T0_MS + self.now)
-        a, b = self.rng.sample(range(self.config.nodes), 2) if self.config.nodes > 1 else (0, 0)
+        # The home node and one of its peers: both are likely to hold the account's
+        # previous transaction, so both accept, and the fork must be found by the network.
+        a = client.home
+        peers = list(self.syncs[a].peers)
+        b = self.rng.choice(peers) if peers else a
         first = chain.sign_at(chain.seq, chain.prev, Op.TRANSFER,
                               {"to": self.clients[0].account, "amount": 200}, time_ms=when)
         second = chain.sign(Op.TRANSFER, {"to": self.clients[-1].account, "amount": 200},
@@ -307,10 +311,9 @@ class Simulation:
         if len(buyers) < 2:
             return
         for number in self.rng.sample(buyers, 2):
-            client = self.clients[number]
-            node = self.rng.randrange(self.config.nodes)
-            self.client_tx(client, node, Op.BUY, {"asset": asset, "price": PRICE, "edition": 1,
-                                                  "listing": listing})
+            client = self.clients[number]  # each buyer at their own home node
+            self.client_tx(client, client.home, Op.BUY, {"asset": asset, "price": PRICE,
+                                                         "edition": 1, "listing": listing})
 
     # --- faults ----------------------------------------------------------------------------
 
