@@ -123,8 +123,11 @@ class CanonService:
             return World(self.store, load_commit(self.store, at).root)
         return World(self.store, at)
 
-    def world_update(self, name: str, set_values: dict[str, Any], delete: list[str]) -> WorldWrite:
-        """Apply changes, sign a commit with the node key, log it, move the head."""
+    def world_update(self, name: str, set_values: dict[str, Any], delete: list[str],
+                     signer: SigningKey | None = None) -> WorldWrite:
+        """Apply changes, sign a commit with the node key (or ``signer``: an agent's own
+        key, node/services/agents.py), log it, move the head."""
+        key = self.key if signer is None else signer
         try:
             head_cid: CID | None
             head_cid, head = self.world_head(name)
@@ -136,12 +139,12 @@ class CanonService:
             updated = base.update(set=set_values, delete=delete)
             session.hold(updated.root)
             previous = load_commit(self.store, head_cid) if head_cid is not None else None
-            commit = sign_commit(self.key, world=name, root=updated.root,
+            commit = sign_commit(key, world=name, root=updated.root,
                                  time=max(now_ms(), seq_time, self.log.head().time),
                                  previous=previous)
             commit_block = commit.to_block()
             commit_cid = session.put(commit_block)
-            entry = self.log.append(self.key, "world-commit", commit_block,
+            entry = self.log.append(key, "world-commit", commit_block,
                                     time=commit.time)
             session.pin(commit_cid, WORLD_PIN_PREFIX + name, recursive=True)
             with self.env.begin(write=True, db=self._worlds) as txn:
