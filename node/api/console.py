@@ -90,13 +90,17 @@ SSE_HEARTBEAT_S = 15.0
 # Each open stream is one parked task; a page opens one. A few tabs and a script or
 # two are normal, hundreds are a leak or an attack.
 MAX_EVENT_STREAMS = 16
-# Canon block totals come from a scan of the block store; in the metrics history
-# they are refreshed when the canon log or the pins change, else at most this often
-# (the other series are read every sample).
+# Canon block and pin totals come from a scan of every block (BlockStore.stats); in
+# the metrics history they are refreshed at most this often, so a large store costs
+# one scan per 30 s, not one per sample. (The console's canon panel reads fresh totals
+# when it loads.)
 CANON_SCAN_INTERVAL_S = 30.0
 # The ledger log is indexed incrementally (accounts, assets, listings and fraud
 # proofs seen in it), in batches of this many entries per thread hop.
 LEDGER_SCAN_BATCH = 1000
+# The first refresh reads only this many of the newest log entries (decoding a
+# million transactions would keep the first page load waiting for minutes).
+INITIAL_SCAN_ENTRIES = 100_000
 # The index remembers this many of the most recently active accounts, assets and
 # listed editions; older ones fall out (the API still answers for any of them).
 MAX_TRACKED = 10_000
@@ -199,6 +203,8 @@ class LedgerIndex:
     def refresh(self) -> None:
         with self._lock:
             size = self.service.store.log_size()
+            if self.scanned == 0:  # first look: the recent past is what the panel shows
+                self.scanned = max(0, size - INITIAL_SCAN_ENTRIES)
             while self.scanned < size:
                 rows = self.service.log(self.scanned, min(LEDGER_SCAN_BATCH, size - self.scanned))
                 if not rows:
@@ -283,7 +289,6 @@ class ConsoleSampler:
         self.node = node
         self._canon_totals: dict[str, float] = {}
         self._canon_scanned_at = -CANON_SCAN_INTERVAL_S
-        self._canon_marks: tuple[float, float] = (-1.0, -1.0)  # (log size, pins) at the scan
 
     async def __call__(self) -> dict[str, float]:
         node = self.node
@@ -308,15 +313,13 @@ class ConsoleSampler:
         if node.canon is not None:
             canon = node.canon
             out["canon_log_size"] = float(len(canon.log))
-            out["canon_pins"] = float(len(canon.store.pins()))
             out["worlds"] = float(len(canon.world_names()))
             now = time.monotonic()
-            marks = (out["canon_log_size"], out["canon_pins"])
-            if marks != self._canon_marks or now - self._canon_scanned_at >= CANON_SCAN_INTERVAL_S:
-                self._canon_marks = marks
+            if now - self._canon_scanned_at >= CANON_SCAN_INTERVAL_S:
                 stats = canon.store.stats()
                 self._canon_totals = {"canon_blocks": float(stats.blocks),
                                       "canon_bytes": float(stats.bytes),
+                                      "canon_pins": float(stats.pins),
                                       "canon_corrupt_blocks": float(len(stats.corrupt))}
                 self._canon_scanned_at = now
             out.update(self._canon_totals)

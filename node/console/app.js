@@ -366,6 +366,17 @@
     if (a.editions !== undefined) parts.push(a.editions + " editions");
     return parts.join(", ");
   }
+  // "What changed in the last minute": now minus the newest sample at least 60 s old.
+  function lastMinute(series, now) {
+    const v = hist.series[series], t = hist.time;
+    if (!v || !t.length) return "–";
+    const cutoff = t[t.length - 1] - 60;
+    let i = t.length - 1;
+    while (i > 0 && (t[i] > cutoff || v[i] === null)) i--;
+    const span = Math.round(t[t.length - 1] - t[i]);
+    const delta = now - (v[i] ?? now);
+    return "+" + fmtNum(delta) + " entr" + (delta === 1 ? "y" : "ies") + (span < 60 ? " (in the " + span + " s on record)" : "");
+  }
   async function refreshLedger() {
     const [status, view, checkpoint] = await Promise.all([
       api("/ledger/status"), api("/console/ledger"), api("/ledger/checkpoint")]);
@@ -375,6 +386,7 @@
       ["Supply", fmtNum(status.supply) + " of " + fmtNum(status.supply_cap), "supply"],
       ["State root", mono(status.state_root), "state_root"],
       ["Frozen accounts", String(status.frozen_accounts.length), "frozen"],
+      ["Last minute", lastMinute("ledger_log_size", status.log_size), "last_minute"],
     ]);
     $("ledger-checkpoint").textContent = checkpoint;
     const log = await api("/ledger/log?start=" + Math.max(0, status.log_size - RECENT_ROWS) + "&limit=" + RECENT_ROWS);
@@ -551,7 +563,7 @@
     refresh("peers");
     if (changed("peers")) refresh("node");
     if (changed("ledger_log_size", "ledger_supply", "ledger_frozen_accounts")) refresh("ledger");
-    if (changed("canon_log_size", "canon_pins", "worlds", "canon_blocks")) refresh("canon");
+    if (changed("canon_log_size", "worlds", "canon_blocks", "canon_pins")) refresh("canon");
     latest = s.values;
     const up = document.querySelector('#node-info [data-field="uptime"]');
     if (up && s.values.uptime_seconds !== undefined) up.textContent = fmtDuration(s.values.uptime_seconds);
