@@ -178,3 +178,25 @@ def test_other_network_and_other_major_version_are_refused_with_reasons(
             log = stderr + "\n".join(node.stdout_lines)
             assert "hello refused" in log and "reason=wrong-network" in log
             assert "reason=unsupported-version" in log
+
+
+def test_federation_settings_from_config() -> None:
+    from n3xus.canon.cid import cid_of
+    from n3xus.node.errors import ConfigError
+    from n3xus.node.p2p.hello import FederationSettings, federation_settings
+
+    own, other = cid_of(b"own network"), cid_of(b"other network")
+    assert federation_settings(None) == FederationSettings()
+    settings = federation_settings({"networks": [str(other)], "deny": ["12D3KooWx"],
+                                    "ban_seconds": 30, "ban_threshold": -50})
+    assert settings.ban_seconds == 30.0 and settings.ban_threshold == -50.0
+    policy = settings.policy(own)
+    assert policy.networks == (own, other) and policy.deny == ("12D3KooWx",)
+    assert policy.refusal("12D3KooWx", own) is not None  # denied
+    assert policy.refusal("12D3KooWy", other) is None
+    refused = policy.refusal("12D3KooWy", cid_of(b"third"))
+    assert refused is not None and refused.code is ErrorCode.WRONG_NETWORK
+    for bad in ({"netwrks": []}, {"networks": ["not a cid"]}, {"allow": "x"},
+                {"ban_seconds": 0}, {"ban_seconds": True}, {"ban_threshold": "low"}):
+        with pytest.raises(ConfigError):
+            federation_settings(bad)

@@ -96,8 +96,16 @@ def test_stream_rate_is_a_flood_penalty() -> None:
     assert allowed == MAX_STREAM_BURST
     assert book.describe("p")["traffic"]["penalties"]["flood"] == 10
     assert book.describe("p")["traffic"]["streams"] == {"blocks": MAX_STREAM_BURST + 10}
+    rates = book.describe("p")["traffic"]["rates"]
+    assert rates["streams_per_s"] == pytest.approx((MAX_STREAM_BURST + 10) / 10.0)
     clock.now += 1.0
     assert book.count_stream("p", "blocks")  # the bucket refills
+    book.count_bytes("p", sent=1000, received=50)
+    traffic = book.describe("p")["traffic"]
+    assert (traffic["bytes_sent"], traffic["bytes_received"]) == (1000, 50)
+    assert traffic["rates"]["bytes_sent_per_s"] == pytest.approx(100.0)
+    clock.now += 10.0  # one time constant later
+    assert book.describe("p")["traffic"]["rates"]["bytes_sent_per_s"] == pytest.approx(36.8, abs=0.1)
 
 
 async def test_wait_accepted_answers_at_once_without_a_hello_under_way() -> None:
@@ -377,3 +385,24 @@ def test_the_spec_shows_the_penalty_weights_the_node_uses() -> None:
     rendered = markdown_table(["reason", "weight"],
                               [(f"`{label}`", str(weight)) for label, weight in PENALTY_WEIGHTS.items()])
     assert embedded(text, "penalty-weights") == rendered
+
+
+async def test_a_connection_without_a_hello_is_closed(tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    from n3xus.node.p2p.hello import NO_HELLO_GRACE_S
+
+    a = start_cli_node(tmp_path / "a")
+    cli_nodes.append(a)
+    host = p2p.make_host(p2p.keypair_from_seed(RAW_SEED))
+    async with p2p.running_host(host, []):
+        await p2p.connect(host, a.listen_addr)
+        started = trio.current_time()
+        bound = HELLO_TIMEOUT_S + NO_HELLO_GRACE_S
+        await wait_until(lambda: a.peer_id not in {p for p, _ in p2p.connected_peers(host)},
+                         bound + 10, "the silent connection is closed")
+        took = trio.current_time() - started
+        assert bound - 1 <= took <= bound + 10
+    entry = peer_entry(a, p2p.peer_id_of(host))
+    assert entry is not None and entry["refusal"]["reason"] == "no-hello"
+    assert entry["traffic"]["penalties"] == {"no-hello": 1}
+    code, _, stderr = a.stop()
+    assert code == 0, stderr[-2000:]

@@ -22,6 +22,7 @@ from libp2p.host.basic_host import BasicHost
 
 from n3xus.canon.errors import CanonError
 from n3xus.protocol.hello import MAX_PROTOCOL_IDS, HelloConfig, PeerHello
+from n3xus.protocol.limits import TokenBucket
 
 from ..logs import get_logger
 from ..services.peers import BAN_THRESHOLD, DEFAULT_BAN_SECONDS, PeerBook
@@ -42,6 +43,14 @@ if TYPE_CHECKING:
 
 log = get_logger("n3xus.federation")
 
+HANDSHAKE_RECORDS_PER_HOUR: Final = 60.0
+HANDSHAKE_RECORD_BURST: Final = 10.0
+"""Handshake entries written per peer: every completed hello, up to a burst of 10 and then
+one a minute. A peer that reconnects in a loop would otherwise grow our signed, append-only
+log (and its pinned hello blocks) without bound; its hellos still complete and are counted
+(``handshakes_not_recorded``)."""
+MAX_RECORD_BUDGETS: Final = 4096
+"""Peers whose handshake-record budget is remembered (oldest forgotten first)."""
 MAX_OPERATOR_BAN_S: Final = 365 * 24 * 3600.0
 """Longest ban ``n3xus peers ban --for`` accepts: a year; forever is ``deny`` in the
 federation policy, which peers see in the hello."""
@@ -64,6 +73,8 @@ class Federation:
         self.hello = HelloService(host, self.peerbook, self.hello_config, on_done=self._on_done)
         self.witness = WitnessService(node, host, self.peerbook)
         self.handshakes_recorded = 0
+        self.handshakes_not_recorded = 0
+        self._record_budget: dict[str, TokenBucket] = {}
 
     # -- our hello ---------------------------------------------------------------------------
     def protocols(self) -> tuple[str, ...]:
@@ -85,7 +96,16 @@ class Federation:
 
     def _on_done(self, result: PeerHello, direction: str, addrs: list[str]) -> None:
         canon = self.node.canon
-        if canon is not None:
+        budget = self._record_budget.get(result.peer_id)
+        if budget is None:
+            if len(self._record_budget) >= MAX_RECORD_BUDGETS:
+                self._record_budget.pop(next(iter(self._record_budget)))
+            budget = self._record_budget[result.peer_id] = TokenBucket(
+                HANDSHAKE_RECORDS_PER_HOUR / 3600, HANDSHAKE_RECORD_BURST, trio.current_time())
+        if budget.take(1, trio.current_time()) > 0:
+            self.handshakes_not_recorded += 1
+            log.info("handshake not recorded: the peer reconnects too often", peer_id=result.peer_id)
+        elif canon is not None:
             try:
                 index = record_handshake(canon, result, direction=direction, addresses=addrs)
                 self.handshakes_recorded += 1
@@ -140,5 +160,6 @@ class Federation:
         return {"hellos_completed": self.hello.completed, "hellos_refused": self.hello.refused,
                 "hello_median_ms": None if median is None else round(median * 1000, 2),
                 "handshakes_recorded": self.handshakes_recorded,
+                "handshakes_not_recorded": self.handshakes_not_recorded,
                 "bans_issued": self.peerbook.bans_issued,
                 "witness": self.witness.snapshot()}

@@ -67,6 +67,9 @@ per peer; hundreds per second is a flood. Each stream over the rate costs ``floo
 MAX_RECORDS: Final = 4096
 """Peers remembered (connected ones are never dropped; the oldest others are): 4096 records
 of about 1 KiB bound the book's memory."""
+RATE_WINDOW_S: Final = 10.0
+"""Time constant of the per-peer rates (bytes and streams per second, exponentially
+weighted): long enough to smooth bursts, short enough to show a flood as it happens."""
 MAX_EVENTS_PER_PEER: Final = 16
 """Last penalties kept per peer for the operator (code, time)."""
 
@@ -134,6 +137,23 @@ class PeerRecord:
     stream_rate: TokenBucket | None = None
     connected: bool = False
     ban_reason: str | None = None
+    rates: dict[str, float] = field(default_factory=dict)   # name -> events per second
+    rates_at: float | None = None
+
+    def add_rate(self, name: str, amount: float, now: float) -> None:
+        """Exponentially weighted rate over RATE_WINDOW_S (all rates decay together)."""
+        if self.rates_at is not None and now > self.rates_at:
+            decay = math.exp(-(now - self.rates_at) / RATE_WINDOW_S)
+            for key in self.rates:
+                self.rates[key] *= decay
+        self.rates_at = now if self.rates_at is None else max(now, self.rates_at)
+        self.rates[name] = self.rates.get(name, 0.0) + amount / RATE_WINDOW_S
+
+    def rates_now(self, now: float) -> dict[str, float]:
+        if self.rates_at is None:
+            return {}
+        decay = math.exp(-max(0.0, now - self.rates_at) / RATE_WINDOW_S)
+        return {key: round(value * decay, 3) for key, value in self.rates.items()}
 
 
 class PeerBook:
@@ -214,6 +234,11 @@ class PeerBook:
         record = self.record(peer_id)
         record.bytes_sent += sent
         record.bytes_received += received
+        now = self._clock()
+        if sent:
+            record.add_rate("bytes_sent_per_s", sent, now)
+        if received:
+            record.add_rate("bytes_received_per_s", received, now)
 
     def count_stream(self, peer_id: str, protocol: str) -> bool:
         """Count a stream the peer opened; False (and a ``flood`` penalty) when it opens
@@ -221,6 +246,7 @@ class PeerBook:
         record = self.record(peer_id)
         record.streams[protocol] += 1
         now = self._clock()
+        record.add_rate("streams_per_s", 1, now)
         if record.stream_rate is None:
             record.stream_rate = TokenBucket(MAX_STREAMS_PER_SECOND, MAX_STREAM_BURST, now)
         if record.stream_rate.take(1, now) > 0:
@@ -348,6 +374,7 @@ class PeerBook:
             "refusal": record.refusal,
             "traffic": {"bytes_sent": record.bytes_sent, "bytes_received": record.bytes_received,
                         "streams": dict(record.streams), "penalties": dict(record.penalties),
+                        "rates": record.rates_now(self._clock()),
                         "recent_penalties": [{"reason": r, "at": round(t, 3)}
                                              for r, t in record.recent]},
         }
