@@ -10,6 +10,7 @@ desktop and phone width are kept under $N3XUS_TEST_ARTIFACTS (or the test's tmp 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,6 +135,7 @@ def test_console_shows_the_api_and_its_actions_work(
     assert console_lines and node.api_url + "/" in console_lines[0]
     assert str(DataDir(node.data_dir).token_path) in console_lines[0]
     api, other_api = Api(node), Api(other)
+    first_token = api.token
 
     # State to show: transactions, an asset listed for sale, a world with history, a block.
     ledger = Ledger(node, api)
@@ -281,8 +283,14 @@ def test_console_shows_the_api_and_its_actions_work(
     page.keyboard.press("Escape")  # the dialog's default is Cancel
     wait_js(page, "document.getElementById('notice').textContent === 'Cancelled.'")
     assert "from-console" in [p["name"] for p in api.get("/canon/pins")["pins"]]
-    page.click(unpin)
-    page.click("#confirm-ok")
+    # Keyboard only: Enter on the button, Tab from Cancel to Confirm, Enter.
+    page.focus(unpin)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#confirm-dialog[open]")
+    assert page.evaluate("document.activeElement.id") == "confirm-cancel"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "confirm-ok"
+    page.keyboard.press("Enter")
     page.wait_for_selector('#pins-table tr[data-pin="from-console"]', state="detached")
     assert "from-console" not in [p["name"] for p in api.get("/canon/pins")["pins"]]
 
@@ -349,27 +357,39 @@ def test_console_shows_the_api_and_its_actions_work(
     assert (shots / "console-desktop.png").stat().st_size > 10_000
     assert (shots / "console-phone.png").stat().st_size > 10_000
 
-    # Live updates survive a restart of the node: the page reconnects by itself and
-    # starts over from the new history (a new boot id).
+    # Live updates survive a restart of the node: the page reconnects by itself. Here
+    # the operator also replaced the API token while the node was down, so the page's
+    # token is refused on reconnect: it asks to sign in again, then carries on with the
+    # new history (a new boot id).
     page.set_viewport_size(DESKTOP)
     port = node.api_url.rsplit(":", 1)[1]
     before_restart = len(errors)
     node.stop()
     page.wait_for_selector('#live-state[data-state="reconnecting"]', timeout=LIVE_TIMEOUT_MS)
+    new_token = secrets.token_urlsafe(32)
+    DataDir(node.data_dir).token_path.write_text(new_token + "\n")
     restarted = start_cli_node(node.data_dir, "--api", f"127.0.0.1:{port}")
     cli_nodes.append(restarted)
     assert restarted.api_url == node.api_url
+    page.wait_for_selector("#signin:not([hidden])", timeout=LIVE_TIMEOUT_MS)
+    assert "refused the token" in page.inner_text("#signin-error")
+    assert not page.is_visible("#main")
+    sign_in_with_keyboard(page, new_token)
+    api.token = new_token
+    api.client.headers["Authorization"] = f"Bearer {new_token}"
     page.wait_for_selector('#live-state[data-state="live"]', timeout=LIVE_TIMEOUT_MS)
     after_restart = ledger.submit(ledger.alice, Op.TRANSFER, to=ledger.bob, amount=2)
     page.wait_for_selector(f'#ledger-txs-table tr[data-index="{after_restart["log_index"]}"]',
                            timeout=LIVE_TIMEOUT_MS)
     wait_for(lambda: page.get_attribute("[data-chart=ledger]", "data-latest")
              == str(after_restart["log_index"] + 1))
-    # While the node was down, the open stream broke and requests failed to connect;
-    # nothing else went wrong.
+    assert field(page, "node", "peer_id") == node.peer_id
+    # While the node was down the open stream broke and requests failed to connect, and
+    # the old token got one 401; nothing else went wrong.
     outage = errors[before_restart:]
     del errors[before_restart:]
-    expected = ("net::ERR_CONNECTION_REFUSED", "net::ERR_INCOMPLETE_CHUNKED_ENCODING")
+    expected = ("net::ERR_CONNECTION_REFUSED", "net::ERR_INCOMPLETE_CHUNKED_ENCODING",
+                "the server responded with a status of 401 (Unauthorized)")
     assert all(any(e.endswith(x) for x in expected) for e in outage), outage
 
     # A token that stops being valid (replaced, or a stale tab) gets the sign-in prompt.
@@ -379,7 +399,7 @@ def test_console_shows_the_api_and_its_actions_work(
     assert "no longer valid" in page.inner_text("#signin-error")
     assert not page.is_visible("#main")
 
-    assert not [u for u in urls if api.token in u], "the token appeared in a URL"
+    assert not [u for u in urls if first_token in u or new_token in u], "a token appeared in a URL"
     assert all(u.startswith(node.api_url) or u.startswith("blob:") for u in urls), urls
     assert errors == [], errors
     context.close()
