@@ -7,6 +7,7 @@ pair of trio channels carrying whole messages (framing is protocol/'s job)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -27,6 +28,7 @@ from webrtc_support import (
 from n3xus.webrtc import pull
 from n3xus.webrtc.bridge import open_bridge
 from n3xus.webrtc.errors import PullProtocolError, RemoteLiveError
+from n3xus.webrtc.pullstream import framed
 from n3xus.webrtc.rooms import Role, RoomTokens
 from n3xus.webrtc.service import open_live_service
 
@@ -155,4 +157,64 @@ async def test_a_pull_with_a_token_of_another_node_is_refused() -> None:
         with pytest.raises(RemoteLiveError) as refused:
             await follower.pull_into(ROOM, forged, f_send, f_recv)
         assert refused.value.code == "bad-token"
+        nursery.cancel_scope.cancel()
+
+
+def byte_stream_pair() -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """Two ends of a byte stream (trio's in-memory streams, small buffers so that
+    backpressure is real), each turned into framed message send/receive."""
+    from trio.testing import lockstep_stream_pair
+
+    a, b = lockstep_stream_pair()
+
+    def ends(stream: Any) -> tuple[Any, Any]:
+        async def read(n: int) -> bytes:
+            return bytes(await stream.receive_some(n))
+        return framed(read, stream.send_all)
+
+    return ends(a), ends(b)
+
+
+async def test_pull_over_a_framed_byte_stream() -> None:
+    async with open_live_service(TOKEN_KEY) as origin, \
+            open_live_service(FOLLOWER_KEY) as follower, \
+            open_bridge("clients") as clients, trio.open_nursery() as nursery:
+        performer, _ = await go_live(origin, clients, nursery)
+        (f_send, f_recv), (o_send, o_recv) = byte_stream_pair()
+        nursery.start_soon(origin.serve_pull, o_send, o_recv)
+        token = origin.issue_token(ROOM, "viewer")
+        nursery.start_soon(lambda: follower.pull_into(ROOM, token, f_send, f_recv))
+        with trio.fail_after(20):
+            async with follower.subscribe(ROOM) as frames:
+                first = await frames.next()
+        # A follower's subscriber starts at a keyframe the origin's performer sent.
+        assert first is not None and first.keyframe and first.data[3:6] == b"\x9d\x01\x2a"
+        await clients.run(close_peer, performer)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_framing_breach_gets_the_common_error_code() -> None:
+    from trio.testing import lockstep_stream_pair
+
+    async with open_live_service(TOKEN_KEY) as origin, trio.open_nursery() as nursery:
+        a, b = lockstep_stream_pair()
+
+        async def read(n: int) -> bytes:
+            return bytes(await b.receive_some(n))
+
+        o_send, o_recv = framed(read, b.send_all)
+
+        async def serve() -> None:
+            try:
+                await origin.serve_pull(o_send, o_recv)
+            except PullProtocolError as exc:  # what the node turns into error + reset
+                await o_send(pull.error_body(exc.wire_code, exc.message))
+
+        nursery.start_soon(serve)
+        await a.send_all(b"\xff\xff\xff\xff\x7f")  # a length prefix of ~34 GB
+        reply_send, reply_recv = framed(lambda n: a.receive_some(n), a.send_all)
+        body = await reply_recv()
+        assert body is not None
+        error = pull.decode(body)
+        assert isinstance(error, pull.PeerErrorMessage) and error.code == 2  # frame-too-large
         nursery.cancel_scope.cancel()

@@ -141,6 +141,8 @@ class LiveEngine:
                     "frames_in": relay.stats.frames_in,
                     "keyframes_in": relay.stats.keyframes_in,
                     "keyframe_requests_sent": relay.stats.keyframe_requests_sent,
+                    "keyframe_answered": (relay.stats.last_keyframe_at
+                                          >= relay.stats.last_keyframe_request_at),
                     "rejected_frames": relay.stats.rejected_frames,
                 }
                 for kind, relay in media.relays.items()

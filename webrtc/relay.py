@@ -227,6 +227,10 @@ class RelayStats:
     rejected_frames: int = 0
     keyframe_requests_sent: int = 0
     keyframe_requests_coalesced: int = 0
+    #: When (relay clock, s) the last keyframe request went out and the last keyframe
+    #: came in: a request is answered once the second passes the first.
+    last_keyframe_request_at: float = 0.0
+    last_keyframe_at: float = 0.0
 
 
 class TrackRelay:
@@ -295,6 +299,7 @@ class TrackRelay:
         self.stats.bytes_in += len(data)
         if keyframe and self.kind == "video":
             self.stats.keyframes_in += 1
+            self.stats.last_keyframe_at = self._clock()
         self.publish(frame)
 
     def publish(self, frame: EncodedFrame) -> None:
@@ -332,6 +337,7 @@ class TrackRelay:
         if ssrc is None:
             return  # no media yet; the first frame of a stream is a keyframe
         self.stats.keyframe_requests_sent += 1
+        self.stats.last_keyframe_request_at = self._clock()
         loop = asyncio.get_running_loop()
         loop.create_task(receiver._send_rtcp_pli(ssrc))
 

@@ -54,6 +54,9 @@ RECORDER_QUEUE_FRAMES = 60
 #: A pulling node's queue at the origin: a libp2p stream has backpressure, so a slow
 #: follower fills this and is resynchronised at a keyframe instead of queueing.
 PULL_QUEUE_FRAMES = 30
+#: Notifications (``live``) queued per signaling connection or pulling node; a client
+#: this far behind has stopped reading and loses further ones (counted).
+NOTIFY_QUEUE = 16
 #: How long the node waits for aiortc to answer one offer (ICE gathering of host
 #: candidates and DTLS setup take well under a second on one machine).
 ANSWER_TIMEOUT_S = 15.0
@@ -89,6 +92,11 @@ class _Connection:
     grant: Grant | None = None
     name: str = "guest"
     session: SignalingSession = field(default_factory=lambda: SignalingSession(trio.current_time()))
+    #: Serialises sends on the socket (replies and notifications come from two tasks).
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    #: Notifications for this connection (``live``), drained by its own task so a
+    #: client that does not read blocks only itself.
+    notify: trio.MemorySendChannel[dict[str, Any]] | None = None
 
 
 class LiveService:
@@ -102,7 +110,9 @@ class LiveService:
         self._clock_ms = clock_ms
         self._world_edit = world_edit
         self._connections: dict[str, set[_Connection]] = {}
-        self._pullers: dict[str, set[Callable[[pull.PullMessage], Awaitable[None]]]] = {}
+        self._pullers: dict[str, set[trio.MemorySendChannel[pull.PullMessage]]] = {}
+        #: Notifications not delivered because a client's queue was full or closed.
+        self.notifications_dropped = 0
 
     # -- signaling --------------------------------------------------------------------
 
@@ -121,13 +131,23 @@ class LiveService:
             await socket.close(CLOSE_POLICY, exc.code)
             return
         conn = _Connection(room, secrets.token_hex(8), socket, grant)
+        notify_send, notify_receive = trio.open_memory_channel[dict[str, Any]](NOTIFY_QUEUE)
+        conn.notify = notify_send
         self._connections.setdefault(room, set()).add(conn)
         try:
-            await self._serve(conn)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forward_notifications, conn, notify_receive)
+                await self._serve(conn)
+                nursery.cancel_scope.cancel()
         finally:
             self._connections[room].discard(conn)
             with trio.CancelScope(shield=True):
                 await self.bridge.run(self.engine.close_peer, room, conn.peer_id)
+
+    async def _forward_notifications(self, conn: _Connection,
+                                     notes: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+        async for message in notes:
+            await self._send_to(conn, message)
 
     async def _serve(self, conn: _Connection) -> None:
         socket = conn.socket
@@ -136,7 +156,7 @@ class LiveService:
                 with trio.move_on_after(HELLO_TIMEOUT_S) as waited:
                     raw = await socket.receive_text()
                 if waited.cancelled_caught:
-                    await self._send_error(socket, SignalingError(
+                    await self._error_to(conn, SignalingError(
                         f"no hello within {HELLO_TIMEOUT_S:g} s", code="timeout"), fatal=True)
                     await socket.close(CLOSE_POLICY, "timeout")
                     return
@@ -154,14 +174,14 @@ class LiveService:
             except RemoteLiveError as exc:
                 fatal = isinstance(exc, TokenError) or (
                     isinstance(exc, SignalingError) and is_fatal(exc, state_before))
-                await self._send_error(socket, exc, fatal=fatal)
+                await self._error_to(conn, exc, fatal=fatal)
                 if fatal:
                     await socket.close(CLOSE_POLICY, exc.code)
                     return
 
     async def _handle(self, conn: _Connection, event: Hello | Offer | End | Ping) -> None:
         if isinstance(event, Ping):
-            await self._send(conn.socket, {"type": "pong", "t": event.t})
+            await self._send_to(conn, {"type": "pong", "t": event.t})
             return
         if isinstance(event, Hello):
             if conn.grant is None:
@@ -169,7 +189,7 @@ class LiveService:
                                                 now_ms=self._clock_ms())
             conn.name = event.name
             live = await self.bridge.run(self._is_live, conn.room)
-            await self._send(conn.socket, {
+            await self._send_to(conn, {
                 "type": "welcome", "v": 1, "peer": conn.peer_id, "room": conn.room,
                 "role": conn.grant.role.value, "live": live,
                 "ice_servers": [_ice_json(s) for s in self.ice_servers],
@@ -183,7 +203,7 @@ class LiveService:
             with trio.fail_after(ANSWER_TIMEOUT_S):
                 answer = await self.bridge.run(self.engine.answer, conn.room, conn.peer_id,
                                                grant.role, conn.name, event.sdp)
-            await self._send(conn.socket, {"type": "answer", "sdp": answer})
+            await self._send_to(conn, {"type": "answer", "sdp": answer})
         elif isinstance(event, End):
             if not grant.allows(Permission.END):
                 raise ForbiddenError(f"role {grant.role.value} may not end the performance")
@@ -197,6 +217,21 @@ class LiveService:
     async def _send(self, socket: SignalingSocket, message: dict[str, Any]) -> None:
         await socket.send_text(json.dumps(message, separators=(",", ":")))
 
+    async def _send_to(self, conn: _Connection, message: dict[str, Any]) -> None:
+        async with conn.lock:
+            await self._send(conn.socket, message)
+
+    async def _error_to(self, conn: _Connection, exc: RemoteLiveError, *, fatal: bool) -> None:
+        async with conn.lock:
+            await self._send_error(conn.socket, exc, fatal=fatal)
+
+    def _offer(self, channel: trio.MemorySendChannel[Any], message: Any) -> None:
+        """Queue a notification without ever waiting for its receiver."""
+        try:
+            channel.send_nowait(message)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.notifications_dropped += 1
+
     async def _send_error(self, socket: SignalingSocket, exc: RemoteLiveError, *,
                           fatal: bool) -> None:
         await self._send(socket, {"type": "error", "code": exc.code, "message": exc.message,
@@ -207,12 +242,12 @@ class LiveService:
     async def _dispatch(self, inbox: TrioInbox[PeerEvent]) -> None:
         async for event in inbox:
             if event.kind == "live":
+                live = bool(event.data["live"])
                 for conn in list(self._connections.get(event.room, ())):
-                    if conn.grant is not None:
-                        await self._send(conn.socket, {"type": "live",
-                                                       "live": event.data["live"]})
-                for send in list(self._pullers.get(event.room, ())):
-                    await send(pull.Live(bool(event.data["live"])))
+                    if conn.grant is not None and conn.notify is not None:
+                        self._offer(conn.notify, {"type": "live", "live": live})
+                for channel in list(self._pullers.get(event.room, ())):
+                    self._offer(channel, pull.Live(live))
             elif event.kind == "world-edit":
                 applied = self._world_edit is not None and await self._world_edit(
                     event.room, event.data)
@@ -328,10 +363,17 @@ class LiveService:
             return
         room = request.room
         await send_locked(pull.Accept(room, await self.bridge.run(self._is_live, room)))
+        notes_send, notes_receive = trio.open_memory_channel[pull.PullMessage](NOTIFY_QUEUE)
         pullers = self._pullers.setdefault(room, set())
-        pullers.add(send_locked)
+        pullers.add(notes_send)
+
+        async def forward_notes() -> None:
+            async for note in notes_receive:
+                await send_locked(note)
+
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward_notes)
                 for kind in request.kinds:
                     nursery.start_soon(self._pump_frames, room, kind, send_locked)
                 while (raw := await receive()) is not None:
@@ -347,7 +389,7 @@ class LiveService:
                         break
                 nursery.cancel_scope.cancel()
         finally:
-            pullers.discard(send_locked)
+            pullers.discard(notes_send)
 
     async def _pump_frames(self, room: str, kind: str,
                            send: Callable[[pull.PullMessage], Awaitable[None]]) -> None:
@@ -465,4 +507,5 @@ async def open_live_service(token_key: bytes, *, ice_servers: Sequence[IceServer
         finally:
             with trio.CancelScope(shield=True):
                 await bridge.run(engine.aclose)
-            inbox.close()
+            # Events left at shutdown concern nobody; the pump must not wait for them.
+            nursery.cancel_scope.cancel()
