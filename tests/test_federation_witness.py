@@ -93,6 +93,15 @@ def test_a_node_that_signs_two_histories_is_caught_and_the_proof_verifies_offlin
              BOUND_S, "W follows A's canon log at size 1")
     code, _, stderr = a.stop()
     assert code == 0, stderr[-2000:]
+    # The witness restarts: what it witnessed is kept (LMDB), not only in memory.
+    # (On its old port too, where B, which bootstraps from it, re-dials it.)
+    old_port = witness.listen_addr.split("/")[4]
+    code, _, stderr = witness.stop()
+    assert code == 0, stderr[-2000:]
+    witness = start_cli_node(tmp_path / "w", "--listen", f"/ip4/127.0.0.1/tcp/{old_port}")
+    cli_nodes.append(witness)
+    assert api(witness, "/status")["federation"]["witness"]["logs_followed"] >= 2
+    wait_for(lambda: recognises(witness, other.peer_id), BOUND_S * 2, "B recognised again")
 
     # History 2: the same identity from the copy commits something else, twice, and shows
     # W a checkpoint of size 2 that does not extend the one of size 1.

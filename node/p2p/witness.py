@@ -61,6 +61,9 @@ MAX_WITNESSED_LOGS: Final = 4096
 MAX_QUEUED_CHECKS: Final = 1024
 """Checkpoints waiting to be checked; more are dropped (the next poll brings them back)."""
 OPEN_STREAM_TIMEOUT_S: Final = 10.0
+WITNESS_DB: Final = b"federation/witness"
+"""LMDB sub-database: log origin (UTF-8) -> the latest checkpoint note verified for it, so
+witnessing survives a restart (a log that forks while we are down is still caught)."""
 MAX_GOSSIP_FANOUT: Final = 32
 """Peers a new proof is sent to at once; each passes it on once, so it floods the network."""
 
@@ -81,6 +84,32 @@ class WitnessService:
         self.split_views = 0
         self._send, self._receive = trio.open_memory_channel[tuple[str, str]](MAX_QUEUED_CHECKS)
         self._nursery: trio.Nursery | None = None
+        self._db: Any = None
+
+    def _load(self) -> None:
+        """The witnessed checkpoints and the proofs kept before the last stop."""
+        env = self.node.env
+        if env is not None:
+            self._db = env.open_db(WITNESS_DB)
+            with env.begin(db=self._db) as txn:
+                for key, value in txn.cursor():
+                    if len(self.witnesses) >= MAX_WITNESSED_LOGS:
+                        break
+                    origin = bytes(key).decode("utf-8")
+                    try:
+                        self.witnesses[origin] = CheckpointWitness(origin, bytes(value).decode("utf-8"))
+                    except (RemoteProtocolError, ValueError) as exc:
+                        log.warning("dropping a stored checkpoint", origin=origin, error=str(exc))
+        if self.evidence_dir.is_dir():
+            for path in sorted(self.evidence_dir.glob("split-view-*.cbor")):
+                self.evidence[hashlib.sha256(path.read_bytes()).hexdigest()] = path
+
+    def _store(self, witness: CheckpointWitness) -> None:
+        env = self.node.env
+        if env is None or self._db is None or witness.latest is None:
+            return
+        with env.begin(write=True, db=self._db) as txn:
+            txn.put(witness.origin.encode("utf-8"), witness.latest.encode("utf-8"))
 
     @property
     def evidence_dir(self) -> Path:
@@ -100,6 +129,7 @@ class WitnessService:
 
     # -- tasks -------------------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._load()
         self.host.set_stream_handler(TProtocol(WITNESS_PROTOCOL_ID), self._handle)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -130,7 +160,7 @@ class WitnessService:
                 peer_id_of_origin(origin)  # a n3xus log origin, or it is not ours to follow
                 witness = self.witnesses[origin] = CheckpointWitness(origin)
                 while len(self.witnesses) > MAX_WITNESSED_LOGS:
-                    del self.witnesses[next(iter(self.witnesses))]
+                    del self.witnesses[next(iter(self.witnesses))]  # (stays in LMDB)
             observation = witness.observe(note)
             if observation.verdict is Verdict.NEED_PROOF and observation.proof_sizes is not None:
                 old, new = observation.proof_sizes
@@ -147,6 +177,8 @@ class WitnessService:
         except ValueError as exc:
             log.warning("peer checkpoint of an unknown log", peer_id=peer_id, error=str(exc))
             return None
+        if observation.verdict in (Verdict.FIRST, Verdict.ADVANCED):
+            self._store(witness)
         if observation.verdict is Verdict.SPLIT_VIEW and observation.evidence is not None:
             await self.caught(observation.evidence.to_bytes(), source=None)
         return observation.verdict
