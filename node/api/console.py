@@ -295,10 +295,19 @@ class ConsoleSampler:
         values = registry_values(node.counters.registry.collect())
         values["peers"] = float(len(node.peers()))  # the host lives on the trio thread
         values["uptime_seconds"] = node.uptime()
-        values.update(await trio.to_thread.run_sync(self._stored))
+        # The node's own canon collectors (when registered) already keep block totals.
+        known = values.get("n3xus_canon_blocks")
+        values.update(await trio.to_thread.run_sync(self._stored, known is None))
+        if known is not None:
+            values["canon_blocks"] = known
+            for mine, theirs in (("canon_bytes", "n3xus_canon_stored_bytes"),
+                                 ("canon_pins", "n3xus_canon_pins"),
+                                 ("canon_corrupt_blocks", "n3xus_canon_corrupt_blocks")):
+                if theirs in values:
+                    values[mine] = values[theirs]
         return values
 
-    def _stored(self) -> dict[str, float]:
+    def _stored(self, scan_canon: bool) -> dict[str, float]:
         node = self.node
         out: dict[str, float] = {"process_cpu_seconds": time.process_time()}
         rss = _rss_bytes()
@@ -315,7 +324,7 @@ class ConsoleSampler:
             out["canon_log_size"] = float(len(canon.log))
             out["worlds"] = float(len(canon.world_names()))
             now = time.monotonic()
-            if now - self._canon_scanned_at >= CANON_SCAN_INTERVAL_S:
+            if scan_canon and now - self._canon_scanned_at >= CANON_SCAN_INTERVAL_S:
                 stats = canon.store.stats()
                 self._canon_totals = {"canon_blocks": float(stats.blocks),
                                       "canon_bytes": float(stats.bytes),
