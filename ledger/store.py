@@ -134,6 +134,9 @@ class _LmdbBatch:
         self.next_index = next_index
         self._replay = replay
         self.dirty: set[bytes] = set()
+        self._chain_cursor = txn.cursor(db=dbs.chain)
+        # Most batches find the waiting room empty: skip its scans then.
+        self._pending = txn.stat(dbs.pending)["entries"] > 0
         self.get = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state))
         self._put = partial(txn.put, db=dbs.state)
         self._delete = partial(txn.delete, db=dbs.state)
@@ -175,8 +178,17 @@ class _LmdbBatch:
 
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]:
         prefix = account + seq.to_bytes(8, "big")
-        cursor = self._txn.cursor(db=self._dbs.chain)
-        return [key[40:] for key, _ in _prefix_items(cursor, prefix, prefix)]
+        cursor = self._chain_cursor  # the hot path: one positioned cursor, no generator
+        found: list[bytes] = []
+        if not cursor.set_range(prefix):
+            return found
+        key = cast(bytes, cursor.key())
+        while key[:40] == prefix:
+            found.append(key[40:])
+            if not cursor.next():
+                break
+            key = cast(bytes, cursor.key())
+        return found
 
     def chain_from(self, account: bytes, seq: int) -> Iterator[tuple[int, bytes, int]]:
         cursor = self._txn.cursor(db=self._dbs.chain)
@@ -211,9 +223,12 @@ class _LmdbBatch:
         if waiting >= MAX_PENDING_PER_ACCOUNT:
             return False
         self._txn.put(account + seq.to_bytes(8, "big") + tx_id, entry, db=self._dbs.pending)
+        self._pending = True
         return True
 
     def pending_take(self, account: bytes, seq: int) -> list[bytes]:
+        if not self._pending:
+            return []
         prefix = account + seq.to_bytes(8, "big")
         cursor = self._txn.cursor(db=self._dbs.pending)
         found = list(_prefix_items(cursor, prefix, prefix))
