@@ -12,6 +12,8 @@ node's policy:
   read from the store and not yet written to it, and is served at most
   ``MAX_BLOCKS_SERVED_PER_SECOND`` answers a second (a token bucket; over it the answers wait,
   so a peer that asks for the same blocks in a loop gets them at that rate and no faster).
+  Wants arriving faster than that rate (beyond :data:`WANT_RATE_BURST`), or for blocks we do
+  not have faster than :data:`MAX_DONT_HAVES_PER_SECOND`, are a flood: ``too-many-wants``.
 * **Hello first.** A stream from a peer whose hello has not completed is refused
   (``unexpected-message``); so is a peer opening streams faster than the PeerBook's stream
   rate (``busy``): :func:`.streams.admit`.
@@ -85,6 +87,23 @@ at 4 MiB (its writes then time out: streams.WRITE_TIMEOUT_S)."""
 SERVE_RATE_BURST: Final = MAX_OUTSTANDING_WANTS
 """Token bucket burst of the serving rate: one full window of wants is answered at once
 (a lower rate gets a burst of one second's worth)."""
+WANT_RATE_BURST: Final = 2 * MAX_PEER_OUTSTANDING_WANTS
+"""Wants a peer may send ahead of the serving rate. An honest requester wants only as
+answers arrive (at most the serving rate) plus its window of MAX_PEER_OUTSTANDING_WANTS, so
+twice that never trips it; a peer that sends wants faster than they can be answered is
+flooding: ``too-many-wants``, error and reset. (Decoding wants is what a want flood costs us:
+this bounds it to the serving rate.)"""
+MAX_DONT_HAVES_PER_SECOND: Final = 1000
+"""``dont-have`` answers one peer may cost us per second. A requester asks peers that
+announced or confirmed the DAG, so misses are the part of a DAG a peer lacks, once per CID; a
+stream of wants for blocks we never had is a flood (each costs a decode and a lookup):
+``too-many-wants``, plus :data:`WANT_FLOOD_PENALTY`."""
+DONT_HAVE_BURST: Final = 2 * MAX_CIDS_PER_MESSAGE
+"""Misses answered at once before the rate applies: two messages' worth."""
+WANT_FLOOD_PENALTY: Final = 10.0
+"""Weight of the ``flood`` penalty (2 points each, so 20) added to ``too-many-wants`` (10)
+for a miss flood: with the malformed and oversized frames a flooder also tries, its second
+round of abuse gets it banned."""
 WINDOW_SAMPLE_BLOCKS: Final = 16
 """Blocks a peer must have sent before its window follows their mean size."""
 SERVE_RATE_ENV: Final = "N3XUS_TEST_BLOCKS_SERVE_RATE"
@@ -109,6 +128,8 @@ class ServedPeer:
     """Serving state and counters of one peer (across its streams)."""
 
     bucket: TokenBucket
+    want_bucket: TokenBucket
+    miss_bucket: TokenBucket
     bytes_budget: trio.Semaphore = field(
         default_factory=lambda: trio.Semaphore(MAX_SERVE_BYTES_IN_FLIGHT // SERVE_BATCH_BYTES))
     streams: int = 0
@@ -155,8 +176,12 @@ class BlockServer:
     def _peer(self, peer_id: str) -> ServedPeer:
         state = self.peers.get(peer_id)
         if state is None:
+            now = self._clock()
             burst = max(1.0, min(float(SERVE_RATE_BURST), self.rate))
-            state = self.peers[peer_id] = ServedPeer(TokenBucket(self.rate, burst, self._clock()))
+            state = self.peers[peer_id] = ServedPeer(
+                TokenBucket(self.rate, burst, now),
+                TokenBucket(self.rate, WANT_RATE_BURST, now),
+                TokenBucket(MAX_DONT_HAVES_PER_SECOND, DONT_HAVE_BURST, now))
         return state
 
     async def handle(self, stream: INetStream) -> None:
@@ -204,7 +229,14 @@ class BlockServer:
                     # events only tell how many were added or withdrawn.
                     while (event := responder.next_event()) is not None:
                         change = len(event.cids)
-                        state.wants += -change if isinstance(event, Cancel) else change
+                        if isinstance(event, Cancel):
+                            state.wants -= change
+                            continue
+                        state.wants += change
+                        if state.want_bucket.take(change, self._clock()) > 0:
+                            raise RemoteProtocolError(
+                                f"wants faster than {self.rate:.0f} a second can be served",
+                                ErrorCode.TOO_MANY_WANTS)
                     if state.wants > MAX_PEER_OUTSTANDING_WANTS:
                         raise RemoteProtocolError(
                             f"over {MAX_PEER_OUTSTANDING_WANTS} outstanding wants across "
@@ -276,6 +308,12 @@ class BlockServer:
                         break
                     found.append((cid, data))
                     size += len(data)
+            if missing and state.miss_bucket.take(len(missing), self._clock()) > 0:
+                if self.peerbook is not None:  # on top of too-many-wants: a deliberate flood
+                    self.peerbook.penalize(channel.peer_id, "flood", WANT_FLOOD_PENALTY)
+                raise RemoteProtocolError(
+                    f"wants for blocks this node does not have, over {MAX_DONT_HAVES_PER_SECOND}"
+                    " a second: a want flood", ErrorCode.TOO_MANY_WANTS)
             before = len(responder.pending)
             frames = (responder.send_blocks(found, self._clock()) + responder.send_have(haves)
                       + responder.send_dont_have(missing))
