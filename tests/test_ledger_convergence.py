@@ -21,9 +21,8 @@ from ledger_support import ARTIFACT, account, key, make_genesis
 
 from n3xus.ledger.engine import MAX_CLOCK_SKEW_MS, MAX_HOLD_MS, MAX_PENDING_PER_ACCOUNT
 from n3xus.ledger.errors import Reason
-from n3xus.ledger.fraud import make_fraud_proof
+from n3xus.ledger.fraud import FraudProof, make_fraud_proof
 from n3xus.ledger.genesis import Genesis
-from n3xus.ledger.fraud import FraudProof
 from n3xus.ledger.ingest import Accepted, Held, MemoryView, Pending, Rejected, admit, apply_tx
 from n3xus.ledger.memory import MemoryLedger
 from n3xus.ledger.store import LedgerStore
@@ -103,8 +102,8 @@ def reference_state(genesis: Genesis, entries: list[bytes]) -> dict[bytes, bytes
         if other != tx.id:
             freeze[tx.account] = min(freeze.get(tx.account, tx.seq), tx.seq)
     view = MemoryView()
-    for account, seq in freeze.items():
-        view.put(b"F" + account, seq.to_bytes(8, "big"))
+    for frozen, seq in freeze.items():
+        view.put(b"F" + frozen, seq.to_bytes(8, "big"))
     for tx in sorted(txs.values(), key=lambda t: (t.time, t.account, t.seq, t.id)):
         apply_tx(view, genesis, tx)
     return view.state
