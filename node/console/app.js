@@ -8,7 +8,7 @@
   const RECENT_ROWS = 20; // canon-log and ledger rows shown
   const STREAM_SILENCE_MS = 45000; // 3 heartbeats: the stream is dead, reconnect
   const RECONNECT_MAX_MS = 15000;
-  const DESTRUCTIVE = /^(stop|end|ban|delete|remove|kill|close|unpin)$/i;
+  const DESTRUCTIVE = /^(stop|end|ban|delete|remove|kill|close|unpin|rollback)$/i;
 
   let token = sessionStorage.getItem(TOKEN_KEY) || "";
   let routes = {}; // OpenAPI paths of this node
@@ -417,14 +417,23 @@
 
   // Agents and rooms come with later issues: render whatever the node's routes return,
   // and offer the per-item actions its OpenAPI document declares.
-  function itemActions(collection, id, item, refreshName) {
+  // An action is offered as a button only when it needs no input (no required body field).
+  function needsInput(op) {
+    const content = op.requestBody && op.requestBody.content;
+    if (!content) return false;
+    const json = content["application/json"];
+    if (!json) return true;
+    const schema = json.schema || {};
+    return Array.isArray(schema.required) && schema.required.length > 0;
+  }
+  function itemActions(collection, id, refreshName) {
     const out = [];
     const re = new RegExp("^" + API + "/" + collection + "/\\{[^}]+\\}/([a-z-]+)$");
     for (const [path, ops] of Object.entries(routes)) {
       const m = re.exec(path);
-      if (!m || !ops.post) continue;
+      if (!m || !ops.post || needsInput(ops.post)) continue;
+      if ((ops.post.responses?.["200"]?.content || {})["text/event-stream"]) continue;
       const verb = m[1];
-      if (["signal", "tokens"].includes(verb)) continue;
       const label = verb.charAt(0).toUpperCase() + verb.slice(1);
       out.push(button(label, (e) => act(e.currentTarget, {
         confirm: DESTRUCTIVE.test(verb) ? label + " " + id + "?" : null,
@@ -432,47 +441,79 @@
         done: label + ": " + id, refresh: () => refresh(refreshName),
       }), DESTRUCTIVE.test(verb) ? "danger" : null));
     }
-    if (routes[API + "/" + collection + "/{name}"]?.delete || routes[API + "/" + collection + "/{id}"]?.delete) {
-      const p = routes[API + "/" + collection + "/{name}"] ? "/{name}" : "/{id}";
+    for (const p of ["/{name}", "/{id}"]) {
+      if (!routes[API + "/" + collection + p]?.delete) continue;
       out.push(button(collection === "rooms" ? "End" : "Delete", (e) => act(e.currentTarget, {
         confirm: (collection === "rooms" ? "End performance " : "Delete ") + id + "?",
-        run: () => api("/" + collection + p.replace(/\{[^}]+\}/, enc(id)), { method: "DELETE" }),
+        run: () => api("/" + collection + "/" + enc(id), { method: "DELETE" }),
         done: "Done: " + id, refresh: () => refresh(refreshName),
       }), "danger"));
+    }
+    return out;
+  }
+  // Read-only sub-resources (an agent's decisions, memory; a room's viewers): a button
+  // each, showing the newest entries below the table.
+  function itemViews(collection, id, target) {
+    const out = [];
+    const re = new RegExp("^" + API + "/" + collection + "/\\{[^}]+\\}/([a-z-]+)$");
+    for (const [path, ops] of Object.entries(routes)) {
+      const m = re.exec(path);
+      if (!m || !ops.get) continue;
+      const what = m[1];
+      out.push(button("Show " + what, (e) => act(e.currentTarget, {
+        run: async () => {
+          const limit = (ops.get.parameters || []).find((q) => q.name === "limit");
+          const query = limit ? "?limit=" + Math.min(20, limit.schema?.maximum ?? 20) : "";
+          const data = await api(path.slice(API.length).replace(/\{[^}]+\}/, enc(id)) + query);
+          const rows = Array.isArray(data) ? data : Object.values(data).find(Array.isArray) || [];
+          const box = $(target);
+          box.replaceChildren(el("h3", { text: what.charAt(0).toUpperCase() + what.slice(1) + " of " + id }), genericTable(rows, what, []));
+        },
+        done: "Showing " + what + " of " + id,
+      }), "quiet"));
     }
     return out;
   }
   function cell(v) {
     if (v === null || v === undefined) return "–";
     if (Array.isArray(v)) return v.length + " item" + (v.length === 1 ? "" : "s");
-    if (typeof v === "object") return JSON.stringify(v).slice(0, 120);
-    return String(v);
+    if (typeof v === "object") {
+      const flat = Object.entries(v).filter(([, x]) => x === null || typeof x !== "object");
+      if (flat.length === Object.keys(v).length) return flat.map(([k, x]) => k + " " + (typeof x === "number" ? fmtNum(x) : x)).join(" · ");
+      return JSON.stringify(v).slice(0, 160);
+    }
+    return typeof v === "string" ? short(v) : String(v);
+  }
+  const MAX_COLUMNS = 8;
+  function genericTable(items, what, actionsFor) {
+    if (!items.length) return el("p", { class: "empty", text: "No " + what + " right now." });
+    const keys = [];
+    for (const it of items) for (const k of Object.keys(it)) if (!keys.includes(k)) keys.push(k);
+    const shown = keys.slice(0, MAX_COLUMNS);
+    const id = (it) => String(it.name ?? it.id ?? it.agent_id ?? it.room ?? it.decision ?? "");
+    const table = el("table", {},
+      el("thead", {}, el("tr", {}, ...shown.map((k) => el("th", { text: k })), el("th", { text: actionsFor ? "Actions" : "Details" }))),
+      el("tbody", {}, ...items.map((it) => el("tr", { "data-item": id(it) },
+        ...shown.map((k) => el("td", { text: cell(it[k]), title: typeof it[k] === "string" ? it[k] : null })),
+        el("td", {}, ...(actionsFor ? actionsFor(id(it)) : []),
+          el("details", {}, el("summary", { text: "all fields" }), el("pre", { class: "note", text: JSON.stringify(it, null, 2) })))))));
+    return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": what }, table);
   }
   async function renderCollection(collection, target, refreshName, what) {
     const box = $(target);
-    if (!has("get", "/" + collection)) {
-      box.replaceChildren(el("p", { class: "unavailable", "data-unavailable": "true", text: what + " are not available on this node (no /api/v1/" + collection + " route)." }));
-      return;
-    }
+    const unavailable = (why) => box.replaceChildren(el("p", { class: "unavailable", "data-unavailable": "true", text: what + " are not available on this node" + why }));
+    if (!has("get", "/" + collection)) { unavailable(" (no /api/v1/" + collection + " route)."); return; }
     let data;
     try { data = await api("/" + collection); } catch (err) {
-      if (err instanceof ApiError && err.status === 404) {
-        box.replaceChildren(el("p", { class: "unavailable", "data-unavailable": "true", text: what + " are not available on this node." }));
-        return;
-      }
+      if (err instanceof ApiError && err.status === 404) { unavailable("."); return; }
       throw err;
     }
     const items = Array.isArray(data) ? data : data[collection] || [];
-    const keys = [];
-    for (const it of items) for (const k of Object.keys(it)) if (!keys.includes(k)) keys.push(k);
-    const id = (it) => it.name ?? it.id ?? it.agent_id ?? it.room ?? "";
-    const table = el("table", { "data-collection": collection },
-      el("thead", {}, el("tr", {}, ...keys.map((k) => el("th", { text: k })), el("th", { text: "Actions" }))),
-      el("tbody", {}, ...items.map((it) => el("tr", { "data-item": id(it) },
-        ...keys.map((k) => el("td", { text: cell(it[k]) })),
-        el("td", {}, ...itemActions(collection, id(it), it, refreshName), el("details", {}, el("summary", { text: "details" }), el("pre", { class: "note", text: JSON.stringify(it, null, 2) })))))));
-    box.replaceChildren(items.length ? el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": what }, table)
-      : el("p", { class: "empty", text: "No " + what.toLowerCase() + " right now." }));
+    const detail = el("div", { class: "sub-view", id: target + "-detail" });
+    const previous = $(target + "-detail");
+    box.replaceChildren(genericTable(items, what.toLowerCase(), (id) => [
+      ...itemActions(collection, id, refreshName), ...itemViews(collection, id, target + "-detail")]),
+    previous || detail);
   }
   function refreshAgents() { return renderCollection("agents", "agents-body", "agents", "Agents"); }
   function refreshLive() { return renderCollection("rooms", "live-body", "live", "Live rooms"); }
