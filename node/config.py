@@ -381,7 +381,9 @@ def _config_from_toml(raw: dict[str, Any], path: Path) -> NodeConfig:
         p2p_limits=limits,
         # [federation]: networks, allow, deny, ban_seconds, ban_threshold; checked by
         # n3xus.node.p2p.hello.federation_settings when the node starts.
-        extra={"federation": section("federation")},
+        # [agents]: model (a GGUF path), context_tokens, threads; checked by
+        # n3xus.node.runtime.agent_service when the node starts.
+        extra={"federation": section("federation"), "agents": section("agents")},
     )
 
 

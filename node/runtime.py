@@ -9,6 +9,8 @@ Task tree (every task belongs to a nursery; cancelling ``Node.run`` stops all)::
         ├── libp2p host (listeners, swarm, identify/ping handlers)
         ├── HTTP API (hypercorn trio worker; serves the operator console too)
         ├── metrics history sampler (the console's charts and live events)
+        ├── agents (node/services/agents.py: registry, the model loaded lazily, the
+        │   inference scheduler whose generations run in a worker thread)
         └── bootstrap dials
     later issues add here: gossipsub + discovery, federation protocol handlers,
     agent workers (inference in a worker thread), and the aiortc bridge (its own
@@ -35,6 +37,7 @@ from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from . import __version__
+from .api.agents import agent_routes
 from .api.canon import canon_routes
 from .api.console import ConsoleSampler, console_routes
 from .api.fetch import fetch_routes
@@ -42,13 +45,15 @@ from .api.ledger import ledger_routes
 from .api.node import node_routes
 from .api.server import ApiRoute, build_app
 from .config import DataDir, NodeConfig
-from .errors import AddressError
+from .errors import AddressError, ConfigError
 from .logs import get_logger
 from .p2p import host as p2p
 from .p2p.blocks import BlockServer
 from .p2p.discovery import Discovery, DiscoveryConfig
 from .p2p.federation import Federation
+from .p2p.imvu import ImvuServer
 from .p2p.limits import register_gate_metrics
+from .services.agents import DEFAULT_CONTEXT_TOKENS, AgentService
 from .services.canon import CanonService
 from .services.fetch import FetchService
 from .services.ledger import LedgerService
@@ -143,6 +148,8 @@ class Node:
         self.ledger: LedgerService | None = None
         self.block_server: BlockServer | None = None
         self.fetcher: FetchService | None = None
+        # IMVU agents (node/services/agents.py); opened by run() with the ledger.
+        self.agents: AgentService | None = None
         # Hello, peer scoring and witnessing (node/p2p/federation.py); set by run().
         self.federation: Federation | None = None
         self.peerbook: Any = None
@@ -172,6 +179,7 @@ class Node:
                     )
                     self.ledger = LedgerService(self.env, genesis, SigningKey(seed),
                                                 p2p.peer_id_of(key_pair))
+                    self.agents = agent_service(self)
                     await self._serve(key_pair, token, api_socket, task_status)
                 finally:
                     self.env.close()
@@ -202,6 +210,13 @@ class Node:
                 assert self.canon is not None  # opened by run() before _serve
                 self.block_server = BlockServer(self._host, self.canon.store, self.peerbook)
                 self.block_server.register()
+                # IMVU agents and /n3xus/imvu/1.0.0 (node/services/agents.py, p2p/imvu.py):
+                # the handler too is registered before any dial.
+                assert self.agents is not None  # opened by run() before _serve
+                self.agents.host, self.agents.peerbook = self._host, self.peerbook
+                self.agents.peer_id = self.peer_id
+                await nursery.start(self.agents.run)
+                ImvuServer(self._host, self.peerbook, self.agents.answer_peer).register()
                 # Bootstrap dials, reconnects, DHT, mDNS, keepalive (node/p2p/discovery.py).
                 self.discovery = await nursery.start(Discovery(
                     self._host,
@@ -278,6 +293,7 @@ class Node:
             "connection_gate": p2p.gate_of(self._host).snapshot(),
             "discovery": self.discovery.snapshot() if self.discovery is not None else None,
             "federation": self.federation.snapshot() if self.federation is not None else None,
+            "agents": self.agents.status() if self.agents is not None else None,
             "data_dir": str(self.data_dir.path),
         }
 
@@ -294,6 +310,7 @@ class Node:
         feature_routes = [
             *(canon_routes(self.canon) if self.canon is not None else []),
             *(ledger_routes(self.ledger) if self.ledger is not None else []),
+            *(agent_routes(self.agents) if self.agents is not None else []),
         ]
         return [*feature_routes, *fetch_routes(self), *node_routes(self),
                 *console_routes(self, self.metrics_history)]
@@ -317,6 +334,23 @@ def dial_addrs(listen_addrs: list[str]) -> list[str]:
         else:
             out.append(addr)
     return out
+
+
+def agent_service(node: Node) -> AgentService:
+    """The node's agents; ``[agents]`` in config.toml (or ``node start --model``) may name
+    the GGUF file (default: the bundled model), its context size and threads."""
+    from pathlib import Path
+
+    assert node.canon is not None and node.ledger is not None
+    settings = node.config.extra.get("agents") or {}
+    model, context, threads = (settings.get(k) for k in ("model", "context_tokens", "threads"))
+    if not isinstance(model, str | None) or not isinstance(context, int | None) \
+            or not isinstance(threads, int | None):
+        raise ConfigError("[agents]: model is a path, context_tokens and threads integers")
+    return AgentService(node.data_dir, node.env, node.canon, node.ledger,
+                        model_path=Path(model).expanduser() if model else None,
+                        context_tokens=context or DEFAULT_CONTEXT_TOKENS, threads=threads,
+                        registry=node.counters.registry)
 
 
 def canon_origin(peer_id: str) -> str:

@@ -54,6 +54,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "wallet": ("wallet", "wallet", "Accounts: create, balance, send, issue, tip."),
     "asset": ("wallet", "asset", "Creator assets: mint, transfer, list for sale, buy, show."),
     "ledger": ("ledger", "ledger", "The ledger log, transactions, status, transparency proofs."),
+    "agent": ("agent", "agent", "IMVU agents: create, ask, upgrade, roll back, approve, audit "
+                                "their decisions."),
     "audit": ("audit", "audit", "Verify ledger proofs, checkpoints and exports offline (no "
                                 "node, no data dir)."),
 }

@@ -220,3 +220,100 @@ def audit_split_view(proof: str, key: str | None, as_json: bool) -> None:
             echo(f"  {name:<7} size {checkpoint.size}  root {checkpoint.root_hash.hex()}")
 
     emit(as_json, {"ok": True, **view.to_json()}, human)
+
+
+# Largest CAR an offline decision audit reads into memory: an agent's export is its
+# manifests, memory and decisions (a few KiB a turn); 1 GiB is far beyond that.
+MAX_DECISION_CAR_BYTES = 1 << 30
+
+
+def _car_blocks(path: str) -> Any:
+    """Every block of a CARv1 file, each checked against its CID, in memory."""
+    from n3xus.canon.blockstore import check_block
+    from n3xus.canon.car import CarReader
+    from n3xus.canon.errors import CanonError
+    from n3xus.canon.world import MemoryBlockStore
+
+    blocks = MemoryBlockStore()
+    total = 0
+    try:
+        with open(path, "rb") as f:
+            for section in CarReader(f):
+                total += len(section.data)
+                if total > MAX_DECISION_CAR_BYTES:
+                    raise click.ClickException(f"{path} holds over {MAX_DECISION_CAR_BYTES} bytes")
+                check_block(section.cid, section.data)
+                blocks.blocks[section.cid] = section.data
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from exc
+    except CanonError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    return blocks
+
+
+@audit.command("decision")
+@click.argument("entry", metavar="ENTRY|DECISION")
+@click.option("--car", "car_path", required=True, metavar="FILE", help="A CAR export holding "
+              "the decision and its blocks (`n3xus canon export --car FILE --author AGENT` for "
+              "log entries, or rooted at the agent's state block).")
+@click.option("--rerun", is_flag=True, help="Also re-run the model on the recorded prompt and "
+              "compare the output bytes (needs the weights).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The GGUF file for --rerun (default: the bundled model).")
+@json_option
+def audit_decision(entry: str, car_path: str, rerun: bool, model_path: str | None,
+                   as_json: bool) -> None:
+    """Re-check an agent decision offline (specs/imvu.md §9): the signed log entry (or the
+    decision block), manifest signature, request filter, output parse and policy verdict;
+    with --rerun, the model's output too."""
+    from n3xus.canon.cid import CID
+    from n3xus.canon.errors import CanonError
+    from n3xus.canon.log import LogEntry
+    from n3xus.imvu.decision import decision_of_entry, decode_decision, recheck_decision
+
+    try:
+        cid = CID(entry)
+    except ValueError:
+        raise click.BadParameter(f"{entry[:100]} is not a CID", param_hint="ENTRY") from None
+    blocks = _car_blocks(car_path)
+    try:
+        data = blocks.get(cid)
+    except KeyError:
+        raise click.ClickException(f"{cid} is not in {car_path}") from None
+    try:
+        LogEntry.from_block(data)
+        is_entry = True
+    except (CanonError, ValueError):
+        is_entry = False  # not a log entry: a decision block itself
+    decision = decision_of_entry(data, blocks) if is_entry else decode_decision(data)
+    report = recheck_decision(decision, blocks)
+    doc: dict[str, Any] = {"ok": report.ok, "entry": str(cid) if is_entry else None,
+                           "recheck": report.to_json()}
+    if rerun and decision.prompt is not None:
+        from n3xus.imvu.decision import rerun_decision
+        from n3xus.imvu.inference import bundled_model_path
+
+        again = rerun_decision(decision, blocks, model_path or bundled_model_path())
+        doc["rerun"] = again.to_json()
+        doc["ok"] = doc["ok"] and again.same
+    elif rerun:
+        doc["rerun"] = None  # refused before inference: there is no output to reproduce
+
+    def human() -> None:
+        verdict = f"{decision.verdict.value}/{decision.primitive}" if decision.primitive \
+            else decision.verdict.value
+        status = "OK " if report.ok else "BAD"
+        echo(f"{status} decision {decision.cid}: {verdict} (agent {decision.agent.hex()}, "
+             f"manifest {decision.manifest})")
+        for problem in report.problems:
+            echo(f"  problem: {problem}")
+        if "rerun" in doc:
+            if doc["rerun"] is None:
+                echo("  re-run: nothing to re-run (refused before inference)")
+            else:
+                same = "same output bytes" if doc["rerun"]["same_output"] else "DIFFERENT output"
+                echo(f"  re-run: {same}: {doc['rerun']['rerun']!r}")
+
+    emit(as_json, doc, human)
+    if not doc["ok"]:
+        raise SystemExit(1)

@@ -79,12 +79,15 @@ class _Events:
               help="Allow the API on a non-loopback address (logged as a warning).")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", default=None, type=click.Choice(["text", "json"]))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True),
+              default=None, help="GGUF model file of the agents (default: [agents] model in "
+                                 "config.toml, else the bundled SmolLM2).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per line and event (initialised, started, "
                    "stopping, stopped) instead of text.")
 def node_start(data_dir: str | None, listen: tuple[str, ...], bootstrap: tuple[str, ...],
                api_bind: str | None, api_allow_remote: bool, log_level: str | None,
-               log_format: str | None, as_json: bool) -> None:
+               log_format: str | None, model_path: str | None, as_json: bool) -> None:
     """Start the node (initialising the data dir if needed); stop with Ctrl-C."""
     from dataclasses import replace
 
@@ -105,6 +108,9 @@ def node_start(data_dir: str | None, listen: tuple[str, ...], bootstrap: tuple[s
         overrides["bootstrap"] = tuple(bootstrap)
     if api_bind is not None:
         overrides["api_host"], overrides["api_port"] = parse_api_bind(api_bind)
+    if model_path is not None:
+        agents = {**config.extra.get("agents", {}), "model": model_path}
+        overrides["extra"] = {**config.extra, "agents": agents}
     config = replace(config, **overrides)
     configure_logging(log_level or config.log_level, log_format or config.log_format)
     events = _Events(as_json)
@@ -167,6 +173,14 @@ def node_status(data_dir: str | None, as_json: bool) -> None:
         echo(f"peers     {status['peer_count']}")
         for name, value in sorted(status["counters"].items()):
             echo(f"{name:<13} {value}")
+        agents = status.get("agents")
+        if agents:
+            backend = agents["backend"]
+            inference = (f"{backend['backend']} ({backend['threads']} threads, context "
+                         f"{backend['context_tokens']})" if backend else
+                         "model not loaded yet (loads on the first agent start or ask)")
+            echo(f"agents    {agents['agents']} ({agents['enabled']} enabled)")
+            echo(f"inference {inference}")
 
     emit(as_json, status, human)
 
