@@ -429,8 +429,10 @@ class LiveService:
         wanted: TrioInbox[None] = TrioInbox(capacity=1)
 
         async def hook(on: bool) -> None:
-            self.engine.relay(room, "video").upstream_keyframe = (
-                (lambda: wanted.post(None)) if on else None)
+            relay = self.engine.relay(room, "video")
+            relay.upstream_keyframe = (lambda: wanted.post(None)) if on else None
+            if on:
+                relay.request_keyframe()  # the first frame we relay must be a keyframe
 
         async def forward_keyframe_requests() -> None:
             async for _ in wanted:
@@ -440,7 +442,6 @@ class LiveService:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward_keyframe_requests)
-                await send_locked(pull.KeyframeRequest())
                 while (raw := await receive()) is not None:
                     message = pull.decode(raw)
                     if isinstance(message, pull.Frame):
