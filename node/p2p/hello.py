@@ -399,6 +399,12 @@ class HelloService:
                 addrs = [str(a) for a in (conn.get_transport_addresses() if conn is not None else [])]
                 self.on_done(result, direction, addrs)
             return
+        if self.peerbook.is_accepted(peer) and self._other_connection(conn):
+            # A duplicate connection (both dialed at once) lost its exchange; the peer stays
+            # recognised on the other one.
+            log.info("hello on a duplicate connection did not complete", peer_id=peer,
+                     error=str(error))
+            return
         self.refused += 1
         refusal = describe_failure(error)
         if refusal is not None and by_peer:
@@ -409,6 +415,14 @@ class HelloService:
         if error is not None and error.code in INCOMPATIBLE and not self.peerbook.is_banned(peer):
             self.peerbook.ban(peer, INCOMPATIBLE_BACKOFF_S,
                               f"hello refused ({error.code.label}, by {refusal and refusal['by']})")
+
+
+    def _other_connection(self, conn: INetConn | None) -> bool:
+        """Whether the peer of ``conn`` has another open connection."""
+        if conn is None:
+            return False
+        connections = self.host.get_network().connections.get(conn.muxed_conn.peer_id, [])
+        return any(c is not conn and not c.is_closed for c in connections)
 
 
 async def _drive(channel: CoreStream, exchange: HelloExchange, peerbook: PeerBook,

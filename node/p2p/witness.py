@@ -201,7 +201,13 @@ class WitnessService:
         log.error("split view caught", origin=view.origin, kind=view.kind.value,
                   first_size=view.first.size, second_size=view.second.size, proof=str(path),
                   via=source or "our own witnessing")
-        self.peerbook.penalize(offender, ErrorCode.SPLIT_VIEW)
+        if offender == str(self.host.get_id()):
+            # Our own log: another process runs with our identity (a restored backup, a
+            # copied data dir). Nothing to ban; the operator must retire one of them.
+            log.critical("split view of OUR OWN log: another process signs with this node's "
+                         "key", proof=str(path))
+        else:
+            self.peerbook.penalize(offender, ErrorCode.SPLIT_VIEW)
         targets = [peer for peer, _ in p2p.connected_peers(self.host)
                    if peer not in (source, offender) and self.peerbook.is_accepted(peer)]
         if self._nursery is not None:
