@@ -128,8 +128,17 @@ def refusal_of(node: CliNode, peer_id: str) -> dict[str, Any] | None:
 
 def test_other_network_and_other_major_version_are_refused_with_reasons(
         tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    # A denies one peer id of its own network in its federation policy (config.toml).
+    assert run_cli("node", "init", "--data-dir", str(tmp_path / "a")).returncode == 0
+    init = run_cli("node", "init", "--data-dir", str(tmp_path / "d"), "--genesis",
+                   str(tmp_path / "a" / "genesis.cbor"), "--json")
+    denied_id = json.loads(init.stdout)["peer_id"]
+    with (tmp_path / "a" / "config.toml").open("a", encoding="utf-8") as config:
+        config.write(f'\n[federation]\ndeny = ["{denied_id}"]\n')
     a = start_cli_node(tmp_path / "a")
     cli_nodes.append(a)
+    denied = start_cli_node(tmp_path / "d", "--bootstrap", a.listen_addr)
+    cli_nodes.append(denied)
     # A fresh data dir is a development network of its own: another genesis.
     stranger = start_cli_node(tmp_path / "x", "--bootstrap", a.listen_addr)
     cli_nodes.append(stranger)
@@ -161,6 +170,14 @@ def test_other_network_and_other_major_version_are_refused_with_reasons(
     on_v = refusal_of(future, a.peer_id)
     assert on_v is not None and on_v["reason"] == "unsupported-version"
 
+    # The responder refuses a denied peer at hello-start, before signing anything for it.
+    wait_for(lambda: refusal_of(a, denied_id) is not None, CONNECT_BOUND_S, "denied peer refused")
+    on_a = refusal_of(a, denied_id)
+    assert on_a is not None and on_a["reason"] == "policy-denied" and on_a["by"] == "us"
+    assert on_a["code"] == ErrorCode.POLICY_DENIED == 22 and "deny list" in on_a["message"]
+    wait_for(lambda: refusal_of(denied, a.peer_id) is not None, CONNECT_BOUND_S, "D told why")
+    assert refusal_of(denied, a.peer_id)["by"] == "peer"  # type: ignore[index]
+
     # Refused peers are not connected, and are kept away (no reconnect loop) for a while.
     listed = peers_json(a)
     assert listed["peers"] == []
@@ -171,7 +188,7 @@ def test_other_network_and_other_major_version_are_refused_with_reasons(
     assert "wrong-network (16)" in human and "unsupported-version (17)" in human
     assert api(a, "/status")["federation"]["hellos_completed"] == 0
 
-    for node in (a, stranger, future):
+    for node in (a, stranger, future, denied):
         code, _, stderr = node.stop()
         assert code == 0, stderr[-2000:]
         if node is a:
