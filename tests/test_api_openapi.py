@@ -31,9 +31,11 @@ from n3xus.node.services.wallets import ensure_genesis
 OWN_TAGS = {"ops", "node", "canon", "worlds", "ledger"}
 
 
-async def _start(nursery: trio.Nursery, path: Path) -> Node:
+async def _start(nursery: trio.Nursery, path: Path, network_of: Path | None = None) -> Node:
     dd = DataDir(path)
     dd.init()
+    if network_of is not None:  # one network: nodes of different genesis refuse each other
+        ensure_genesis(dd, network_of / "genesis.cbor")
     node = Node(dd, NodeConfig(listen=("/ip4/127.0.0.1/tcp/0",), api_port=0, map_size_mib=256))
     await nursery.start(node.run)
     return node
@@ -95,7 +97,7 @@ class Conformance:
 async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node, httpx.AsyncClient]]:
     async with trio.open_nursery() as nursery:
         a = await _start(nursery, tmp_path / "a")
-        b = await _start(nursery, tmp_path / "b")
+        b = await _start(nursery, tmp_path / "b", network_of=tmp_path / "a")
         headers = {"Authorization": f"Bearer {a.data_dir.read_token()}"}
         async with httpx.AsyncClient(base_url=a.api_url, headers=headers, timeout=60) as client:
             yield a, b, client
@@ -162,6 +164,14 @@ async def test_every_route_answers_as_documented(nodes: tuple[Node, Node, httpx.
     assert [p["peer_id"] for p in peers.json()["peers"]] == [b.peer_id]
     await c.call("POST", f"{v1}/peers/ping", json={"peer_id": b.peer_id})
     await c.call("POST", f"{v1}/peers/ping", json={"peer_id": "nope"}, expect=400)
+    # A third peer id (nobody we know) is banned and unbanned; b stays connected.
+    stranger = "12D3KooWGYHiagipDUke28zYWUQ68LJvzGQ9kzAdbsikGbcHu8Aw"
+    await c.call("POST", f"{v1}/peers/ban", json={"peer_id": stranger, "seconds": 60})
+    await c.call("POST", f"{v1}/peers/ban", json={"peer_id": stranger, "seconds": -1}, expect=400)
+    await c.call("POST", f"{v1}/peers/ban", json={"peer_id": "nope"}, expect=400)
+    assert (await c.call("POST", f"{v1}/peers/unban", json={"peer_id": stranger})).json()[
+        "was_banned"] is True
+    await c.call("POST", f"{v1}/peers/unban", json={}, expect=400)
 
     # -- canon ---------------------------------------------------------------------------
     block = (await c.call("POST", f"{v1}/canon/blocks", content=b"one block",
