@@ -13,10 +13,12 @@ from webrtc_support import (
     MemorySocket,
     accept_answer,
     close_peer,
+    incoming_ssrcs,
     join,
     new_performer,
     new_viewer,
     offer,
+    outgoing_ssrcs,
     rgb_close,
     send_pli,
     snapshot,
@@ -85,6 +87,11 @@ async def test_viewers_decode_the_performers_frames_and_the_node_never_decodes()
         assert video["frames_in"] >= 30 and video["rejected_frames"] == 0
         for per_viewer in stats["viewers"].values():
             assert per_viewer["video"]["dropped"] == 0
+        # Each viewer gets its own stream identity, none of them the performer's.
+        seen = [await clients.run(incoming_ssrcs, viewer) for viewer, _ in viewers]
+        assert all(len(s) >= 1 for s in seen)
+        assert len(set().union(*seen)) == sum(len(s) for s in seen)  # all distinct
+        assert not set().union(*seen) & await clients.run(outgoing_ssrcs, performer)
         for viewer, _ in viewers:
             await clients.run(close_peer, viewer)
         await clients.run(close_peer, performer)

@@ -240,3 +240,13 @@ async def channel_send(peer: ChannelPeer, message: dict[str, Any]) -> None:
 
 async def channel_state(peer: ChannelPeer) -> tuple[bool, list[dict[str, Any]]]:
     return peer.opened, list(peer.received)
+
+
+async def incoming_ssrcs(peer: ClientPeer) -> set[int]:
+    """The SSRCs a peer receives video from (what the relay rewrote per viewer)."""
+    return {source.source for t in peer.pc.getTransceivers() if t.kind == "video"
+            for source in t.receiver.getSynchronizationSources()}
+
+
+async def outgoing_ssrcs(peer: ClientPeer) -> set[int]:
+    return {t.sender._ssrc for t in peer.pc.getTransceivers() if t.kind == "video"}
