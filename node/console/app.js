@@ -64,12 +64,37 @@
       el("div", {}, el("dt", { text: label }),
         el("dd", { "data-field": field }, value instanceof Node ? value : String(value ?? "–")))));
   }
+  // Panels re-render on live updates; a keyboard user must not lose their place. The
+  // focused control is found again by its row's identity (first data- attribute) and text.
+  function keepFocus(container, render) {
+    const active = document.activeElement;
+    let key = null;
+    if (active && active !== document.body && container.contains(active)) {
+      const row = active.closest("tr");
+      const id = row && Array.from(row.attributes).find((a) => a.name.startsWith("data-"));
+      key = { row: id ? "tr[" + id.name + '="' + CSS.escape(id.value) + '"] ' : "", tag: active.tagName.toLowerCase(), text: active.textContent };
+    }
+    render();
+    if (key && !container.contains(document.activeElement)) {
+      for (const c of container.querySelectorAll(key.row + key.tag)) if (c.textContent === key.text) { c.focus(); break; }
+    }
+  }
   function tbody(table, rows, emptyText) {
     const body = table.tBodies[0];
-    if (!rows.length) {
-      const cols = table.tHead.rows[0].cells.length;
-      body.replaceChildren(el("tr", { class: "empty-row" }, el("td", { colspan: cols, class: "empty", text: emptyText })));
-    } else body.replaceChildren(...rows);
+    keepFocus(body, () => {
+      if (!rows.length) {
+        const cols = table.tHead.rows[0].cells.length;
+        body.replaceChildren(el("tr", { class: "empty-row" }, el("td", { colspan: cols, class: "empty", text: emptyText })));
+      } else body.replaceChildren(...rows);
+    });
+  }
+  const lastShown = {};
+  // True if this panel already shows exactly this data (nothing to redraw).
+  function unchanged(name, data) {
+    const text = JSON.stringify(data);
+    if (lastShown[name] === text) return true;
+    lastShown[name] = text;
+    return false;
   }
   function notice(text, kind) {
     const n = $("notice");
@@ -158,6 +183,7 @@
   }
   function signOut(message) {
     session++;
+    for (const k of Object.keys(lastShown)) delete lastShown[k];
     token = "";
     sessionStorage.removeItem(TOKEN_KEY);
     if (stream) { stream.abort(); stream = null; }
@@ -176,16 +202,20 @@
     start();
   }
 
+  // The node's routes, from its OpenAPI document: panels and actions follow what it has.
+  async function loadRoutes() {
+    try {
+      const doc = await (await fetch(API + "/openapi.json", { cache: "no-store" })).json();
+      routes = doc.paths || {};
+    } catch (_) { routes = {}; }
+  }
   async function start() {
     session++;
     $("signin").hidden = true;
     $("main").hidden = false;
     $("nav").hidden = false;
     $("sign-out").hidden = false;
-    try {
-      const doc = await (await fetch(API + "/openapi.json", { cache: "no-store" })).json();
-      routes = doc.paths || {};
-    } catch (_) { routes = {}; }
+    await loadRoutes();
     await Promise.allSettled([loadHistory(), ...Object.keys(PANELS).map(refresh)]);
     document.body.dataset.ready = "true";
     connectEvents();
@@ -300,6 +330,7 @@
   }
   async function refreshPeers() {
     const res = await api("/peers");
+    if (unchanged("peers", res)) return;
     const peers = res.peers || [], others = res.others || [];
     $("peer-count").textContent = "(" + peers.length + " connected" + (others.length ? ", " + others.length + " other known" : "") + ")";
     tbody($("peers-table"), [...peers.map((p) => peerRow(p, true)), ...others.map((p) => peerRow(p, false))],
@@ -426,7 +457,7 @@
     const schema = json.schema || {};
     return Array.isArray(schema.required) && schema.required.length > 0;
   }
-  function itemActions(collection, id, refreshName) {
+  function itemActions(collection, id, item, refreshName) {
     const out = [];
     const re = new RegExp("^" + API + "/" + collection + "/\\{[^}]+\\}/([a-z-]+)$");
     for (const [path, ops] of Object.entries(routes)) {
@@ -434,6 +465,8 @@
       if (!m || !ops.post || needsInput(ops.post)) continue;
       if ((ops.post.responses?.["200"]?.content || {})["text/event-stream"]) continue;
       const verb = m[1];
+      // An enabled item needs no Start, a disabled one no Stop.
+      if ((verb === "start" && item.enabled === true) || (verb === "stop" && item.enabled === false)) continue;
       const label = verb.charAt(0).toUpperCase() + verb.slice(1);
       out.push(button(label, (e) => act(e.currentTarget, {
         confirm: DESTRUCTIVE.test(verb) ? label + " " + id + "?" : null,
@@ -467,7 +500,7 @@
           const data = await api(path.slice(API.length).replace(/\{[^}]+\}/, enc(id)) + query);
           const rows = Array.isArray(data) ? data : Object.values(data).find(Array.isArray) || [];
           const box = $(target);
-          box.replaceChildren(el("h3", { text: what.charAt(0).toUpperCase() + what.slice(1) + " of " + id }), genericTable(rows, what, []));
+          box.replaceChildren(el("h3", { text: what.charAt(0).toUpperCase() + what.slice(1) + " of " + id }), genericTable(rows, what, null));
         },
         done: "Showing " + what + " of " + id,
       }), "quiet"));
@@ -485,17 +518,21 @@
     return typeof v === "string" ? short(v) : String(v);
   }
   const MAX_COLUMNS = 8;
+  // Columns an operator looks at first (agents: state and telemetry; rooms: who is on).
+  const FIRST_COLUMNS = ["name", "room", "enabled", "status", "state", "turns", "queued", "stats",
+    "performers", "viewers", "relay", "verdict", "primitive", "reason", "executed", "index", "time"];
   function genericTable(items, what, actionsFor) {
     if (!items.length) return el("p", { class: "empty", text: "No " + what + " right now." });
     const keys = [];
     for (const it of items) for (const k of Object.keys(it)) if (!keys.includes(k)) keys.push(k);
-    const shown = keys.slice(0, MAX_COLUMNS);
+    const rank = (k) => (FIRST_COLUMNS.includes(k) ? FIRST_COLUMNS.indexOf(k) : FIRST_COLUMNS.length);
+    const shown = keys.slice().sort((a, b) => rank(a) - rank(b)).slice(0, MAX_COLUMNS);
     const id = (it) => String(it.name ?? it.id ?? it.agent_id ?? it.room ?? it.decision ?? "");
     const table = el("table", {},
       el("thead", {}, el("tr", {}, ...shown.map((k) => el("th", { text: k })), el("th", { text: actionsFor ? "Actions" : "Details" }))),
       el("tbody", {}, ...items.map((it) => el("tr", { "data-item": id(it) },
         ...shown.map((k) => el("td", { text: cell(it[k]), title: typeof it[k] === "string" ? it[k] : null })),
-        el("td", {}, ...(actionsFor ? actionsFor(id(it)) : []),
+        el("td", {}, ...(actionsFor ? actionsFor(id(it), it) : []),
           el("details", {}, el("summary", { text: "all fields" }), el("pre", { class: "note", text: JSON.stringify(it, null, 2) })))))));
     return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": what }, table);
   }
@@ -508,12 +545,12 @@
       if (err instanceof ApiError && err.status === 404) { unavailable("."); return; }
       throw err;
     }
+    if (unchanged(collection, data)) return;
     const items = Array.isArray(data) ? data : data[collection] || [];
-    const detail = el("div", { class: "sub-view", id: target + "-detail" });
-    const previous = $(target + "-detail");
-    box.replaceChildren(genericTable(items, what.toLowerCase(), (id) => [
-      ...itemActions(collection, id, refreshName), ...itemViews(collection, id, target + "-detail")]),
-    previous || detail);
+    const detail = $(target + "-detail") || el("div", { class: "sub-view", id: target + "-detail" });
+    keepFocus(box, () => box.replaceChildren(genericTable(items, what.toLowerCase(), (id, item) => [
+      ...itemActions(collection, id, item, refreshName), ...itemViews(collection, id, target + "-detail")]),
+    detail));
   }
   function refreshAgents() { return renderCollection("agents", "agents-body", "agents", "Agents"); }
   function refreshLive() { return renderCollection("rooms", "live-body", "live", "Live rooms"); }
@@ -602,6 +639,8 @@
     const changed = (...names) => names.some((k) => s.values[k] !== latest[k]);
     // Peers change without changing in number (hello, score, traffic): read them every sample.
     refresh("peers");
+    if (has("get", "/agents")) refresh("agents");
+    if (has("get", "/rooms")) refresh("live");
     if (changed("peers")) refresh("node");
     if (changed("ledger_log_size", "ledger_supply", "ledger_frozen_accounts")) refresh("ledger");
     if (changed("canon_log_size", "worlds", "canon_blocks", "canon_pins")) refresh("canon");
@@ -615,7 +654,7 @@
     if (hist.boot && h.boot !== hist.boot) {
       lastSeq = 0;
       loadHistory().catch(() => {});
-      Promise.allSettled(Object.keys(PANELS).map(refresh));
+      loadRoutes().then(() => Promise.allSettled(Object.keys(PANELS).map(refresh)));
     }
   }
 
