@@ -91,6 +91,7 @@ __all__ = [
     "Rejected",
     "admit",
     "apply_tx",
+    "verify_signature",
 ]
 
 ctypedef int (*VerifyDetached)(const unsigned char *sig, const unsigned char *message,
@@ -560,6 +561,11 @@ def admit(genesis, entry, verify=True):
     if verify and not _signature_ok(tx):
         raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
     return tx
+
+
+def verify_signature(tx):
+    """The transaction's signature check alone (§4.2), through libsodium directly."""
+    return bool(_signature_ok(tx))
 
 
 def apply_tx(view, genesis, tx):

@@ -40,6 +40,7 @@ __all__ = [
     "Rejected",
     "admit",
     "apply_tx",
+    "verify_signature",
 ]
 
 _FRAUD_PREFIX_LEN: Final = len(FRAUD_PROOF_PREFIX)
@@ -119,6 +120,11 @@ def admit(genesis: Genesis, entry: bytes, verify: bool = True) -> Tx | FraudProo
     if verify and not verify_tx_signature(tx):
         raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
     return tx
+
+
+def verify_signature(tx: Tx) -> bool:
+    """The transaction's signature check alone (§4.2)."""
+    return verify_tx_signature(tx)
 
 
 def apply_tx(view: StateView, genesis: Genesis, tx: Tx) -> TxRejected | None:

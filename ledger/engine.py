@@ -30,7 +30,7 @@ from n3xus.canon.codec import decode, encode
 from .errors import EquivocationError, FraudProofError, LedgerCorruptError, Reason, TxRejected
 from .fraud import FraudProof, make_fraud_proof
 from .genesis import Genesis
-from .ingest import Accepted, Held, Outcome, Pending, Rejected, admit, apply_tx
+from .ingest import Accepted, Held, Outcome, Pending, Rejected, admit, apply_tx, verify_signature
 from .rules import FROZEN
 from .tx import Tx, decode_tx
 
@@ -85,6 +85,10 @@ class Batch(Protocol):
     def log_entry(self, index: int) -> bytes: ...
     def chain_add(self, account: bytes, seq: int, tx_id: bytes, time_ms: int) -> None: ...
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]: ...
+    def chain_pair(self, account: bytes, seq: int) -> tuple[bool, list[bytes]]:
+        """Whether the set holds a transaction of ``account`` at ``seq - 1`` (False for
+        seq 0), and the ids it holds at ``seq``."""
+        ...
     def chain_from(self, account: bytes, seq: int) -> Iterator[tuple[int, bytes, int]]: ...
     def order_add(self, key: bytes, where: bytes) -> None: ...
     def order_from(self, key: bytes) -> Iterator[tuple[bytes, bytes]]: ...
@@ -191,8 +195,9 @@ class Run:
                 if self.batch.locator(item.id) is not None:
                     return Rejected(TxRejected(Reason.REPLAY,
                                                f"transaction {item.cid} is already known"))
-                if self.verify:
-                    item = admit(self.genesis, entry, True)
+                if self.verify and not verify_signature(item):
+                    return Rejected(TxRejected(Reason.BAD_SIGNATURE,
+                                               "the signature does not verify"))
         except TxRejected as exc:
             return Rejected(exc)
         if self.now_ms is not None:
@@ -239,12 +244,12 @@ class Run:
         frozen = freeze_seq(batch, account)
         if frozen is not None and seq >= frozen:
             return Rejected(TxRejected(Reason.FROZEN, f"the account equivocated at seq {frozen}"))
-        if seq > 0 and not batch.chain_ids(account, seq - 1):
+        previous, others = batch.chain_pair(account, seq)
+        if seq > 0 and not previous:
             if batch.pending_add(account, seq, tx.id, tx.raw):
                 return Pending(tx.id, account, seq)
             return Rejected(TxRejected(Reason.BAD_SEQ, f"seq {seq} is ahead of the account's "
                                        f"chain and {MAX_PENDING_PER_ACCOUNT} already wait"))
-        others = batch.chain_ids(account, seq)
         if others:
             return self._equivocation(tx, others[0])
         index = batch.append_log(tx.raw)

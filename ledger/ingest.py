@@ -29,6 +29,7 @@ __all__ = [
     "Rejected",
     "admit",
     "apply_tx",
+    "verify_signature",
 ]
 
 _COMPILED_MODULE = "n3xus.ledger._ingest_c"
@@ -47,5 +48,6 @@ if TYPE_CHECKING:
     from ._ingest_py import Rejected as Rejected
     from ._ingest_py import admit as admit
     from ._ingest_py import apply_tx as apply_tx
+    from ._ingest_py import verify_signature as verify_signature
 else:
     globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})

@@ -89,6 +89,9 @@ class _MemoryBatch:
         return [key[40:] for key in self.ledger.chain.irange(prefix, prefix + b"\xff" * 37)
                 if key.startswith(prefix)]
 
+    def chain_pair(self, account: bytes, seq: int) -> tuple[bool, list[bytes]]:
+        return seq > 0 and bool(self.chain_ids(account, seq - 1)), self.chain_ids(account, seq)
+
     def chain_from(self, account: bytes, seq: int) -> Iterator[tuple[int, bytes, int]]:
         chain = self.ledger.chain
         found = [(int.from_bytes(key[32:40], "big"), key[40:], chain[key])

@@ -190,6 +190,29 @@ class _LmdbBatch:
             key = cast(bytes, cursor.key())
         return found
 
+    def chain_pair(self, account: bytes, seq: int) -> tuple[bool, list[bytes]]:
+        """One positioned scan from ``seq - 1`` (the hot path of admission)."""
+        cursor = self._chain_cursor
+        start = account + (seq - 1 if seq else 0).to_bytes(8, "big")
+        previous = False
+        found: list[bytes] = []
+        if not cursor.set_range(start):
+            return previous, found
+        key = cast(bytes, cursor.key())
+        at = account + seq.to_bytes(8, "big")
+        while key[:32] == account:
+            head = key[:40]
+            if head == at:
+                found.append(key[40:])
+            elif seq and head == start:
+                previous = True
+            else:
+                break
+            if not cursor.next():
+                break
+            key = cast(bytes, cursor.key())
+        return previous, found
+
     def chain_from(self, account: bytes, seq: int) -> Iterator[tuple[int, bytes, int]]:
         cursor = self._txn.cursor(db=self._dbs.chain)
         found = [(int.from_bytes(key[32:40], "big"), key[40:], int.from_bytes(value, "big"))
