@@ -108,7 +108,10 @@ class TurnStream(Response):
     media_type = EVENT_STREAM
 
     def __init__(self, run_turn: Callable[[trio.MemorySendChannel[str]], Awaitable[TurnResult]]) -> None:
-        super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        super().__init__()
+        # Set whole: Response would declare content-length 0 for its empty body.
+        self.raw_headers = [(b"content-type", EVENT_STREAM.encode()), (b"cache-control", b"no-store"),
+                            (b"x-accel-buffering", b"no")]
         self.run_turn = run_turn
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
