@@ -34,18 +34,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
+from libp2p.custom_types import TProtocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Result, parser, report  # noqa: E402
 from nacl.signing import SigningKey  # noqa: E402
 
+from _harness import Result, parser, report  # noqa: E402
 from n3xus.canon import car, files  # noqa: E402
 from n3xus.canon.blockstore import digest_matches  # noqa: E402
 from n3xus.canon.cid import CID  # noqa: E402
@@ -63,6 +63,7 @@ TRANSPORT_BYTES = 64 * 1024 * 1024
 MAP_SIZE_MIB = 4096
 HANDSHAKES = 15
 TCP_PIECE = 1024 * 1024
+SINK = TProtocol("/n3xus-bench/sink/1.0.0")
 
 
 def _canon(path: Path) -> CanonService:
@@ -104,6 +105,7 @@ def serve(directory: Path, large_bytes: int) -> None:
     async def main() -> None:
         host = p2p.make_host(p2p.keypair_from_seed(secrets.token_bytes(32)))
         BlockServer(host, canon.store).register()
+        host.set_stream_handler(SINK, _libp2p_sink)
         async with p2p.running_host(host, ["/ip4/127.0.0.1/tcp/0"]) as addrs, \
                 trio.open_nursery() as nursery:
             listeners = await nursery.start(partial(trio.serve_tcp, partial(_raw_serve, canon),
@@ -116,6 +118,16 @@ def serve(directory: Path, large_bytes: int) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+async def _libp2p_sink(stream: Any) -> None:
+    try:
+        while await stream.read(TCP_PIECE):
+            pass
+    except EOFError:
+        pass  # the pusher half-closed: everything arrived
+    await stream.write(b"k")
+    await stream.close()
 
 
 async def _sink(stream: trio.SocketStream) -> None:
@@ -221,25 +233,78 @@ def _parse_block(buffer: bytearray, offset: int) -> tuple[CID, bytes, int] | str
     return cid, bytes(buffer[at:at + data_len]), at + data_len
 
 
-async def _transport(host: Any, info: dict[str, Any]) -> tuple[float, float]:
-    """Seconds to push TRANSPORT_BYTES through one libp2p stream / one TCP socket."""
-    from libp2p.custom_types import TProtocol
-
+async def _push_libp2p(host: Any, info: dict[str, Any], total: int) -> float:
     piece = os.urandom(TCP_PIECE)
-    stream = await host.new_stream(p2p.parse_peer_id(info["addr"].rsplit("/", 1)[1]),
-                                   [TProtocol("/ipfs/ping/1.0.0")])
-    # Ping echoes 32-byte messages: instead, measure a one-way push to the raw sink below
-    # for TCP, and for libp2p a blocks fetch of the large file already covers the path.
-    await stream.close()
+    stream = await host.new_stream(p2p.parse_peer_id(info["addr"].rsplit("/", 1)[1]), [SINK])
+    started = time.perf_counter()
+    for _ in range(total // TCP_PIECE):
+        await stream.write(piece)
+    await stream.close()  # half-close: the sink answers once it has read everything
+    await stream.read(1)
+    return time.perf_counter() - started
+
+
+async def _push_tcp(info: dict[str, Any], total: int) -> float:
+    piece = os.urandom(TCP_PIECE)
     tcp = await trio.open_tcp_stream("127.0.0.1", info["sink_port"])
     started = time.perf_counter()
-    for _ in range(TRANSPORT_BYTES // TCP_PIECE):
+    for _ in range(total // TCP_PIECE):
         await tcp.send_all(piece)
     await tcp.send_eof()
     await tcp.receive_some(1)
-    tcp_s = time.perf_counter() - started
+    elapsed = time.perf_counter() - started
     await tcp.aclose()
-    return tcp_s, 0.0
+    return elapsed
+
+
+async def _handshakes(count: int) -> dict[str, Any]:
+    """Median time from dial to a completed hello (Noise, Yamux, identify, the signed hello
+    both ways) between two hosts of this process, each with its PeerBook and HelloService;
+    and the median cost of verifying one hello."""
+    from n3xus.canon.cid import cid_of
+    from n3xus.node import __version__
+    from n3xus.node.p2p.hello import HelloService
+    from n3xus.node.services.peers import PeerBook
+    from n3xus.protocol.hello import FederationPolicy, HelloConfig
+
+    network = cid_of(b"bench network", "raw")
+
+    def config_of(key: bytes) -> HelloConfig:
+        return HelloConfig(signing_key=SigningKey(key), version=__version__, agent="bench",
+                           protocols=(), capabilities=(), network=network,
+                           policy=FederationPolicy((network,)))
+
+    def configured(key: bytes) -> Callable[[], Awaitable[HelloConfig]]:
+        async def make() -> HelloConfig:
+            return config_of(key)
+        return make
+
+    server_key = secrets.token_bytes(32)
+    server = p2p.make_host(p2p.keypair_from_seed(server_key))
+    server_book = PeerBook(p2p.gate_of(server))
+    times: list[float] = []
+    exchange_times: list[float] = []
+    async with p2p.running_host(server, ["/ip4/127.0.0.1/tcp/0"]) as addrs, \
+            trio.open_nursery() as nursery:
+        server_hello = await nursery.start(HelloService(server, server_book,
+                                                        configured(server_key)).run)
+        for _ in range(count):
+            key = secrets.token_bytes(32)
+            client = p2p.make_host(p2p.keypair_from_seed(key))
+            book = PeerBook(p2p.gate_of(client))
+            async with p2p.running_host(client, []), trio.open_nursery() as inner:
+                await inner.start(HelloService(client, book, configured(key)).run)
+                started = time.perf_counter()
+                await p2p.connect(client, addrs[0])
+                if not await book.wait_accepted(p2p.peer_id_of(server), 10.0):
+                    raise RuntimeError("the hello did not complete")
+                times.append(time.perf_counter() - started)
+                inner.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    exchange_times = list(server_hello.durations)
+    return {"handshake (dial + Noise + hello) median ms": round(statistics.median(times) * 1000, 1),
+            "hello exchange alone (responder side) median ms":
+                round(statistics.median(exchange_times) * 1000, 1) if exchange_times else None}
 
 
 async def _timed(repeats: int, fresh: _Fresh,
@@ -277,6 +342,13 @@ async def measure(info: dict[str, Any], repeats: int, large_bytes: int) -> list[
             results.append(Result(f"{name}: libp2p fetch vs raw TCP", unit, units,
                                   statistics.median(ours), statistics.median(ceiling), target,
                                   True, {}))
+        pushes: dict[str, list[float]] = {"libp2p": [], "tcp": []}
+        for _ in range(repeats):
+            pushes["libp2p"].append(await _push_libp2p(host, info, TRANSPORT_BYTES))
+            pushes["tcp"].append(await _push_tcp(info, TRANSPORT_BYTES))
+        results.append(Result(f"transport only: {TRANSPORT_BYTES >> 20} MiB, one stream vs TCP",
+                              "MiB", TRANSPORT_BYTES >> 20, statistics.median(pushes["libp2p"]),
+                              statistics.median(pushes["tcp"]), None, False, {}))
     shutil.rmtree(fresh.root, ignore_errors=True)
     return results
 
@@ -291,15 +363,19 @@ def build(args: Any) -> tuple[list[Result], dict[str, Any]]:
         assert server.stdout is not None and server.stdin is not None
         info = json.loads(server.stdout.readline())
         results = trio.run(measure, info, args.repeats, large_bytes)
+        extra = trio.run(_handshakes, HANDSHAKES)
     finally:
         if server.stdin is not None:
             server.stdin.close()
         server.wait(timeout=30)
         shutil.rmtree(directory, ignore_errors=True)
-    return results, {}
+    return results, extra
 
 
 if __name__ == "__main__":
+    from n3xus.node.logs import configure_logging
+
+    configure_logging("warning")  # stdout carries the report only
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(Path(sys.argv[2]), int(sys.argv[3]))
     else:

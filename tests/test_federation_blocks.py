@@ -58,7 +58,10 @@ async def peer(seed: int) -> AsyncIterator[Peer]:
                          protocols=(str(PROTOCOL),), capabilities=(), network=NETWORK,
                          policy=FederationPolicy((NETWORK,)))
     async with p2p.running_host(host, [LOCAL]) as addrs, trio.open_nursery() as nursery:
-        await nursery.start(HelloService(host, book, lambda: config).run)
+        async def make_config() -> HelloConfig:
+            return config
+
+        await nursery.start(HelloService(host, book, make_config).run)
         yield Peer(host, book, addrs[0])
         nursery.cancel_scope.cancel()
 

@@ -104,6 +104,9 @@ WANT_FLOOD_PENALTY: Final = 10.0
 """Weight of the ``flood`` penalty (2 points each, so 20) added to ``too-many-wants`` (10)
 for a miss flood: with the malformed and oversized frames a flooder also tries, its second
 round of abuse gets it banned."""
+BULK_READ_BYTES: Final = MAX_PAYLOAD_BYTES
+"""Bytes a requester asks of its stream per read: a whole payload frame (1 MiB) rather than
+64 KiB, so a batch costs one read and one Yamux window update instead of sixteen."""
 WINDOW_SAMPLE_BLOCKS: Final = 16
 """Blocks a peer must have sent before its window follows their mean size."""
 SERVE_RATE_ENV: Final = "N3XUS_TEST_BLOCKS_SERVE_RATE"
@@ -375,7 +378,8 @@ class BlockSession:
             stream = await host.new_stream(p2p.parse_peer_id(peer_id), [PROTOCOL])
         except p2p.NETWORK_ERRORS as exc:
             raise SessionFailed(f"cannot open a blocks stream to {peer_id}: {exc}") from exc
-        return cls(CoreStream(stream, peerbook=peerbook, protocol="blocks"), peerbook)
+        return cls(CoreStream(stream, peerbook=peerbook, protocol="blocks",
+                              read_bytes=BULK_READ_BYTES), peerbook)
 
     async def __aenter__(self) -> BlockSession:
         return self

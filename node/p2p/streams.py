@@ -115,8 +115,9 @@ class CoreStream:
     """A libp2p stream with bounded reads and writes, byte counting and clean failure."""
 
     def __init__(self, stream: INetStream, *, peerbook: PeerObserver | None = None,
-                 protocol: str = "n3xus") -> None:
+                 protocol: str = "n3xus", read_bytes: int = READ_CHUNK_BYTES) -> None:
         self.stream = stream
+        self.read_bytes = read_bytes  # bulk protocols (blocks) read larger pieces
         self.peer_id = remote_peer_of(stream)
         self.peerbook = peerbook
         self.protocol = protocol
@@ -126,7 +127,7 @@ class CoreStream:
         self.error: ProtocolError | None = None
 
     async def receive(self, deadline: float | None) -> bytes:
-        """Up to :data:`READ_CHUNK_BYTES` bytes; b"" when the peer closed its side. Raises
+        """Up to ``read_bytes`` bytes; b"" when the peer closed its side. Raises
         DeadlineExceeded when nothing came by ``deadline`` (None: :data:`IDLE_DEADLINE_S`
         from now) and StreamClosed when the stream is gone."""
         if deadline is None:
@@ -134,7 +135,7 @@ class CoreStream:
         data = b""
         with trio.move_on_at(deadline) as scope:
             try:
-                data = await self.stream.read(READ_CHUNK_BYTES)
+                data = await self.stream.read(self.read_bytes)
             except EOFError:  # libp2p's StreamEOF derives from EOFError
                 return b""
             except NETWORK_ERRORS as exc:
