@@ -82,6 +82,21 @@ class Ledger:
         return res.json()  # type: ignore[no-any-return]
 
 
+def create_agent(api: Api) -> str:
+    """An agent on the node, through its API: a node-held agent key, a manifest signed by
+    a creator for the node's model (imvu/manifest.py), POST /agents."""
+    from n3xus.imvu.manifest import Generation, ModelRef, make_primitives, sign_manifest
+
+    keys = api.post("/agents/keys")
+    model = ModelRef(CID(keys["model"]["cid"]), keys["model"]["name"], keys["model"]["size"])
+    manifest = sign_manifest(
+        SigningKey(bytes(range(3, 35))), name="nova", persona="You are Nova.",
+        agent=bytes.fromhex(keys["agent"]), model=model, generation=Generation(16, 2048, 256),
+        tools=[], primitives=make_primitives(actions=["reply"]), time=int(time.time() * 1000))
+    created = api.post("/agents", manifest=manifest.to_block().hex())
+    return str(created["name"])
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float = LIVE_TIMEOUT_MS / 1000) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -327,13 +342,46 @@ def test_console_shows_the_api_and_its_actions_work(
     new = ledger.submit(ledger.alice, Op.TRANSFER, to=ledger.bob, amount=1)
     page.wait_for_selector(f'#ledger-txs-table tr[data-index="{new["log_index"]}"]', timeout=LIVE_TIMEOUT_MS)
 
-    # -- agents and live rooms: shown when the node has the routes, else said so ----------
+    # -- an agent (when the node has agents): start and stop from the page ---------------
     paths = api.client.get("/openapi.json").json()["paths"]
+    if "/api/v1/agents/keys" in paths:
+        agent_name = create_agent(api)
+        row = f'#agents-body tr[data-item="{agent_name}"]'
+        page.wait_for_selector(row, timeout=LIVE_TIMEOUT_MS)
+        start, stop = f'{row} button:text-is("Start")', f'{row} button:text-is("Stop")'
+
+        def stop_from_page() -> None:
+            page.click(stop)
+            page.wait_for_selector("#confirm-dialog[open]")
+            page.click("#confirm-ok")
+            wait_for(lambda: api.get(f"/agents/{agent_name}")["enabled"] is False)
+            page.wait_for_selector(start)
+
+        enabled = api.get(f"/agents/{agent_name}")["enabled"]
+        assert page.is_visible(stop) == enabled and page.is_visible(start) == (not enabled)
+        if enabled:
+            stop_from_page()
+        page.click(start)
+        wait_for(lambda: api.get(f"/agents/{agent_name}")["enabled"] is True)
+        # One turn, so the agent has a decision to show (real inference, bundled model).
+        with api.client.stream("POST", f"/agents/{agent_name}/ask", json={"text": "Hello!"},
+                               timeout=180) as answer:
+            assert answer.status_code == 200
+            assert "event: result" in "".join(answer.iter_text())
+        page.wait_for_selector(stop)
+        stop_from_page()
+        page.click(f'{row} button:text-is("Show decisions")')
+        page.wait_for_selector("#agents-body-detail h3")
+        decisions = api.get(f"/agents/{agent_name}/decisions")["decisions"]
+        assert len(decisions) >= 1
+        assert texts(page, "#agents-body-detail tbody tr", "data-item") == [d["decision"] for d in decisions]
+
+    # -- agents and live rooms: shown when the node has the routes, else said so ----------
     for collection, box in (("agents", "#agents-body"), ("rooms", "#live-body")):
         if f"/api/v1/{collection}" in paths:
             items = api.get(f"/{collection}")
             items = items if isinstance(items, list) else items[collection]
-            assert len(page.query_selector_all(f"{box} tr[data-item]")) == len(items)
+            assert len(page.query_selector_all(f"{box} > .table-wrap tr[data-item]")) == len(items)
         else:
             assert page.is_visible(f"{box} [data-unavailable]")
 
