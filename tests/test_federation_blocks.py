@@ -24,6 +24,7 @@ from n3xus.canon.cid import CID, cid_of
 from n3xus.node import __version__
 from n3xus.node.p2p import host as p2p
 from n3xus.node.p2p.blocks import PROTOCOL, BlockServer
+from n3xus.node.p2p.discovery import Discovery, DiscoveryConfig
 from n3xus.node.p2p.hello import HelloService
 from n3xus.node.services.canon import CanonService
 from n3xus.node.services.fetch import FetchService
@@ -46,11 +47,13 @@ class Peer:
     def __init__(self, host: BasicHost, book: PeerBook, addr: str) -> None:
         self.host, self.book, self.addr = host, book, addr
         self.peer_id = p2p.peer_id_of(host)
+        self.discovery: Discovery | None = None
 
 
 @asynccontextmanager
-async def peer(seed: int) -> AsyncIterator[Peer]:
-    """A host that completes the hello with the others (one network) and scores them."""
+async def peer(seed: int, bootstrap: str | None = None) -> AsyncIterator[Peer]:
+    """A host that completes the hello with the others (one network) and scores them; with
+    ``bootstrap``, it also runs discovery (the DHT) from that peer."""
     key = bytes([0x42, seed]) * 16
     host = p2p.make_host(p2p.keypair_from_seed(key))
     book = PeerBook(p2p.gate_of(host))
@@ -62,7 +65,11 @@ async def peer(seed: int) -> AsyncIterator[Peer]:
             return config
 
         await nursery.start(HelloService(host, book, make_config).run)
-        yield Peer(host, book, addrs[0])
+        found = Peer(host, book, addrs[0])
+        if bootstrap is not None:
+            found.discovery = await nursery.start(Discovery(
+                host, DiscoveryConfig(bootstrap=[bootstrap] if bootstrap else [])).run)
+        yield found
         nursery.cancel_scope.cancel()
 
 
@@ -132,6 +139,33 @@ async def test_a_resumed_fetch_asks_only_for_what_is_missing(tmp_path: Path) -> 
     assert status["blocks_fetched"] == len(dag) - len(kept)
     assert server.snapshot()[c.peer_id]["blocks_served"] == len(dag) - len(kept)
     assert {cid: fetcher.store.get(cid) for cid in dag} == dag
+
+
+async def test_providers_are_announced_found_and_fetched_from_without_sources(
+        tmp_path: Path) -> None:
+    source, fetcher = canon_at(tmp_path / "a"), canon_at(tmp_path / "c")
+    root, _ = source.add_file(io.BytesIO(os.urandom(FILE_BYTES)), pin=True)
+    async with peer(1, bootstrap="") as a, trio.open_nursery() as nursery:
+        BlockServer(a.host, source.store, a.book).register()
+        # A announces its pinned roots in the DHT (checked every 0.5 s here).
+        await nursery.start(FetchService(a.host, source, peerbook=a.book,
+                                         discovery=a.discovery, announce_check_s=0.5).run)
+        async with peer(2, bootstrap=a.addr) as b, peer(3, bootstrap=a.addr) as c:
+            service = await nursery.start(FetchService(c.host, fetcher, peerbook=c.book,
+                                                       discovery=c.discovery).run)
+            with trio.fail_after(60):
+                while True:  # until A's announcement is in the DHT and A's hello is done
+                    found = await service.providers(root)
+                    if a.peer_id in found["peers"] and any(
+                            p["peer_id"] == a.peer_id for p in found["dht"]):
+                        break
+                    await trio.sleep(0.5)
+            assert b.peer_id not in found["peers"]  # B was asked and said it lacks it
+            job = await service.fetch(root)  # no sources: providers are found
+            nursery.cancel_scope.cancel()
+    status = job.status()
+    assert status["state"] == "done" and list(status["peers"]) == [a.peer_id]
+    assert status["blocks_fetched"] == len(dict(car.iter_dag(source.store, [root])))
 
 
 async def test_fetch_routes_answer_as_documented(tmp_path: Path) -> None:

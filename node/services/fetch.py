@@ -165,12 +165,14 @@ class FetchService:
 
     def __init__(self, host: BasicHost, canon: CanonService, *,
                  peerbook: PeerScores | None = None, discovery: Any = None,
-                 registry: CollectorRegistry | None = None, announce: bool = True) -> None:
+                 registry: CollectorRegistry | None = None, announce: bool = True,
+                 announce_check_s: float = ANNOUNCE_CHECK_S) -> None:
         self.host = host
         self.canon = canon
         self.peerbook = peerbook
         self.discovery = discovery
         self.announce = announce
+        self.announce_check_s = announce_check_s
         self.metrics = FetchMetrics(registry)
         self.jobs: dict[str, FetchJob] = {}
         self.mismatches: Counter[str] = Counter()
@@ -316,7 +318,7 @@ class FetchService:
     # -- announcing ------------------------------------------------------------------
     async def _announce_loop(self) -> None:
         while True:
-            await trio.sleep(ANNOUNCE_CHECK_S)
+            await trio.sleep(self.announce_check_s)
             if self.discovery is None or self.discovery.dht is None:
                 continue
             now = trio.current_time()
