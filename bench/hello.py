@@ -187,13 +187,19 @@ async def measure_fresh_connections(count: int) -> dict[str, Any]:
     b_config = config_for(b_seed)
     times: list[float] = []
     async with p2p.running_host(b, ["/ip4/127.0.0.1/tcp/0"]) as addrs, trio.open_nursery() as nursery:
-        await nursery.start(HelloService(b, b_book, lambda: b_config).run)
+        async def b_make() -> HelloConfig:
+            return b_config
+
+        await nursery.start(HelloService(b, b_book, b_make).run)
         for _ in range(count):
             seed = secrets.token_bytes(32)
             a = p2p.make_host(p2p.keypair_from_seed(seed))
             a_book, a_config = PeerBook(p2p.gate_of(a)), config_for(seed)
             async with p2p.running_host(a, []), trio.open_nursery() as inner:
-                await inner.start(HelloService(a, a_book, lambda c=a_config: c).run)  # type: ignore[misc]
+                async def a_make(config: HelloConfig = a_config) -> HelloConfig:
+                    return config
+
+                await inner.start(HelloService(a, a_book, a_make).run)
                 started = time.perf_counter()
                 await p2p.connect(a, addrs[0])
                 a_id = str(a.get_id())

@@ -75,6 +75,7 @@ class Federation:
         self.handshakes_recorded = 0
         self.handshakes_not_recorded = 0
         self._record_budget: dict[str, TokenBucket] = {}
+        self._nursery: trio.Nursery | None = None
 
     # -- our hello ---------------------------------------------------------------------------
     def protocols(self) -> tuple[str, ...]:
@@ -84,7 +85,11 @@ class Federation:
                        key=lambda p: p.encode())
         return tuple(names[:MAX_PROTOCOL_IDS])
 
-    def hello_config(self) -> HelloConfig:
+    async def hello_config(self) -> HelloConfig:
+        # Signing a fresh checkpoint writes (and syncs) LMDB: not on the event loop.
+        return await trio.to_thread.run_sync(self._hello_config)
+
+    def _hello_config(self) -> HelloConfig:
         node = self.node
         assert node.signing_key is not None and node.genesis is not None
         canon_note, ledger_note = latest_checkpoints(node.canon, node.ledger, node.signing_key)
@@ -95,29 +100,39 @@ class Federation:
             ledger_checkpoint=ledger_note)
 
     def _on_done(self, result: PeerHello, direction: str, addrs: list[str]) -> None:
-        canon = self.node.canon
+        self.witness.hello_received(result)
+        now = trio.current_time()
         budget = self._record_budget.get(result.peer_id)
         if budget is None:
             if len(self._record_budget) >= MAX_RECORD_BUDGETS:
                 self._record_budget.pop(next(iter(self._record_budget)))
             budget = self._record_budget[result.peer_id] = TokenBucket(
-                HANDSHAKE_RECORDS_PER_HOUR / 3600, HANDSHAKE_RECORD_BURST, trio.current_time())
-        if budget.take(1, trio.current_time()) > 0:
+                HANDSHAKE_RECORDS_PER_HOUR / 3600, HANDSHAKE_RECORD_BURST, now)
+        if budget.take(1, now) > 0:
             self.handshakes_not_recorded += 1
             log.info("handshake not recorded: the peer reconnects too often", peer_id=result.peer_id)
-        elif canon is not None:
-            try:
-                index = record_handshake(canon, result, direction=direction, addresses=addrs)
-                self.handshakes_recorded += 1
-                log.info("handshake recorded", peer_id=result.peer_id, log_index=index)
-            except (CanonError, ValueError) as exc:
-                log.error("cannot record a handshake in the canon log", peer_id=result.peer_id,
-                          error=str(exc))
-        self.witness.hello_received(result)
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._record, result, direction, addrs)
+
+    async def _record(self, result: PeerHello, direction: str, addrs: list[str]) -> None:
+        """The handshake entry, written in a worker thread (two synced LMDB writes)."""
+        canon = self.node.canon
+        if canon is None:
+            return
+        try:
+            index = await trio.to_thread.run_sync(
+                lambda: record_handshake(canon, result, direction=direction, addresses=addrs))
+        except (CanonError, ValueError) as exc:
+            log.error("cannot record a handshake in the canon log", peer_id=result.peer_id,
+                      error=str(exc))
+            return
+        self.handshakes_recorded += 1
+        log.info("handshake recorded", peer_id=result.peer_id, log_index=index)
 
     # -- the task ------------------------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.hello.run)
             await nursery.start(self.witness.run)
             nursery.start_soon(self.peerbook.run, self._disconnect)

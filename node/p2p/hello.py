@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -247,10 +247,12 @@ class _Notifee(INotifee):
 
 class HelloService:
     """Runs the hello on every connection of ``host``. ``make_config`` builds our hello's
-    configuration (called per exchange: checkpoints move); ``on_done`` is called with
+    configuration (awaited per exchange: checkpoints move, and signing one writes LMDB, so
+    the node does it in a worker thread); ``on_done`` is called with
     (peer hello, direction, addresses) after each completed exchange."""
 
-    def __init__(self, host: BasicHost, peerbook: PeerBook, make_config: Callable[[], HelloConfig],
+    def __init__(self, host: BasicHost, peerbook: PeerBook,
+                 make_config: Callable[[], Awaitable[HelloConfig]],
                  *, on_done: Callable[[PeerHello, str, list[str]], None] | None = None) -> None:
         self.host = host
         self.peerbook = peerbook
@@ -361,7 +363,8 @@ class HelloService:
         exchange: HelloExchange | None = None
         error: RemoteProtocolError | None = None
         async with guarded(stream, peerbook=self.peerbook, protocol="hello") as channel:
-            exchange = HelloExchange(role, self.make_config(), local_peer=self.local_peer,
+            config = await self.make_config()
+            exchange = HelloExchange(role, config, local_peer=self.local_peer,
                                      remote_peer=peer, now=trio.current_time())
             try:
                 await _drive(channel, exchange, self.peerbook, direction, started)

@@ -178,7 +178,7 @@ class WitnessService:
             log.warning("peer checkpoint of an unknown log", peer_id=peer_id, error=str(exc))
             return None
         if observation.verdict in (Verdict.FIRST, Verdict.ADVANCED):
-            self._store(witness)
+            await trio.to_thread.run_sync(self._store, witness)
         if observation.verdict is Verdict.SPLIT_VIEW and observation.evidence is not None:
             await self.caught(observation.evidence.to_bytes(), source=None)
         return observation.verdict
@@ -273,7 +273,8 @@ class WitnessService:
             from .hello import latest_checkpoints
 
             assert node.signing_key is not None
-            canon, ledger = latest_checkpoints(node.canon, node.ledger, node.signing_key)
+            canon, ledger = await trio.to_thread.run_sync(
+                latest_checkpoints, node.canon, node.ledger, node.signing_key)
             return Checkpoints(canon, ledger)
         if isinstance(request, GetConsistency):
             tree: Any = node.canon.log if request.log == "canon" and node.canon is not None \
