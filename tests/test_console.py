@@ -238,6 +238,15 @@ def test_console_shows_the_api_and_its_actions_work(
             f'#peers-table tr[data-peer="{other.peer_id}"]'))
     page.click(f'#peers-table tr[data-peer="{other.peer_id}"] button:text("Ping")')
     wait_js(page, "document.querySelector('#peers-table .rtt').textContent.endsWith(' ms')")
+    # Live redraws keep a keyboard user's place: the focused Ping button is focused again
+    # after the peers table is rebuilt (a ping through the API changes its traffic).
+    ping_button = f'#peers-table tr[data-peer="{other.peer_id}"] button:text("Ping")'
+    page.focus(ping_button)
+    page.evaluate("document.activeElement.closest('tr').oldRow = true")
+    api.post("/peers/ping", peer_id=other.peer_id)
+    wait_js(page, "!document.querySelector('#peers-table tbody tr').oldRow")
+    assert page.evaluate("document.activeElement.textContent") == "Ping"
+    assert page.evaluate("document.activeElement.closest('tr').dataset.peer") == other.peer_id
     # The live stream brings the peer into the node panel and its warnings.
     wait_js(page, "!document.querySelector('#warnings [data-code=no_peers]')",
                 timeout_ms=LIVE_TIMEOUT_MS)
