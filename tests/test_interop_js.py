@@ -197,7 +197,11 @@ def test_js_peer_fetches_blocks_stored_with_the_cli(
 
     # A DAG-CBOR block encoded by @ipld/dag-cbor, its CID computed by multiformats (BLAKE3),
     # stored by the CLI, which computes the same CID from the same bytes.
-    link = js.ok("encode", value={"linked": True})["cid"]
+    linked = js.ok("encode", value={"linked": True})
+    link = linked["cid"]
+    (tmp_path / "linked.cbor").write_bytes(bytes.fromhex(linked["hex"]))
+    assert cli_json("canon", "put", "--block", "--codec", "dag-cbor", str(tmp_path / "linked.cbor"),
+                    "--data-dir", data_dir)["cid"] == link  # stored first: a put pins what it links
     value = {"interop": "js-libp2p 3", "n": -7, "big": 2**40, "float": 1.5, "text": "é✓",
              "bytes": {"/": {"bytes": base64.b64encode(b"\x00\x01\xff").decode().rstrip("=")}},
              "list": [True, None, 0, "x"], "link": {"/": link}}

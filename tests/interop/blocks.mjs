@@ -45,9 +45,10 @@ function peerErrorOf (m) {
 /**
  * Requester: fetch `cids` over one stream. Returns {blocks: Map(cidText -> bytes),
  * dontHave: [cidText], bytes}. Every block is verified before it is reported; a breach is
- * answered with `error` and a reset, then thrown.
+ * answered with `error` and a reset, then thrown. `onBlock(cid, bytes)` may return more
+ * CIDs to want on the same stream (a DAG walk).
  */
-export async function fetchBlocks (framed, cids, { progressTimeoutS = PROGRESS_TIMEOUT_S } = {}) {
+export async function fetchBlocks (framed, cids, { progressTimeoutS = PROGRESS_TIMEOUT_S, onBlock } = {}) {
   const queue = cids.map((c) => CID.asCID(c) ?? CID.parse(String(c)))
   const outstanding = new Map()
   const blocks = new Map()
@@ -112,6 +113,7 @@ export async function fetchBlocks (framed, cids, { progressTimeoutS = PROGRESS_T
           blocks.set(keys[i], bytes)
           received++
           receivedBytes += bytes.length
+          if (onBlock !== undefined) queue.push(...onBlock(cid, bytes))
         })
       }
     }

@@ -27,7 +27,7 @@ import { createLibp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
 import { BLOCKS_PROTOCOL, BLOCKS_READ_BUFFER_BYTES, fetchBlocks, serveBlocks } from './blocks.mjs'
 import { HELLO_PROTOCOL, HELLO_TIMEOUT_S, runHello, signerFromSeed } from './hello.mjs'
-import { FramedStream, WireError, blockMatches, cidFor, codeName, fromHex, toHex } from './wire.mjs'
+import { FramedStream, WireError, blockMatches, cidFor, codeName, fromHex, hashBytes, toHex } from './wire.mjs'
 
 const AGENT = 'n3xus-interop-js/0.1.0 (js-libp2p 3)'
 // protocol-hello.md §3: `version` is semver and §5 check 6 compares its MAJOR with the
@@ -250,6 +250,21 @@ const commands = {
     store.set(cid.toString(), bytes)
     return { cid: cid.toString() }
   },
+  async 'hash-rate' ({ mib = 16 }) {
+    // what one requester spends verifying blocks (protocol-blocks.md §5), per hash
+    const data = new Uint8Array(crypto.randomBytes(mib * 1024 * 1024))
+    const rate = (code) => {
+      const started = process.hrtime.bigint()
+      for (let at = 0; at < data.length; at += 262144) hashBytes(code, data.subarray(at, at + 262144))
+      return mib / (Number(process.hrtime.bigint() - started) / 1e9)
+    }
+    return { blake3_mib_per_s: rate(0x1e), sha256_mib_per_s: rate(0x12) }
+  },
+  async clear () {
+    const dropped = store.size
+    store.clear()
+    return { dropped }
+  },
   async 'put-random' ({ count, size }) {
     const cids = []
     for (let i = 0; i < count; i++) {
@@ -286,6 +301,29 @@ const commands = {
     }
     return { blocks: out, dont_have: dontHave, bytes, seconds }
   },
+  async 'fetch-dag' ({ peer, root, keep = true }) {
+    // Everything reachable from `root` over one blocks stream: links are followed in
+    // DAG-CBOR blocks (protocol-blocks.md §8); raw blocks are leaves.
+    const connection = recognisedConnection(peer)
+    if (connection === undefined) throw new Error(`no recognised connection to ${peer}`)
+    const stream = await connection.newStream(BLOCKS_PROTOCOL)
+    const framed = new FramedStream(stream, { maxBufferSize: BLOCKS_READ_BUFFER_BYTES })
+    const seen = new Set([root])
+    const onBlock = (cid, bytes) => {
+      if (keep) store.set(cid.toString(), bytes)
+      if (cid.code !== dagCbor.code) return []
+      return linksOf(dagCbor.decode(bytes)).filter((link) => {
+        const key = link.toString()
+        if (seen.has(key) || link.multihash.code === 0x00) return false // identity: inline
+        seen.add(key)
+        return true
+      })
+    }
+    const started = process.hrtime.bigint()
+    const { blocks, dontHave, bytes } = await fetchBlocks(framed, [CID.parse(root)], { onBlock })
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9
+    return { blocks: blocks.size, dont_have: dontHave, bytes, seconds }
+  },
   async 'dht-find-peer' ({ peer, timeout_s: timeoutS = 30 }) {
     const info = await node.peerRouting.findPeer(peerIdFromString(peer), { signal: AbortSignal.timeout(timeoutS * 1000) })
     return { peer: info.id.toString(), addrs: info.multiaddrs.map(String) }
@@ -317,6 +355,14 @@ const commands = {
     })
     return {}
   }
+}
+
+function linksOf (value, out = []) {
+  const cid = CID.asCID(value)
+  if (cid !== null) out.push(cid)
+  else if (Array.isArray(value)) value.forEach((v) => linksOf(v, out))
+  else if (value !== null && typeof value === 'object' && !(value instanceof Uint8Array)) Object.values(value).forEach((v) => linksOf(v, out))
+  return out
 }
 
 /** DAG-JSON-like input: {"/": "cid"} links, {"/": {"bytes": b64}} bytes. */

@@ -7,7 +7,7 @@
 import * as dagCbor from '@ipld/dag-cbor'
 import { lpStream, UnexpectedEOFError } from '@libp2p/utils'
 import { blake3 } from '@noble/hashes/blake3.js'
-import { sha256 } from '@noble/hashes/sha2.js'
+import crypto from 'node:crypto'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 
@@ -377,7 +377,7 @@ export const SHA2_256 = 0x12
 /** The multihash digest of `bytes` under `code` (canon.md §3.4), or null if not computable. */
 export function hashBytes (code, bytes) {
   if (code === BLAKE3) return blake3(bytes)
-  if (code === SHA2_256) return sha256(bytes)
+  if (code === SHA2_256) return new Uint8Array(crypto.createHash('sha256').update(bytes).digest()) // native
   return null
 }
 
