@@ -10,7 +10,8 @@ the I/O rules of specs/protocol.md §3 so each protocol does not re-implement th
 * a :class:`~n3xus.protocol.errors.RemoteProtocolError` is answered with its error frame
   and a reset (:meth:`CoreStream.fail`), and counted against the peer (``penalize``);
 * network errors (the peer vanished, the stream was reset) end the stream quietly;
-* nothing escapes :func:`guarded`: a handler task never crashes the node's nursery.
+* nothing escapes :func:`guarded` but cancellation: a handler task never crashes the
+  node's nursery (a bug of ours is logged with its traceback and answered ``internal``).
 
 Usage. A responder (the stream handler of a protocol)::
 
@@ -270,6 +271,11 @@ async def guarded(stream: INetStream, *, peerbook: PeerObserver | None = None,
     except NETWORK_ERRORS as exc:
         logger.debug("/n3xus/%s with %s: network: %s", protocol, channel.peer_id, exc)
         await channel.reset()
+    except Exception:  # noqa: BLE001 - the task boundary: a bug of ours must not kill the
+        # connection's task (and with it every stream of the peer). Logged with its
+        # traceback; the peer gets `internal`, not a hung stream.
+        logger.exception("/n3xus/%s with %s: unexpected error", protocol, channel.peer_id)
+        await channel.fail(LocalProtocolError("unexpected error in the handler"))
     finally:
         if not channel.finished:
             await channel.close()
