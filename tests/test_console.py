@@ -403,6 +403,9 @@ def test_console_shows_the_api_and_its_actions_work(
         f"document.querySelector('[data-chart=ledger]').dataset.latest === '{status['log_size'] + 1}'",
         timeout_ms=LIVE_TIMEOUT_MS)
     assert int(page.get_attribute("[data-chart=ledger]", "data-points") or 0) >= 2
+    # Block totals are rescanned every 15 s (a scan reads every block): they catch up.
+    wait_for(lambda: page.get_attribute("[data-chart=canon-blocks]", "data-latest")
+             == str(api.get("/console/canon")["blocks"]), timeout_s=40)
 
     shots = artifacts_dir(tmp_path)
     page.screenshot(path=str(shots / "console-desktop.png"), full_page=True)

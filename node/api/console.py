@@ -292,12 +292,18 @@ class ConsoleSampler:
 
     async def __call__(self) -> dict[str, float]:
         node = self.node
-        values = registry_values(node.counters.registry.collect())
-        values["peers"] = float(len(node.peers()))  # the host lives on the trio thread
+        peers = float(len(node.peers()))  # the host lives on the trio thread
+        values = await trio.to_thread.run_sync(self._in_thread)
+        values["peers"] = peers
         values["uptime_seconds"] = node.uptime()
-        # The node's own canon collectors (when registered) already keep block totals.
+        return values
+
+    def _in_thread(self) -> dict[str, float]:
+        # Collectors read LMDB: they run in a worker thread, as for a /metrics scrape
+        # (the node's canon collector then keeps block totals itself, every 15 s).
+        values = registry_values(self.node.counters.registry.collect())
         known = values.get("n3xus_canon_blocks")
-        values.update(await trio.to_thread.run_sync(self._stored, known is None))
+        values.update(self._stored(known is None))
         if known is not None:
             values["canon_blocks"] = known
             for mine, theirs in (("canon_bytes", "n3xus_canon_stored_bytes"),
