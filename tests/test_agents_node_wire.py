@@ -1,0 +1,95 @@
+"""``/n3xus/imvu/1.0.0`` against a real CLI node, spoken by hand from a raw py-libp2p host:
+gated on a completed hello; an unknown agent, a stopped agent and a malformed frame are each
+refused with their code before any inference (the model stays unloaded); a streamed ask
+gets token frames, then the answer; the node keeps serving throughout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.custom_types import TProtocol
+from test_federation_scoring import RAW_SEED, RawPeer, network_of, read_error
+
+from conftest import CliNode, run_cli, start_cli_node
+from n3xus.imvu.wire import PROTOCOL_ID, AgentExchange, Answer, Ask, Role, Token
+from n3xus.node.p2p import host as p2p
+from n3xus.protocol.codes import ErrorCode
+from n3xus.protocol.framing import encode_frame
+
+IMVU = TProtocol(PROTOCOL_ID)
+SENDER = bytes(range(32))  # the asking agent's key, as the asker claims it
+ANSWER_TIMEOUT_S = 300.0
+
+
+def cli(node: CliNode, *args: str) -> Any:
+    res = run_cli(*args, "--json", "--data-dir", str(node.data_dir), timeout=ANSWER_TIMEOUT_S)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+async def ask_raw(raw: RawPeer, ask: Ask) -> tuple[list[str], Answer | int | None]:
+    """One ask by hand: (token texts, the answer, or the error code, or None)."""
+    stream = await raw.stream(IMVU)
+    exchange = AgentExchange(Role.ASKER)
+    await stream.write(exchange.send(ask))
+    tokens: list[str] = []
+    with trio.move_on_after(ANSWER_TIMEOUT_S):
+        while True:
+            data = await stream.read(65536)
+            if not data:
+                return tokens, None
+            try:
+                messages = exchange.receive_data(data, trio.current_time())
+            except Exception as exc:  # noqa: BLE001 - the peer's error frame is the answer
+                return tokens, getattr(exc, "raw_code", None)
+            for message in messages:
+                if isinstance(message, Token):
+                    tokens.append(message.text)
+                elif isinstance(message, Answer):
+                    return tokens, message
+    raise AssertionError("no answer in time")
+
+
+async def test_imvu_streams_are_gated_refused_with_codes_and_stream_tokens(
+        tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    node = start_cli_node(tmp_path / "a")
+    cli_nodes.append(node)
+    cli(node, "wallet", "new", "creator")
+    cli(node, "agent", "create", "echo", "--creator", "creator", "--persona",
+        "You are Echo. You answer in one short sentence.", "--max-tokens", "96")
+    cli(node, "agent", "create", "sleepy", "--creator", "creator")
+    cli(node, "agent", "stop", "sleepy")
+
+    host = p2p.make_host(p2p.keypair_from_seed(RAW_SEED))
+    async with p2p.running_host(host, []):
+        raw = RawPeer(host, node, network_of(node))
+        # Before a hello: refused at once, whatever the ask.
+        stream = await raw.stream(IMVU)
+        await stream.write(AgentExchange(Role.ASKER).send(Ask("echo", SENDER, "hi")))
+        assert await read_error(stream) == ErrorCode.UNEXPECTED_MESSAGE
+        await raw.done()
+
+        code, _ = await raw.exchange()
+        assert code is None  # hello completed: now the node serves the protocol
+        assert (await ask_raw(raw, Ask("ghost", SENDER, "hi")))[1] == ErrorCode.UNKNOWN_AGENT
+        assert (await ask_raw(raw, Ask("sleepy", SENDER, "hi")))[1] == ErrorCode.AGENT_STOPPED
+        stream = await raw.stream(IMVU)
+        await stream.write(encode_frame(b"\xff\xfe", 100))
+        assert await read_error(stream) == ErrorCode.MALFORMED
+        # None of that needed the model.
+        assert cli(node, "node", "status")["agents"]["model_loaded"] is False
+
+        tokens, answer = await ask_raw(raw, Ask("echo", SENDER, "Hello Echo!", stream=True))
+        assert isinstance(answer, Answer), answer
+        assert (answer.verdict, answer.action) == ("allow", "reply") and answer.decision is not None
+        output = "".join(tokens)
+        assert output.startswith('{"action":"reply","text":"') and len(tokens) >= 3
+        assert json.loads(output)["text"] == answer.result
+        await raw.done()
+
+    (item,) = cli(node, "agent", "memory", "echo")["items"]
+    assert item["who"] == f"agent:{SENDER.hex()}@{raw.peer_id}"
+    assert cli(node, "agent", "decisions", "echo")["decisions"][0]["decision"] == str(answer.decision)
