@@ -1,8 +1,8 @@
 """The operator console: the node's own web page (``GET /``), its static assets, and the
 small JSON routes the page needs beyond the rest of the API.
 
-The page (``node/console/``: index.html, app.js, app.css, icon.svg; no framework, no
-CDN) is a client of the public API like any other: it reads ``/api/v1/openapi.json``
+The page (``node/console/``: index.html, app.css, icon.svg and the ES modules app.js,
+charts.js, dom.js; no framework, no build step, no CDN) is a client of the public API like any other: it reads ``/api/v1/openapi.json``
 to learn which routes this node has (agents, rooms and peer bans come with later
 issues; their panels say "not available on this node" until the routes exist) and
 calls the existing routes for everything they already answer. This module adds:
@@ -65,6 +65,8 @@ CONSOLE_PACKAGE = "n3xus.node.console"
 # request, so no request can read anything else from disk.
 ASSETS: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
+    "dom.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }

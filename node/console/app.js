@@ -1,7 +1,9 @@
 // n3xus operator console. Plain JS, no framework, nothing loaded from anywhere but the node.
 // The API token lives in this tab's sessionStorage only; it goes out in the Authorization
 // header (never in a URL) and is never written to the console or the page.
-"use strict";
+import { drawCharts } from "./charts.js";
+import { $, el, fmtBytes, fmtDuration, fmtNum, fmtTime, mono, short, sleep } from "./dom.js";
+
 (() => {
   const API = "/api/v1";
   const TOKEN_KEY = "n3xus.console.token";
@@ -19,46 +21,6 @@
   let latest = {};
   let worldShown = null;
 
-  // ---------------------------------------------------------------- helpers
-  const $ = (id) => document.getElementById(id);
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(props || {})) {
-      if (v === undefined || v === null || v === false) continue;
-      if (k === "text") node.textContent = String(v);
-      else if (k === "class") node.className = v;
-      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-      else node.setAttribute(k, v === true ? "" : String(v));
-    }
-    for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c);
-    return node;
-  }
-  const svg = (tag, attrs) => {
-    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
-    return node;
-  };
-  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-  function fmtBytes(n) {
-    if (n === null || n === undefined || Number.isNaN(n)) return "–";
-    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let i = 0;
-    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return (i ? n.toFixed(1) : String(Math.round(n))) + " " + units[i];
-  }
-  function fmtDuration(s) {
-    s = Math.floor(s);
-    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
-    return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m " + (s % 60) + "s";
-  }
-  const fmtNum = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US", { maximumFractionDigits: 2 }));
-  function fmtTime(ms) {
-    if (!ms && ms !== 0) return "–";
-    const d = new Date(ms);
-    return Number.isNaN(d.getTime()) ? String(ms) : d.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
-  }
-  const short = (s) => (typeof s === "string" && s.length > 20 ? s.slice(0, 10) + "…" + s.slice(-6) : String(s ?? "–"));
-  const mono = (s, full) => el("span", { class: "mono", title: full === false ? null : s, text: full ? s : short(s) });
   function facts(dl, rows) {
     dl.replaceChildren(...rows.map(([label, value, field]) =>
       el("div", {}, el("dt", { text: label }),
@@ -555,68 +517,6 @@
   function refreshAgents() { return renderCollection("agents", "agents-body", "agents", "Agents"); }
   function refreshLive() { return renderCollection("rooms", "live-body", "live", "Live rooms"); }
 
-  // ---------------------------------------------------------------- charts
-  const CHARTS = [
-    { id: "peers", title: "Connected peers", series: ["peers"] },
-    { id: "ledger", title: "Ledger log entries", series: ["ledger_log_size"] },
-    { id: "ledger-rate", title: "Ledger entries / min", series: ["ledger_log_size"], rate: 60 },
-    { id: "api-rate", title: "API requests / s", series: ["n3xus_api_requests_total", "n3xus_api_requests"], rate: 1 },
-    { id: "canon-blocks", title: "Canon blocks", series: ["canon_blocks", "n3xus_canon_blocks"] },
-    { id: "disk", title: "Data dir on disk", series: ["data_dir_bytes"], bytes: true },
-    { id: "cpu", title: "Node CPU %", series: ["process_cpu_seconds", "process_cpu_seconds_total"], rate: 100 },
-    { id: "rss", title: "Node memory (RSS)", series: ["process_rss_bytes", "process_resident_memory_bytes"], bytes: true },
-  ];
-  function chartPoints(def) {
-    const name = def.series.find((s) => hist.series[s]);
-    if (!name) return [];
-    const v = hist.series[name], t = hist.time, out = [];
-    for (let i = 0; i < t.length; i++) {
-      if (v[i] === null || v[i] === undefined) continue;
-      if (def.rate) {
-        let j = i - 1;
-        while (j >= 0 && (v[j] === null || v[j] === undefined)) j--;
-        if (j < 0 || t[i] <= t[j]) continue;
-        out.push([t[i], Math.max(0, (v[i] - v[j]) / (t[i] - t[j])) * def.rate]);
-      } else out.push([t[i], v[i]]);
-    }
-    return out;
-  }
-  function drawCharts() {
-    const grid = $("chart-grid");
-    if (!grid.children.length) {
-      for (const def of CHARTS) {
-        grid.append(el("figure", { class: "chart", id: "chart-" + def.id, "data-chart": def.id },
-          el("figcaption", {}, el("span", { text: def.title }), el("span", { class: "latest", text: "–" })),
-          el("div", { class: "plot" }), el("div", { class: "range" }, el("span", { class: "min" }), el("span", { class: "max" }))));
-      }
-    }
-    const W = 300, H = 80;
-    for (const def of CHARTS) {
-      const fig = $("chart-" + def.id);
-      const pts = chartPoints(def);
-      const fmt = (x) => (def.bytes ? fmtBytes(x) : fmtNum(x));
-      fig.dataset.points = String(pts.length);
-      fig.dataset.latest = pts.length ? String(pts[pts.length - 1][1]) : "";
-      fig.querySelector(".latest").textContent = pts.length ? fmt(pts[pts.length - 1][1]) : "–";
-      const plot = fig.querySelector(".plot");
-      const box = svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img" });
-      if (pts.length) {
-        const t0 = pts[0][0], t1 = pts[pts.length - 1][0];
-        const ys = pts.map((p) => p[1]);
-        const lo = Math.min(0, ...ys), hi = Math.max(...ys);
-        const span = hi - lo || 1, dt = t1 - t0 || 1;
-        const xy = pts.map(([t, y]) => [((t - t0) / dt) * W, H - 2 - ((y - lo) / span) * (H - 4)]);
-        if (xy.length === 1) xy.unshift([0, xy[0][1]]);
-        const line = xy.map(([x, y]) => x.toFixed(1) + "," + y.toFixed(1)).join(" ");
-        box.append(svg("polygon", { class: "area", points: "0," + H + " " + line + " " + W + "," + H }));
-        box.append(svg("polyline", { class: "line", points: line }));
-        fig.querySelector(".min").textContent = "min " + fmt(Math.min(...ys));
-        fig.querySelector(".max").textContent = "max " + fmt(hi) + " · " + fmtDuration(t1 - t0);
-        box.setAttribute("aria-label", def.title + ": now " + fmt(ys[ys.length - 1]) + ", min " + fmt(Math.min(...ys)) + ", max " + fmt(hi) + " over " + fmtDuration(t1 - t0));
-      } else box.setAttribute("aria-label", def.title + ": no data yet");
-      plot.replaceChildren(box);
-    }
-  }
   async function loadHistory() {
     const h = await api("/console/metrics");
     hist.time = h.time; hist.seq = h.seq; hist.series = h.series;
@@ -626,7 +526,7 @@
     const n = h.time.length;
     if (n) latest = Object.fromEntries(Object.entries(h.series).map(([k, v]) => [k, v[n - 1]]));
     $("charts-hint").textContent = "Sampled every " + h.interval_s + " s; the last " + fmtDuration(h.interval_s * h.capacity) + " are kept in the node's memory.";
-    drawCharts();
+    drawCharts(hist);
   }
   function addSample(s) {
     if (s.seq <= lastSeq) return;
@@ -635,7 +535,7 @@
     for (const name of Object.keys(s.values)) if (!hist.series[name]) hist.series[name] = hist.time.slice(1).map(() => null);
     for (const [name, arr] of Object.entries(hist.series)) arr.push(s.values[name] ?? null);
     if (hist.time.length > (hist.capacity || 900)) { hist.time.shift(); hist.seq.shift(); for (const a of Object.values(hist.series)) a.shift(); }
-    drawCharts();
+    drawCharts(hist);
     const changed = (...names) => names.some((k) => s.values[k] !== latest[k]);
     // Peers change without changing in number (hello, score, traffic): read them every sample.
     refresh("peers");
@@ -759,7 +659,7 @@
 
   document.addEventListener("DOMContentLoaded", async () => {
     wire();
-    drawCharts();
+    drawCharts(hist);
     if (!token) { showSignIn(""); return; }
     try {
       if (await tokenValid(token)) { start(); return; }
