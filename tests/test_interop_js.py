@@ -21,7 +21,8 @@ import pytest
 from interop_support import VECTORS_SCRIPT, JsPeer, node_binary
 
 from conftest import CliNode, run_cli, start_cli_node
-from n3xus.canon.codec import decode
+from n3xus.canon.cid import cid_of
+from n3xus.canon.codec import decode, encode
 from n3xus.node.p2p.hello import verify_recognition
 
 # Generous: a loaded 2-core machine, two interpreters, DHT queries.
@@ -255,3 +256,40 @@ def test_kademlia_dht_between_the_js_peer_and_our_node(
     assert js.peer_id in [p["peer_id"] for p in providers["dht"]], providers
     fetched = cli_json("canon", "fetch", js_cid, "--data-dir", str(node_a.data_dir))
     assert fetched["state"] == "done" and js.peer_id in fetched["peers"], fetched
+
+
+def test_a_js_peer_of_another_network_is_refused_both_ways_with_error_frames(
+        node_a: CliNode, js_peers: list[JsPeer]) -> None:
+    """The refusal path crosses implementations: an `error` frame (code 16, wrong-network)
+    sent by either side is read by the other, which shows the reason."""
+    elsewhere = str(cid_of(encode({"another": "genesis"})))
+    dialer = JsPeer(elsewhere)
+    js_peers.append(dialer)
+    # The JS peer dials: it receives our hello first and refuses it (by us, on its side).
+    hello = dialer.ok("dial", addr=node_a.listen_addr)["hello"]
+    assert hello["state"] == "failed" and hello["code"] == "wrong-network" and hello["by"] == "us"
+
+    def refusal(peer_id: str) -> dict[str, Any] | None:
+        listed = cli_json("peers", "list", "--data-dir", str(node_a.data_dir))
+        for peer in [*listed["peers"], *listed["others"]]:
+            if peer["peer_id"] == peer_id and peer.get("refusal"):
+                return peer["refusal"]  # type: ignore[no-any-return]
+        return None
+
+    wait_for(lambda: refusal(dialer.peer_id) is not None, CONNECT_BOUND_S,
+             "our node shows the JS peer's refusal")
+    theirs = refusal(dialer.peer_id)
+    assert theirs is not None and theirs["code"] == 16 and theirs["reason"] == "wrong-network"
+    assert theirs["by"] == "peer" and network_of(node_a) in theirs["message"]
+
+    # Our node dials another one: it receives the JS hello and refuses it; the JS responder
+    # reads our error frame.
+    listener = JsPeer(elsewhere)
+    js_peers.append(listener)
+    run_cli("peers", "connect", listener.addr, "--data-dir", str(node_a.data_dir), "--json")
+    event = listener.wait_event(lambda e: e["event"] == "hello" and e["peer"] == node_a.peer_id,
+                                CONNECT_BOUND_S, "our refusal reaches the JS responder")
+    assert event["role"] == "responder" and event["state"] == "refused-by-peer", event
+    assert event["code"] == 16 and elsewhere in event["message"]
+    ours = refusal(listener.peer_id)
+    assert ours is not None and ours["reason"] == "wrong-network" and ours["by"] == "us"

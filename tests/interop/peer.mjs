@@ -37,6 +37,7 @@ const KAD_PROTOCOL = '/ipfs/kad/1.0.0'
 const PING_PROTOCOL = '/ipfs/ping/1.0.0'
 const PING_BYTES = 32 // the ping protocol echoes 32-byte payloads
 const PING_IDLE_S = 30 // an idle inbound ping stream is closed after this
+const CLOSED_HELLO_KEPT_S = 60 // a closed connection's hello outcome stays readable this long
 
 const { values: args } = parseArgs({
   options: {
@@ -62,7 +63,7 @@ const me = {
   version: VERSION,
   agent: AGENT,
   protocols: [BLOCKS_PROTOCOL, HELLO_PROTOCOL],
-  capabilities: ['blocks'],
+  capabilities: [], // it does not witness (protocol-hello.md §3: capabilities are informative)
   network,
   networks: [network]
 }
@@ -94,17 +95,16 @@ function helloOf (connection) {
     hellos.set(connection.id, entry)
     // protocol-hello.md §2: a connection not recognised within HELLO_TIMEOUT_S is closed.
     const timer = setTimeout(() => {
-      if (entry.result === null) {
-        finish(connection, { state: 'failed', code: 'timeout', message: 'no hello exchange in time', by: 'us' })
-      }
+      finish(connection, { state: 'failed', code: 'timeout', message: 'no hello exchange in time', by: 'us' }, entry)
     }, HELLO_TIMEOUT_S * 1000)
     timer.unref()
   }
   return entry
 }
 
-function finish (connection, result) {
-  const entry = helloOf(connection)
+// `entry` is the one the exchange started with: the connection may close (and leave the
+// map) while a refusal's error frame lingers, and that outcome must still be reported.
+function finish (connection, result, entry) {
   if (entry.result !== null) return
   entry.result = result
   entry.resolve(result)
@@ -122,29 +122,30 @@ function finish (connection, result) {
 
 async function helloAsInitiator (connection) {
   const entry = helloOf(connection)
+  entry.running = true
   try {
     const stream = await connection.newStream(HELLO_PROTOCOL)
     const framed = new FramedStream(stream)
     const signal = AbortSignal.timeout(HELLO_TIMEOUT_S * 1000)
     const result = await runHello(framed, 'initiator', { me, local, remote: connection.remotePeer.toString(), signal })
-    finish(connection, result)
+    finish(connection, result, entry)
   } catch (err) {
-    finish(connection, { state: 'failed', code: 'internal', message: `could not open the hello stream: ${err.message}`, by: 'us' })
+    finish(connection, { state: 'failed', code: 'internal', message: `could not open the hello stream: ${err.message}`, by: 'us' }, entry)
   }
   return entry.promise
 }
 
 await node.handle(HELLO_PROTOCOL, async (stream, connection) => {
   const entry = helloOf(connection)
-  if (connection.direction === 'outbound' || entry.result !== null || entry.responding) {
+  if (connection.direction === 'outbound' || entry.result !== null || entry.running) {
     // one exchange per connection, opened by the dialer (§2): reset any other
     stream.abort(new Error('unexpected hello stream'))
     return
   }
-  entry.responding = true
+  entry.running = true
   const framed = new FramedStream(stream)
   const signal = AbortSignal.timeout(HELLO_TIMEOUT_S * 1000)
-  finish(connection, await runHello(framed, 'responder', { me, local, remote: connection.remotePeer.toString(), signal }))
+  finish(connection, await runHello(framed, 'responder', { me, local, remote: connection.remotePeer.toString(), signal }), entry)
 })
 
 node.addEventListener('connection:open', (evt) => {
@@ -154,7 +155,13 @@ node.addEventListener('connection:open', (evt) => {
   if (connection.direction === 'outbound') void helloAsInitiator(connection)
 })
 node.addEventListener('connection:close', (evt) => {
-  hellos.delete(evt.detail.id)
+  const entry = hellos.get(evt.detail.id)
+  // kept a while, so that a command still waiting on this connection finds its outcome
+  setTimeout(() => hellos.delete(evt.detail.id), CLOSED_HELLO_KEPT_S * 1000).unref()
+  // a running exchange reports its own outcome; one that never started ends here
+  if (entry !== undefined && !entry.running) {
+    finish(evt.detail, { state: 'failed', code: 'truncated', message: 'the connection closed before any hello stream', by: 'us' }, entry)
+  }
 })
 
 function recognisedConnection (peer) {

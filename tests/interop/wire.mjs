@@ -15,6 +15,8 @@ import * as Digest from 'multiformats/hashes/digest'
 export const MAX_PREFIX_BYTES = 9
 export const MAX_TYPE_CHARS = 64
 export const MAX_ERROR_MESSAGE_CHARS = 1024
+// protocol.md §4 rule 1: how long an error frame's sender waits for the peer to read it
+export const ERROR_LINGER_MS = 1000
 
 // protocol.md §4: the error code registry (name -> number).
 export const ERROR_CODES = Object.freeze({
@@ -170,10 +172,22 @@ export class FramedStream {
     await this.lp.write(body)
   }
 
-  /** protocol.md §4 rule 1: one `error` frame, then a reset. Never throws. */
+  /**
+   * protocol.md §4 rule 1: one `error` frame, our write side closed so that the frame is
+   * read, then a reset once the peer closes or ERROR_LINGER_MS pass. Never throws.
+   */
   async fail (code, text) {
     try {
       await this.lp.write(encodeMessage(errorMessage(code, text)))
+      await this.stream.close()
+      if (this.stream.remoteWriteStatus !== 'closed' && this.stream.status === 'open') {
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, ERROR_LINGER_MS)
+          const done = () => { clearTimeout(timer); resolve() }
+          this.stream.addEventListener('remoteCloseWrite', done, { once: true })
+          this.stream.addEventListener('close', done, { once: true })
+        })
+      }
     } catch {
       // the stream may already be gone; the reset below is what matters
     }
