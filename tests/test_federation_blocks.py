@@ -199,3 +199,14 @@ async def test_fetch_routes_answer_as_documented(tmp_path: Path) -> None:
             assert bad["state"] == "failed" and "reachable" in bad["error"]
         nursery.cancel_scope.cancel()
     assert CID(nobody_has)
+
+
+def test_yamux_frames_fit_one_noise_message() -> None:
+    """make_host tunes py-libp2p's Yamux (node/p2p/patches.py): a full data frame, header
+    included, is one Noise message, not two."""
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
+    from libp2p.stream_muxer.yamux import yamux
+
+    p2p.make_host(p2p.keypair_from_seed(bytes(32)))
+    assert yamux.MAX_MESSAGE_SIZE == MAX_PLAINTEXT_LENGTH
+    assert os.environ["PY_YAMUX_RELEASE_ON_READ"] in ("0", "1")  # ours, unless an operator's

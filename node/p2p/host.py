@@ -57,7 +57,7 @@ from trio_typing import TaskStatus
 
 from ..errors import AddressError, ConfigError, NodeError
 from .limits import ConnectionGate, ConnectionLimits
-from .patches import InboundSlotReleasingSwarm, new_gate_admitted_resource_manager
+from .patches import InboundSlotReleasingSwarm, new_gate_admitted_resource_manager, tune_yamux
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +228,7 @@ def make_host(
     )
     # new_host's default resource manager (stream and memory limits), minus its
     # connection admission, which leaks under eviction (see patches.py).
+    tune_yamux()  # Yamux frames that fit one Noise message (node/p2p/patches.py)
     return BasicHost(network=swarm, resource_manager=new_gate_admitted_resource_manager())
 
 
