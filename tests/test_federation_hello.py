@@ -158,29 +158,29 @@ def test_other_network_and_other_major_version_are_refused_with_reasons(
     # The dialer verifies first (it receives the responder's hello), so it refuses: A
     # learns the reason from the error frame ("by": "peer").
     on_a = refusal_of(a, stranger.peer_id)
-    assert on_a is not None and on_a["code"] == ErrorCode.WRONG_NETWORK == 16
-    assert on_a["reason"] == "wrong-network" and on_a["by"] == "peer"
+    assert on_a is not None and on_a["code"] == ErrorCode.WRONG_NETWORK == 16, on_a
+    assert on_a["reason"] == "wrong-network" and on_a["by"] == "peer", on_a
     assert "is not one this node accepts" in on_a["message"]
     on_x = refusal_of(stranger, a.peer_id)
-    assert on_x is not None and on_x["reason"] == "wrong-network" and on_x["by"] == "us"
+    assert on_x is not None and on_x["reason"] == "wrong-network" and on_x["by"] == "us", on_x
 
     on_a = refusal_of(a, future.peer_id)
-    assert on_a is not None and on_a["code"] == ErrorCode.UNSUPPORTED_VERSION == 17
-    assert on_a["reason"] == "unsupported-version" and "major versions differ" in on_a["message"]
+    assert on_a is not None and on_a["code"] == ErrorCode.UNSUPPORTED_VERSION == 17, on_a
+    assert on_a["reason"] == "unsupported-version" and "major versions differ" in on_a["message"], on_a
     on_v = refusal_of(future, a.peer_id)
-    assert on_v is not None and on_v["reason"] == "unsupported-version"
+    assert on_v is not None and on_v["reason"] == "unsupported-version", on_v
 
     # The responder refuses a denied peer at hello-start, before signing anything for it.
     wait_for(lambda: refusal_of(a, denied_id) is not None, CONNECT_BOUND_S, "denied peer refused")
     on_a = refusal_of(a, denied_id)
-    assert on_a is not None and on_a["reason"] == "policy-denied" and on_a["by"] == "us"
+    assert on_a is not None and on_a["reason"] == "policy-denied" and on_a["by"] == "us", on_a
     assert on_a["code"] == ErrorCode.POLICY_DENIED == 22 and "deny list" in on_a["message"]
     wait_for(lambda: refusal_of(denied, a.peer_id) is not None, CONNECT_BOUND_S, "D told why")
     assert refusal_of(denied, a.peer_id)["by"] == "peer"  # type: ignore[index]
 
     # Refused peers are not connected, and are kept away (no reconnect loop) for a while.
     listed = peers_json(a)
-    assert listed["peers"] == []
+    assert listed["peers"] == [], listed
     others = {p["peer_id"]: p for p in listed["others"]}
     assert others[stranger.peer_id]["banned"]["reason"].startswith("hello refused (wrong-network")
     assert others[future.peer_id]["hello"] is None

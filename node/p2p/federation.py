@@ -31,6 +31,7 @@ from .hello import (
     AGENT_NAME,
     CAPABILITIES,
     HelloService,
+    SigningClock,
     advertised_version,
     federation_settings,
     latest_checkpoints,
@@ -70,8 +71,9 @@ class Federation:
             ban_threshold=self.settings.ban_threshold if self.settings.ban_threshold is not None
             else BAN_THRESHOLD,
             ban_seconds=self.settings.ban_seconds or DEFAULT_BAN_SECONDS)
+        self.signing_clock = SigningClock()
         self.hello = HelloService(host, self.peerbook, self.hello_config, on_done=self._on_done)
-        self.witness = WitnessService(node, host, self.peerbook)
+        self.witness = WitnessService(node, host, self.peerbook, self.signing_clock)
         self.handshakes_recorded = 0
         self.handshakes_not_recorded = 0
         self._record_budget: dict[str, TokenBucket] = {}
@@ -92,7 +94,8 @@ class Federation:
     def _hello_config(self) -> HelloConfig:
         node = self.node
         assert node.signing_key is not None and node.genesis is not None
-        canon_note, ledger_note = latest_checkpoints(node.canon, node.ledger, node.signing_key)
+        canon_note, ledger_note = latest_checkpoints(node.canon, node.ledger, node.signing_key,
+                                                     self.signing_clock)
         return HelloConfig(
             signing_key=node.signing_key, version=self.version, agent=self.agent,
             protocols=self.protocols(), capabilities=CAPABILITIES, network=node.genesis.cid,

@@ -146,18 +146,35 @@ def federation_settings(raw: Mapping[str, Any] | None) -> FederationSettings:
                               numbers["ban_seconds"], numbers["ban_threshold"])
 
 
+CHECKPOINT_REFRESH_S: Final = 10.0
+"""A hello or a witness answer signs fresh checkpoints of our logs (when they grew) at most
+this often; in between it shows the last ones. Signing a ledger checkpoint computes its state
+root: a node that many peers dial must not do that per connection."""
+
+
+@dataclass
+class SigningClock:
+    """When this node last signed fresh checkpoints for a hello (monotonic seconds)."""
+
+    last: float = float("-inf")
+
+
 def latest_checkpoints(canon: CanonService | None, ledger: LedgerService | None,
-                       key: SigningKey) -> tuple[str | None, str | None]:
-    """Our latest signed canon-log and ledger checkpoints, signing a fresh one when the
-    log grew since the last (a hello shows where our logs are now)."""
+                       key: SigningKey, clock: SigningClock) -> tuple[str | None, str | None]:
+    """Our latest signed canon-log and ledger checkpoints, signing fresh ones when the
+    logs grew since and the last signing is :data:`CHECKPOINT_REFRESH_S` old (a hello shows
+    where our logs are now). Blocking (LMDB writes): call it in a worker thread."""
+    fresh = time.monotonic() - clock.last >= CHECKPOINT_REFRESH_S
     canon_note = None
     if canon is not None:
         canon_note = canon.log.last_checkpoint()
         size = len(canon.log)
         signed = 0 if canon_note is None else int(canon_note.split("\n")[1])
-        if size > 0 and (canon_note is None or signed < size):
+        if size > 0 and (canon_note is None or (fresh and signed < size)):
             canon_note = canon.log.checkpoint(key)
-    ledger_note = None if ledger is None else ledger.checkpoint(fresh=True)
+    ledger_note = None if ledger is None else ledger.checkpoint(fresh=fresh)
+    if fresh:
+        clock.last = time.monotonic()
     return canon_note, ledger_note
 
 

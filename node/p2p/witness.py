@@ -45,6 +45,7 @@ from n3xus.protocol.witness_wire import (
 
 from ..logs import get_logger
 from . import host as p2p
+from .hello import SigningClock, latest_checkpoints
 from .streams import CoreStream, guarded, serve
 
 if TYPE_CHECKING:
@@ -73,7 +74,9 @@ def log_name_of(origin: str) -> str:
 
 
 class WitnessService:
-    def __init__(self, node: Node, host: BasicHost, peerbook: PeerBook) -> None:
+    def __init__(self, node: Node, host: BasicHost, peerbook: PeerBook,
+                 signing_clock: SigningClock) -> None:
+        self.signing_clock = signing_clock
         self.node = node
         self.host = host
         self.peerbook = peerbook
@@ -270,11 +273,9 @@ class WitnessService:
     async def _response(self, request: Request, peer_id: str) -> Response:
         node = self.node
         if isinstance(request, GetCheckpoints):
-            from .hello import latest_checkpoints
-
             assert node.signing_key is not None
             canon, ledger = await trio.to_thread.run_sync(
-                latest_checkpoints, node.canon, node.ledger, node.signing_key)
+                latest_checkpoints, node.canon, node.ledger, node.signing_key, self.signing_clock)
             return Checkpoints(canon, ledger)
         if isinstance(request, GetConsistency):
             tree: Any = node.canon.log if request.log == "canon" and node.canon is not None \
