@@ -44,6 +44,7 @@ from .api.fetch import fetch_routes
 from .api.ledger import ledger_routes
 from .api.node import node_routes
 from .api.server import ApiRoute, build_app
+from .api.worlds_federation import world_federation_routes
 from .config import DataDir, NodeConfig
 from .errors import AddressError, ConfigError
 from .logs import get_logger
@@ -51,15 +52,18 @@ from .p2p import host as p2p
 from .p2p.blocks import BlockServer
 from .p2p.discovery import Discovery, DiscoveryConfig
 from .p2p.federation import Federation
+from .p2p.gossip import GossipService
 from .p2p.imvu import ImvuServer
 from .p2p.limits import register_gate_metrics
 from .services.agents import DEFAULT_CONTEXT_TOKENS, AgentService
 from .services.canon import CanonService
 from .services.fetch import FetchService
 from .services.ledger import LedgerService
+from .services.ledger_federation import LedgerFederation
 from .services.metrics import register_service_metrics
 from .services.metrics_history import MetricsHistory
 from .services.wallets import ensure_genesis
+from .services.worlds_federation import WorldsFederation
 from .storage import open_environment
 
 log = get_logger("n3xus.node")
@@ -148,11 +152,16 @@ class Node:
         self.ledger: LedgerService | None = None
         self.block_server: BlockServer | None = None
         self.fetcher: FetchService | None = None
+        # World heads announced and followed, shared worlds merged (issue 9).
+        self.worlds: WorldsFederation | None = None
         # IMVU agents (node/services/agents.py); opened by run() with the ledger.
         self.agents: AgentService | None = None
         # Hello, peer scoring and witnessing (node/p2p/federation.py); set by run().
         self.federation: Federation | None = None
         self.peerbook: Any = None
+        # Gossipsub and ledger federation; set by run().
+        self.gossip: GossipService | None = None
+        self.ledger_federation: LedgerFederation | None = None
         self.genesis: Any = None
         self.signing_key: SigningKey | None = None
         # Short metrics history for the operator console's charts and live view.
@@ -210,6 +219,10 @@ class Node:
                 assert self.canon is not None  # opened by run() before _serve
                 self.block_server = BlockServer(self._host, self.canon.store, self.peerbook)
                 self.block_server.register()
+                # /n3xus/world-sync/1.0.0 (node/p2p/world_sync.py), before any dial too.
+                self.worlds = WorldsFederation(self.canon, self._host, self.peerbook)
+                assert self.worlds.server is not None
+                self.worlds.server.register()
                 # IMVU agents and /n3xus/imvu/1.0.0 (node/services/agents.py, p2p/imvu.py):
                 # the handler too is registered before any dial.
                 assert self.agents is not None  # opened by run() before _serve
@@ -217,6 +230,15 @@ class Node:
                 self.agents.peer_id = self.peer_id
                 await nursery.start(self.agents.run)
                 ImvuServer(self._host, self.peerbook, self.agents.answer_peer).register()
+                # Gossipsub and ledger federation (node/p2p/gossip.py,
+                # node/services/ledger_federation.py): before any dial, like the handlers.
+                gossip = await nursery.start(GossipService(
+                    self._host, self.peerbook, registry=self.counters.registry).run)
+                self.gossip = gossip
+                assert self.ledger is not None
+                self.ledger_federation = await nursery.start(LedgerFederation(
+                    self._host, self.ledger, gossip, self.peerbook,
+                    registry=self.counters.registry).run)
                 # Bootstrap dials, reconnects, DHT, mDNS, keepalive (node/p2p/discovery.py).
                 self.discovery = await nursery.start(Discovery(
                     self._host,
@@ -228,6 +250,7 @@ class Node:
                 self.fetcher = await nursery.start(FetchService(
                     self._host, self.canon, peerbook=self.peerbook, discovery=self.discovery,
                     registry=self.counters.registry).run)
+                await nursery.start(self.worlds.run)
                 log.info(
                     "node started",
                     peer_id=self.peer_id,
@@ -293,6 +316,8 @@ class Node:
             "connection_gate": p2p.gate_of(self._host).snapshot(),
             "discovery": self.discovery.snapshot() if self.discovery is not None else None,
             "federation": self.federation.snapshot() if self.federation is not None else None,
+            "ledger_federation": self.ledger_federation.snapshot()
+            if self.ledger_federation is not None else None,
             "agents": self.agents.status() if self.agents is not None else None,
             "data_dir": str(self.data_dir.path),
         }
@@ -312,7 +337,8 @@ class Node:
             *(ledger_routes(self.ledger) if self.ledger is not None else []),
             *(agent_routes(self.agents) if self.agents is not None else []),
         ]
-        return [*feature_routes, *fetch_routes(self), *node_routes(self),
+        return [*feature_routes, *fetch_routes(self), *world_federation_routes(self),
+                *node_routes(self),
                 *console_routes(self, self.metrics_history)]
 
 

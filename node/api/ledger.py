@@ -84,7 +84,8 @@ _cid = parse_cid
 ACCOUNT_HEX = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
                "description": "an account: its ed25519 public key as 64 hex digits"}
 ACCOUNT = obj({"account": HEX32, "balance": integer(), "next_seq": integer(),
-               "prev": nullable(CID_TEXT), "frozen": BOOLEAN})
+               "prev": nullable(CID_TEXT), "head_time": nullable(integer()),
+               "frozen": BOOLEAN})
 TX = {"id": CID_TEXT, "op": STRING, "account": HEX32, "seq": integer(),
       "prev": nullable(CID_TEXT), "time": integer(), "network": CID_TEXT,
       "args": {"type": "object", "description": "the operation's arguments (accounts and "

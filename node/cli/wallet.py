@@ -38,7 +38,9 @@ def _submit(client: ApiClient, key: SigningKey, op: Op, args: dict[str, Any]) ->
     network = CID(client.get("/ledger/genesis")["cid"])
     prev = CID(state["prev"]) if state["prev"] else None
     chain = AccountChain(key, network, seq=state["next_seq"], prev=prev)
-    envelope = chain.sign(op, args, time_ms=_now_ms())
+    # Never before the head's time: a transaction dated before its predecessor sorts
+    # before it and is void (specs/ledger.md §8.0), e.g. when clocks differ between nodes.
+    envelope = chain.sign(op, args, time_ms=max(_now_ms(), state.get("head_time") or 0))
     try:
         result: dict[str, Any] = client.post("/ledger/txs", content=envelope)
     except ApiError as exc:

@@ -10,14 +10,16 @@ on disk (LMDB ``sync=True``).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
 from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID
-from n3xus.ledger.errors import TxRejected
+from n3xus.ledger.errors import EquivocationError, TxRejected
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.ingest import Accepted
 from n3xus.ledger.store import LedgerStore
@@ -68,6 +70,9 @@ class LedgerService:
         self._counts_lock = threading.Lock()
         self._accepted = 0
         self._rejected: Counter[str] = Counter()
+        # Called (in the submitting thread) after every submit that appended to the log:
+        # ledger federation announces the new entries (node/services/ledger_federation.py).
+        self.listeners: list[Callable[[], None]] = []
 
     # -- transparency ------------------------------------------------------------------
     def vkey(self) -> str:
@@ -110,22 +115,37 @@ class LedgerService:
     def submit(self, envelope: bytes) -> Accepted:
         """Validate and apply one signed envelope; raises TxRejected (with a reason)."""
         try:
-            accepted = self.store.submit(envelope)
+            # The node's clock: an entry dated far ahead is held, never sorted after
+            # everything the network signs meanwhile (specs/ledger.md §6.2).
+            accepted = self.store.submit(envelope, now_ms=time.time_ns() // 1_000_000)
         except TxRejected as rejected:
             with self._counts_lock:
                 self._rejected[str(rejected.reason)] += 1
+            if isinstance(rejected, EquivocationError):  # kept: the freeze must spread
+                self._notify()
             raise
         with self._counts_lock:
             self._accepted += 1
+        self._notify()
         return accepted
 
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
     def account(self, account: bytes) -> dict[str, Any]:
+        """The account's state. ``next_seq``/``prev`` continue its head (the last
+        transaction that took its place, failed ones included); ``head_time`` is that
+        transaction's time: a wallet signs its next one with ``time >= head_time``, or it
+        sorts before its predecessor and is void (specs/ledger.md §8.0)."""
         head = self.store.head(account)
+        head_tx = None if head is None else self.store.tx(head[1])
         return {
             "account": account.hex(),
             "balance": self.store.balance(account),
             "next_seq": 0 if head is None else head[0] + 1,
             "prev": None if head is None else str(head[1]),
+            "head_time": None if head_tx is None else head_tx.time,
             "frozen": self.store.is_frozen(account),
         }
 
