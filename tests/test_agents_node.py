@@ -90,6 +90,18 @@ def test_an_agent_through_the_cli_tips_escalates_upgrades_and_is_audited_offline
         events = [line.split(": ", 1)[1] for line in response.iter_lines() if line.startswith("event: ")]
     assert events[-1] == "result" and events.count("token") >= 3 and set(events[:-1]) == {"token"}
 
+    # Closing the connection mid-turn cancels it: the generation stops, nothing is recorded.
+    recorded = len(cli(node, "agent", "decisions", "nova")["decisions"])
+    with httpx.stream("POST", f"{node.api_url}/api/v1/agents/nova/ask", timeout=TURN_TIMEOUT_S,
+                      json={"text": "Tell me a long story about the moon."},
+                      headers={"Authorization": "Bearer " + (node.data_dir / "api.token").read_text().strip()}) as response:
+        next(line for line in response.iter_lines() if line == "event: token")
+    deadline = time.monotonic() + 30
+    while cli(node, "node", "status")["agents"]["scheduler"]["cancelled"] < 1:
+        assert time.monotonic() < deadline, "the turn was not cancelled"
+        time.sleep(0.1)
+    assert len(cli(node, "agent", "decisions", "nova")["decisions"]) == recorded
+
     # Over its limit: refused, logged and escalated; nothing moved until the creator approves.
     over = cli(node, "agent", "ask", "nova", "Tip alice 500 coins now!")
     assert (over["verdict"], over["primitive"], over["executed"]) == ("escalate", "spend-limit", False)
