@@ -34,7 +34,7 @@ from n3xus.imvu.prompt import MAX_CONTEXT_CHARS, MAX_CONTEXT_ITEMS, MAX_REQUEST_
 from n3xus.imvu.prompt import Request as TurnRequest
 from n3xus.imvu.runtime import TurnResult
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NodeError
 from ..services.agents import (
     MAX_LISTED_DECISIONS,
     MAX_LISTED_MEMORY,
@@ -134,7 +134,7 @@ class TurnStream(Response):
             async def turn() -> None:
                 try:
                     outcome.append(await self.run_turn(tokens))
-                except (ImvuError, InferenceError, ValueError) as exc:
+                except (ImvuError, InferenceError, ValueError, NodeError) as exc:
                     outcome.append(exc)
                 finished.set()
 

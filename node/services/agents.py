@@ -45,7 +45,7 @@ from n3xus.canon.codec import decode
 from n3xus.imvu.actions import action_from_map
 from n3xus.imvu.approval import decode_approval
 from n3xus.imvu.decision import DECISION_ENTRY_TYPE, decode_decision
-from n3xus.imvu.errors import ApprovalError, DecisionError, QueueFullError, RegistryError
+from n3xus.imvu.errors import ApprovalError, QueueFullError, RegistryError
 from n3xus.imvu.manifest import Manifest, ModelRef, decode_manifest
 from n3xus.imvu.memory import Memory, item_to_json
 from n3xus.imvu.prompt import Request
@@ -382,12 +382,11 @@ class AgentService:
         agent = self._agents.get(state.agent)
         if agent is None:
             scheduler = await self.ensure_scheduler()
-            agent = self._agents.get(state.agent)  # another task may have made it meanwhile
-            if agent is None:
-                key = await trio.to_thread.run_sync(agent_key, self.data_dir, state.agent)
-                agent = self._agents[state.agent] = Agent(
-                    registry=self.registry, key=key, log=self.canon.log, scheduler=scheduler,
-                    tools=self.tools)
+            key = await trio.to_thread.run_sync(agent_key, self.data_dir, state.agent)
+            # Another task may have made it meanwhile: one Agent (one turn lock) per agent.
+            agent = self._agents.setdefault(state.agent, Agent(
+                registry=self.registry, key=key, log=self.canon.log, scheduler=scheduler,
+                tools=self.tools))
         return agent
 
     @asynccontextmanager
@@ -558,12 +557,17 @@ class AgentService:
             if tokens is not None:
                 await tokens.aclose()
             raise AgentRefusal(ErrorCode.BUSY, str(exc)) from None
+        from n3xus.imvu.errors import ImvuError
+        from n3xus.imvu.inference import InferenceError
+
         try:
             turn = await self.ask(ask.agent, request_from_ask(ask, peer_id, now_ms()), tokens)
         except QueueFullError as exc:
             raise AgentRefusal(ErrorCode.BUSY, str(exc)) from None
-        except (RegistryError, DecisionError, ValueError) as exc:
-            raise AgentRefusal(ErrorCode.INTERNAL, f"the turn failed: {exc}") from None
+        except (ImvuError, InferenceError, ValueError) as exc:  # never the asker's fault
+            log.warning("an agent turn for a peer failed", agent=ask.agent, peer_id=peer_id,
+                        error=str(exc))
+            raise AgentRefusal(ErrorCode.INTERNAL, "the turn failed on the answering node") from None
         return turn.to_answer()
 
     # -- reading --------------------------------------------------------------------------
