@@ -79,6 +79,8 @@ def _problems(handler: Handler) -> Handler:
             raise ApiProblem(413, "too_large", str(exc)) from exc
         except VerificationError as exc:
             raise ApiProblem(422, "verification_failed", str(exc)) from exc
+        except PermissionError as exc:  # a world this key may not write (shared, followed)
+            raise ApiProblem(403, "not_a_writer", str(exc)) from exc
         except (CanonError, ValueError) as exc:
             raise ApiProblem(400, "bad_request", str(exc)) from exc
 
@@ -326,7 +328,7 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
         name = request.path_params["name"]
         def read() -> tuple[CID, Any, int]:
             cid, commit = service.world_head(name)
-            return cid, commit, len(service.world(name))
+            return cid, commit, len(service.world_values(name))
 
         cid, commit, size = await run(read)
         return JSONResponse({"world": name, "head": str(cid), "root": str(commit.root),
@@ -350,7 +352,7 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
         at_cid = _cid(at) if at else None
 
         def read() -> tuple[CID | None, Any]:  # one worker-thread hop for the whole read
-            world = service.world(name, at_cid)
+            world = service.world_values(name, at_cid)
             link = world.get_link(key)
             return link, (None if link is None else world.get(key))
 
@@ -366,7 +368,7 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
         prefix, limit = q.get("prefix"), q.get("limit", DEFAULT_LIST_LIMIT)
 
         def collect() -> list[dict[str, Any]]:
-            world = service.world(name, None)
+            world = service.world_values(name, None)
             out: list[dict[str, Any]] = []
             for key, value in world.items(prefix=prefix):
                 if len(out) >= limit:
@@ -506,7 +508,7 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
                              "links {\"/\": CID}, bytes {\"/\": {\"bytes\": base64}})",
                              "propertyNames": {"minLength": 1}},
                      "delete": arr(key_list)})),
-                 response_schema=WORLD_WRITE),
+                 response_schema=WORLD_WRITE, errors=(403,)),
         ApiRoute("GET", "/worlds/{name}/entries", list_entries, "Keys and values (prefix, limit)",
                  tag="worlds", params=(WORLD_NAME, Param("prefix", STRING, "only keys with this prefix"),
                                        limit), errors=(404,),

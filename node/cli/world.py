@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .app import client_for, data_dir_option, echo, emit, json_option, print_lines
-from .client import path_of
+from .client import API_PREFIX, path_of
 
 
 @click.group()
@@ -139,3 +139,79 @@ def world_show(name: str, data_dir: str | None, as_json: bool) -> None:
     """NAME's head commit, root and size."""
     result = client_for(data_dir).get(path_of("/worlds/{}", name))
     emit(as_json, result, print_lines(f"{k:<6} {v}" for k, v in result.items()))
+
+
+# -- federation: follow, writers (node/api/worlds_federation.py) ---------------------------
+# A follow fetches a commit chain and the changed tree paths from a peer: give it time.
+FOLLOW_TIMEOUT_S = 120.0
+
+
+@world.command("follow")
+@click.argument("name")
+@click.option("--from", "source", required=True,
+              help="The peer: a dial address /ip4/…/tcp/…/p2p/<peer id>, or a connected peer id.")
+@data_dir_option
+@json_option
+def world_follow(name: str, source: str, data_dir: str | None, as_json: bool) -> None:
+    """Follow the peer's world NAME: verify and fetch it, then keep it in sync."""
+    result = client_for(data_dir, timeout=FOLLOW_TIMEOUT_S).post(
+        path_of("/worlds/{}/follow", name), json={"from": source})
+    emit(as_json, result, lambda: echo(
+        f"{name}: {result['result']} from {result['peer']} ({result['commits_verified']} "
+        f"commits verified, {result['blocks_fetched']} blocks fetched)"
+        + (f": {result['reason']}" if result.get("reason") else "")))
+
+
+@world.command("unfollow")
+@click.argument("name")
+@data_dir_option
+@json_option
+def world_unfollow(name: str, data_dir: str | None, as_json: bool) -> None:
+    """Stop following NAME (what was fetched stays)."""
+    result = client_for(data_dir).request("DELETE", API_PREFIX + path_of("/worlds/{}/follow", name))
+    emit(as_json, result, lambda: echo(f"{name}: no longer followed"))
+
+
+@world.group("writers")
+def writers() -> None:
+    """Who may write a shared world (only its owner changes the set)."""
+
+
+def _print_writers(result: dict[str, Any]) -> None:
+    echo(f"{result['world']} ({result['mode']}), owner {result['owner']}")
+    for key in result["writers"]:
+        echo(f"  {key}")
+
+
+@writers.command("list")
+@click.argument("name")
+@data_dir_option
+@json_option
+def writers_list(name: str, data_dir: str | None, as_json: bool) -> None:
+    """NAME's writers: the owner first."""
+    result = client_for(data_dir).get(path_of("/worlds/{}/writers", name))
+    emit(as_json, result, lambda: _print_writers(result))
+
+
+@writers.command("add")
+@click.argument("name")
+@click.argument("key")
+@data_dir_option
+@json_option
+def writers_add(name: str, key: str, data_dir: str | None, as_json: bool) -> None:
+    """Let KEY (64 hex digits, a node's public key) write NAME; NAME becomes shared."""
+    result = client_for(data_dir).post(path_of("/worlds/{}/writers", name),
+                                       json={"key": key.lower()})
+    emit(as_json, result, lambda: _print_writers(result))
+
+
+@writers.command("remove")
+@click.argument("name")
+@click.argument("key")
+@data_dir_option
+@json_option
+def writers_remove(name: str, key: str, data_dir: str | None, as_json: bool) -> None:
+    """Remove KEY from NAME's writers (their records stop counting)."""
+    result = client_for(data_dir).request(
+        "DELETE", API_PREFIX + path_of("/worlds/{}/writers/{}", name, key.lower()))
+    emit(as_json, result, lambda: _print_writers(result))

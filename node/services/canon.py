@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import lmdb
 from nacl.signing import SigningKey
@@ -44,6 +44,18 @@ class WorldNotFoundError(CanonError, KeyError):
     """No world of that name on this node."""
 
 
+class WorldHook(Protocol):
+    """Worlds another service keeps (node/services/worlds_federation.py: shared and followed
+    worlds): their writes and reads go through it."""
+
+    def handles(self, name: str) -> bool: ...
+
+    def update(self, name: str, set_values: dict[str, Any], delete: list[str],
+               signer: SigningKey) -> WorldWrite: ...
+
+    def values(self, name: str, at: CID | None) -> Any: ...
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -63,6 +75,8 @@ class CanonService:
         self.store = BlockStore(env)
         self.log = CanonLog(env, self.store, origin)
         self._worlds = env.open_db(_DB_WORLDS)
+        # Shared and followed worlds (set by the federation service when it starts).
+        self.hook: WorldHook | None = None
 
     # -- blocks and files -----------------------------------------------------------
     def put_block(self, data: bytes, codec: str, hash: str, pin: bool) -> CID:
@@ -128,6 +142,8 @@ class CanonService:
         """Apply changes, sign a commit with the node key (or ``signer``: an agent's own
         key, node/services/agents.py), log it, move the head."""
         key = self.key if signer is None else signer
+        if self.hook is not None and self.hook.handles(name):
+            return self.hook.update(name, set_values, delete, key)
         try:
             head_cid: CID | None
             head_cid, head = self.world_head(name)
@@ -150,6 +166,43 @@ class CanonService:
             with self.env.begin(write=True, db=self._worlds) as txn:
                 txn.put(name.encode(), bytes(commit_cid))
         return WorldWrite(commit, commit_cid, entry.seq)
+
+    def world_values(self, name: str, at: CID | None = None) -> Any:
+        """What ``world get``/``list`` read: the world itself, or for a shared world the
+        view of its current values (same reading methods: get_link, get, items, len)."""
+        if self.hook is not None and self.hook.handles(name):
+            return self.hook.values(name, at)
+        return self.world(name, at)
+
+    def world_commit_root(self, name: str, root: CID, signer: SigningKey | None = None) -> WorldWrite:
+        """Sign, log and adopt the next commit of ``name`` at ``root`` (a tree already in
+        the store): how merged shared-world states become the head."""
+        key = self.key if signer is None else signer
+        try:
+            previous: WorldCommit | None = self.world_head(name)[1]
+        except WorldNotFoundError:
+            previous = None
+        seq_time = 0 if previous is None else previous.time
+        with self.store.session() as session:
+            session.hold(root)
+            commit = sign_commit(key, world=name, root=root,
+                                 time=max(now_ms(), seq_time, self.log.head().time),
+                                 previous=previous)
+            commit_block = commit.to_block()
+            commit_cid = session.put(commit_block)
+            entry = self.log.append(key, "world-commit", commit_block, time=commit.time)
+            session.pin(commit_cid, WORLD_PIN_PREFIX + name, recursive=True)
+            with self.env.begin(write=True, db=self._worlds) as txn:
+                txn.put(name.encode(), bytes(commit_cid))
+        return WorldWrite(commit, commit_cid, entry.seq)
+
+    def world_adopt(self, name: str, commit_cid: CID) -> None:
+        """Make another node's verified commit the head of ``name`` (a followed world).
+        Its history's older trees need not be stored: the pin allows missing blocks."""
+        with self.store.session() as session:
+            session.pin(commit_cid, WORLD_PIN_PREFIX + name, recursive=True, allow_missing=True)
+            with self.env.begin(write=True, db=self._worlds) as txn:
+                txn.put(name.encode(), bytes(commit_cid))
 
     def world_history(self, name: str, limit: int = DEFAULT_HISTORY_LIMIT) -> Iterator[tuple[CID, WorldCommit]]:
         head_cid, _ = self.world_head(name)
