@@ -1,7 +1,7 @@
 """Block exchange between real CLI nodes (``n3xus node start``, each its own process on
 127.0.0.1): a 50 MiB file fetched from one node, then from two at once, surviving the
-fetcher's crash and restart (stored blocks are not fetched again) and a source killed
-mid-way."""
+fetcher's crash and restart (it resumes by itself; stored blocks are not fetched again) and
+a source killed mid-way."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def fetch_cli(node: CliNode, cid: str, *sources: str) -> subprocess.Popen[str]:
                             text=True)
 
 
-def served_by_both(node: CliNode, a: str, b: str, at_most: float) -> bool:
+def served_by_both(node: CliNode, a: str, b: str, at_most: float,
+                   at_least: float = 0.0) -> bool:
     status = latest_fetch(node)
     if status is None or status["state"] != "fetching":
         return False
@@ -68,7 +69,7 @@ def served_by_both(node: CliNode, a: str, b: str, at_most: float) -> bool:
     both = all(peers.get(p, {}).get("blocks", 0) > 0 for p in (a, b))
     assert status["blocks_fetched"] < at_most * FILE_BLOCKS, \
         f"the fetch went too far before both sources served: {status}"
-    return both
+    return both and status["blocks_stored"] >= at_least * FILE_BLOCKS
 
 
 def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
@@ -104,16 +105,21 @@ def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
 
     # 2. C fetches from A and B at once and crashes (SIGKILL) once both have served.
     first = fetch_cli(c, cid, a.listen_addr, b.listen_addr)
-    wait_for(lambda: served_by_both(c, a.peer_id, b.peer_id, at_most=0.8), FETCH_TIMEOUT_S,
-             "C fetching from both A and B")
+    wait_for(lambda: served_by_both(c, a.peer_id, b.peer_id, at_most=0.8, at_least=0.3),
+             FETCH_TIMEOUT_S, "C fetching from both A and B, a third stored")
     c.proc.send_signal(signal.SIGKILL)
     c.proc.wait()
     first.wait(timeout=60)
     assert first.returncode != 0  # the node it watched died
 
-    # 3. C restarts; the fetch is asked again and resumes: stored blocks are not fetched.
+    # 3. C restarts and resumes the unfinished fetch by itself (its sources were recorded);
+    # asking again attaches to it. Stored blocks are not fetched again.
     c = start_cli_node(tmp_path / "c", "--bootstrap", a.listen_addr)
     cli_nodes.append(c)
+    wait_for(lambda: latest_fetch(c) is not None, 60, "C resuming the fetch on its own")
+    resumed_job = latest_fetch(c)
+    assert resumed_job is not None and resumed_job["cid"] == cid
+    assert resumed_job["sources"] == [a.listen_addr, b.listen_addr]
     second = fetch_cli(c, cid, a.listen_addr, b.listen_addr)
     # 4. B is killed mid-way: C completes from A.
     wait_for(lambda: served_by_both(c, a.peer_id, b.peer_id, at_most=0.9), FETCH_TIMEOUT_S,
@@ -123,6 +129,7 @@ def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
     out, err = second.communicate(timeout=FETCH_TIMEOUT_S)
     assert second.returncode == 0, err
     resumed = json.loads(out)
+    assert resumed["id"] == resumed_job["id"]  # one fetch of the DAG, not two
     peers = resumed["peers"]
     print(f"C resumed: {resumed['blocks_stored_before']} blocks stored before the restart, "
           f"{resumed['blocks_fetched']} fetched: A {peers[a.peer_id]['blocks']}, "

@@ -11,7 +11,9 @@ a block that does not match its CID, garbage) is dropped and its wants go to the
 Blocks are stored as they arrive (a store task writes them in batches of
 :data:`FLUSH_BYTES`, one LMDB transaction each, under a store session so a concurrent GC
 cannot take them), so a fetch cut by a disconnect, a crash or a restart resumes with only
-what is missing: the planner walks what is stored and wants the rest. Every block is
+what is missing: the planner walks what is stored and wants the rest. A fetch not done is
+recorded in LMDB (``node/fetches``: its sources and pin) and resumed at the node's next
+start; asking for a DAG that is being fetched attaches to that fetch. Every block is
 verified twice before it is kept: by the requester core against its CID (a mismatch is the
 peer's fault: counted per peer, penalized, never stored) and again by the block store.
 
@@ -22,6 +24,7 @@ that other nodes find this one as a provider.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections import Counter
@@ -75,6 +78,13 @@ REANNOUNCE_S: Final = 12 * 3600.0
 """Provider records are re-announced after this long (Kademlia records expire after 24-48 h)."""
 ANNOUNCE_RETRY_S: Final = 60.0
 """A root whose announcement no peer took (no DHT peers yet) is tried again after this."""
+RESUME_DELAY_S: Final = 3.0
+"""Seconds after start before unfinished fetches resume: bootstrap dials and hellos first."""
+MAX_RESUME_ATTEMPTS: Final = 3
+"""Starts at which an unfinished fetch is resumed while it keeps failing (no source, blocks
+nobody has): after that only the operator asks again."""
+_DB_INTENTS: Final = b"node/fetches"
+"""LMDB: binary root CID -> JSON {sources, pin, attempts} of a fetch not yet done."""
 MAX_ANNOUNCES_PER_ROUND: Final = 16
 """Announcements per round: each is a DHT lookup; a store with thousands of pins spreads
 them over rounds instead of flooding the network at start."""
@@ -179,14 +189,19 @@ class FetchService:
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._announced: dict[CID, float] = {}
+        self._intents = canon.env.open_db(_DB_INTENTS)
 
     # -- API ---------------------------------------------------------------------
-    async def run(self, *, task_status: TaskStatus[FetchService] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, resume: bool = True,
+                  task_status: TaskStatus[FetchService] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve fetches until cancelled; with ``resume``, fetches a previous run of the
+        node left unfinished (a crash, a stop) start again after RESUME_DELAY_S."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.announce and self.discovery is not None:
                 nursery.start_soon(self._announce_loop)
+            if resume:
+                nursery.start_soon(self._resume_unfinished)
             task_status.started(self)
             await trio.sleep_forever()
 
@@ -195,6 +210,10 @@ class FetchService:
         addresses; none: find providers). Returns at once; watch ``job.status()``."""
         if self._nursery is None:
             raise NodeError("the fetch service is not running")
+        running = next((j for j in self.jobs.values()
+                        if j.root == root and not j.finished.is_set()), None)
+        if running is not None:
+            return running  # one fetch per DAG at a time: it would fetch blocks twice
         job = FetchJob(f"f{next(self._ids)}", root, tuple(sources), pin)
         self.jobs[job.id] = job
         while len(self.jobs) > MAX_KEPT_FETCHES:
@@ -230,6 +249,7 @@ class FetchService:
     # -- one fetch -----------------------------------------------------------------
     async def _run_job(self, job: FetchJob) -> None:
         try:
+            await trio.to_thread.run_sync(self._remember, job, 0)
             with self.canon.store.session() as session:
                 await self._fetch(job, session)
         except FetchFailed as exc:
@@ -243,6 +263,8 @@ class FetchService:
             job.elapsed_s = time.monotonic() - job.started
             if job.state != "done" and job.error is None:
                 job.fail("cancelled")  # the node is stopping
+            with trio.CancelScope(shield=True):  # also when the node is stopping
+                await trio.to_thread.run_sync(self._settle, job)
             job.finished.set()
             logger.info("fetch %s of %s: %s", job.id, job.root, job.error or job.state)
 
@@ -314,6 +336,42 @@ class FetchService:
                 except p2p.DialError as exc:
                     logger.debug("dial %s: %s", addr, exc)
         raise NodeError(f"{peer} is not connected and cannot be found")
+
+    # -- unfinished fetches ----------------------------------------------------------
+    def _remember(self, job: FetchJob, attempts: int) -> None:
+        """Record the fetch as unfinished (until it is done), with its sources."""
+        key = bytes(job.root)
+        with self.canon.env.begin(write=True, db=self._intents) as txn:
+            old = txn.get(key)
+            if old is not None:
+                attempts = max(attempts, int(json.loads(bytes(old))["attempts"]))
+            txn.put(key, json.dumps({"sources": list(job.sources), "pin": job.pin,
+                                     "attempts": attempts}).encode())
+
+    def _settle(self, job: FetchJob) -> None:
+        """Done: forget it. Failed for a reason: count the attempt. Cancelled (the node
+        stopped): keep it as it is, to resume at the next start."""
+        key = bytes(job.root)
+        with self.canon.env.begin(write=True, db=self._intents) as txn:
+            old = txn.get(key)
+            if job.state == "done" or old is None:
+                txn.delete(key)
+                return
+            if job.error != "cancelled":
+                record = json.loads(bytes(old))
+                record["attempts"] = int(record["attempts"]) + 1
+                txn.put(key, json.dumps(record).encode())
+
+    def unfinished(self) -> list[tuple[CID, dict[str, Any]]]:
+        with self.canon.env.begin(db=self._intents) as txn:
+            return [(CID(bytes(key)), json.loads(bytes(value))) for key, value in txn.cursor()]
+
+    async def _resume_unfinished(self) -> None:
+        await trio.sleep(RESUME_DELAY_S)
+        for root, record in await trio.to_thread.run_sync(self.unfinished):
+            if int(record["attempts"]) < MAX_RESUME_ATTEMPTS:
+                logger.info("resuming the unfinished fetch of %s", root)
+                self.start(root, record["sources"], pin=bool(record["pin"]))
 
     # -- announcing ------------------------------------------------------------------
     async def _announce_loop(self) -> None:
