@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,10 @@ class JsPeer:
     """One ``peer.mjs`` process. ``request`` sends a command and waits for its answer;
     ``wait_event`` waits for an event line matching a predicate (events are kept)."""
 
-    def __init__(self, network: str, *extra: str) -> None:
+    def __init__(self, network: str, *extra: str, node_args: Sequence[str] = ()) -> None:
+        # node_args: options of Node.js itself (e.g. --cpu-prof for a profile)
         self.proc = subprocess.Popen(
-            [node_binary(), str(PEER_SCRIPT), "--network", network, *extra],
+            [node_binary(), *node_args, str(PEER_SCRIPT), "--network", network, *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1, cwd=INTEROP_DIR,
         )

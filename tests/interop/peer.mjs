@@ -37,6 +37,7 @@ const KAD_PROTOCOL = '/ipfs/kad/1.0.0'
 const PING_PROTOCOL = '/ipfs/ping/1.0.0'
 const PING_BYTES = 32 // the ping protocol echoes 32-byte payloads
 const PING_IDLE_S = 30 // an idle inbound ping stream is closed after this
+const SLOW_MACHINE_TIMEOUT_MS = 30000
 const CLOSED_HELLO_KEPT_S = 60 // a closed connection's hello outcome stays readable this long
 
 const { values: args } = parseArgs({
@@ -79,6 +80,18 @@ const node = await createLibp2p({
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   nodeInfo: { userAgent: AGENT },
+  // A loaded 2-core machine runs two interpreters and a test suite: js-libp2p's 6-10 s
+  // defaults cut dials and negotiations that are merely slow there.
+  connectionManager: {
+    dialTimeout: SLOW_MACHINE_TIMEOUT_MS,
+    addressDialTimeout: SLOW_MACHINE_TIMEOUT_MS,
+    inboundUpgradeTimeout: SLOW_MACHINE_TIMEOUT_MS,
+    outboundStreamProtocolNegotiationTimeout: SLOW_MACHINE_TIMEOUT_MS,
+    inboundStreamProtocolNegotiationTimeout: SLOW_MACHINE_TIMEOUT_MS
+  },
+  // Its monitor keeps pinging every connection (ping interop, both stacks), but a pong
+  // late under load must not abort the connection a test is inspecting.
+  connectionMonitor: { abortConnectionOnPingFailure: false },
   services
 })
 const local = node.peerId.toString()
@@ -272,11 +285,11 @@ const commands = {
     store.clear()
     return { dropped }
   },
-  async 'put-random' ({ count, size }) {
+  async 'put-random' ({ count, size, hash }) {
     const cids = []
     for (let i = 0; i < count; i++) {
       const bytes = new Uint8Array(crypto.randomBytes(size))
-      const cid = cidFor(bytes, 0x55)
+      const cid = cidFor(bytes, 0x55, hash === 'sha2-256' ? 0x12 : 0x1e)
       store.set(cid.toString(), bytes)
       cids.push(cid.toString())
     }
