@@ -160,8 +160,10 @@ def test_js_peer_dials_our_node_hello_identify_ping_both_ways(
                   CONNECT_BOUND_S, "our node pinged the JS peer")
     wait_for(lambda: (listed_peer(node_a, js.peer_id) or {}).get("last_ping_rtt_ms") is not None,
              CONNECT_BOUND_S, "peers list shows an RTT to the JS peer")
-    connections = js.ok("connections")["connections"]
-    assert [c["hello"]["state"] for c in connections if c["peer"] == node_a.peer_id] == ["done"]
+    # Still connected and recognised (js-libp2p's monitor pings us every 10 s meanwhile).
+    states = [c["hello"] and c["hello"]["state"] for c in js.ok("connections")["connections"]
+              if c["peer"] == node_a.peer_id]
+    assert states and set(states) == {"done"}, states
 
 
 def test_our_node_dials_the_js_peer_and_fetches_a_block_from_it(
