@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ import trio
 from nacl.signing import SigningKey
 from trio_typing import TaskStatus
 
+from n3xus.canon.blockstore import Session
 from n3xus.canon.cid import CID
 from n3xus.canon.codec import decode, encode
 from n3xus.canon.entries import WorldCommit
@@ -50,7 +52,13 @@ from ..p2p import host as p2p
 from ..p2p.blocks import BlockSession, SessionFailed
 from ..p2p.world_sync import WorldSyncFailed, WorldSyncServer, announce, request_head
 from .canon import CanonService, WorldNotFoundError, WorldWrite
-from .world_fetch import WorldFetchError, fetch_commit_chain, fetch_world_delta, session_getter
+from .world_fetch import (
+    GetMany,
+    WorldFetchError,
+    fetch_commit_chain,
+    fetch_world_delta,
+    session_getter,
+)
 
 log = get_logger("n3xus.worlds")
 
@@ -451,8 +459,7 @@ class WorldsFederation:
             await run(self.store.get, known)).seq
         try:
             with self.store.session() as lease:
-                async with await BlockSession.open(self.host, peer, self.peerbook) as session:
-                    get_many = session_getter(session, lease, self.store)
+                async with self._blocks_from(peer, lease) as get_many:
                     chain = await fetch_commit_chain(self.store, get_many, head.head, world=name,
                                                      author=head.author, known=known,
                                                      known_seq=known_seq)
@@ -472,12 +479,23 @@ class WorldsFederation:
         except (ProtocolError, SessionFailed, WorldFetchError, WorldSyncFailed) as exc:
             out.result, out.reason = "failed", str(exc)
             return out
-        except (CanonError, NotAWriterError) as exc:
+        except NotAWriterError as exc:
+            # Not remembered: a later change of the writer set may admit this very head.
+            out.result, out.reason = "rejected", str(exc)
+            return out
+        except CanonError as exc:  # a bad signature or a malformed block: never good
             return self._reject(out, head.head, f"{type(exc).__name__}: {exc}")
         out.result, out.root = result
         if converting:
             await run(self._save, Tracked(name, "shared", tracked.owner, tracked.sources), name)
         return out
+
+    @asynccontextmanager
+    async def _blocks_from(self, peer: str, lease: Session) -> AsyncIterator[GetMany]:
+        """A getter of blocks from ``peer`` (a blocks session; verified, stored under
+        ``lease``). Tests replace it to deliver in-process in chosen orders."""
+        async with await BlockSession.open(self.host, peer, self.peerbook) as session:
+            yield session_getter(session, lease, self.store)
 
     def _reject(self, out: SyncOutcome, cid: CID, reason: str) -> SyncOutcome:
         if len(self._rt.rejected) >= MAX_REJECTED_REMEMBERED:
