@@ -288,7 +288,8 @@ class HelloService:
         try:
             self._send.send_nowait(conn)
         except (trio.WouldBlock, trio.ClosedResourceError):
-            log.warning("too many connections waiting for their hello; closing one",
+            # This connection runs no hello: its /n3xus/ streams stay refused.
+            log.warning("too many connections waiting for their hello; one runs none",
                         peer_id=str(conn.muxed_conn.peer_id))
 
     def connection_closed(self, conn: INetConn) -> None:
@@ -317,6 +318,9 @@ class HelloService:
 
     async def _on_connection(self, conn: INetConn) -> None:
         peer = str(conn.muxed_conn.peer_id)
+        if conn.is_closed:  # gone before its turn (connection_closed already ran)
+            self._connections.pop(id(conn.muxed_conn), None)
+            return
         self.peerbook.connected(peer)
         direction = _direction(conn)
         if direction == "outbound":
