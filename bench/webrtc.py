@@ -259,8 +259,9 @@ _RTT_SCRIPT = """async (n) => {
   const opened = new Promise((r) => { channel.onopen = r; });
   await live.negotiate(pc, signal);
   await opened;
-  const once = () => new Promise((r) => {
-    resolvePong = r;
+  const once = () => new Promise((r, reject) => {
+    const timer = setTimeout(() => reject(new Error('no pong within 2 s')), 2000);
+    resolvePong = () => { clearTimeout(timer); r(); };
     channel.send(JSON.stringify({type: 'ping', t: performance.now()}));
   });
   for (let i = 0; i < 20; i++) await once();

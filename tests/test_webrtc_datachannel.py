@@ -85,6 +85,17 @@ async def test_chat_presence_and_world_edits_over_the_room_channel() -> None:
         await clients.run(channel_send, ada, {"type": "chat"})
         error = await wait_for(clients, ada, "error")
         assert error["code"] == "bad-message" and "text" in error["message"]
+        # Pings (latency probes, answered to the sender only) are not rate-limited, and
+        # a short chat line that says "ping" is still a chat line.
+        async def pings(peer: ChannelPeer) -> None:
+            for i in range(2 * DATA_BURST):
+                peer.channel.send(json.dumps({"type": "ping", "t": i}))
+            peer.channel.send(json.dumps({"type": "chat", "text": "ping"}))
+
+        await clients.run(pings, ada)
+        await wait_for(clients, ada, "pong", lambda m: m["t"] == 2 * DATA_BURST - 1)
+        await wait_for(clients, bob, "chat", lambda m: m["text"] == "ping")
+
         # A flood is cut at the rate limit: the sender is told, the others get the burst.
         async def flood(peer: ChannelPeer) -> None:
             for i in range(3 * DATA_BURST):

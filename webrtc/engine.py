@@ -322,6 +322,19 @@ class LiveEngine:
         self.broadcast(media.name, {"type": "presence", "members": self._members(media)})
 
     def _on_data(self, media: RoomMedia, peer: _Peer, raw: str | bytes) -> None:
+        message: dict[str, Any] | None = None
+        if _may_be_ping(raw):
+            # A ping is answered to its sender only (no fan-out, which is what the rate
+            # limit below protects), so latency probes are not throttled; its size is
+            # bounded and SCTP's own flow control paces the sender.
+            try:
+                message = parse_data_message(raw, peer.role)
+            except DataMessageError as exc:
+                self._send(peer, {"type": "error", "code": exc.code, "message": exc.message})
+                return
+            if message["type"] == "ping":
+                self._send(peer, {"type": "pong", "t": message.get("t", 0)})
+                return
         now = asyncio.get_running_loop().time()
         if peer.bucket is None:
             peer.bucket = TokenBucket(DATA_RATE_PER_S, DATA_BURST, now)
@@ -331,11 +344,12 @@ class LiveEngine:
                 self._send(peer, {"type": "error", "code": "rate-limited",
                                   "message": f"more than {DATA_RATE_PER_S:g} messages/s"})
             return
-        try:
-            message = parse_data_message(raw, peer.role)
-        except DataMessageError as exc:
-            self._send(peer, {"type": "error", "code": exc.code, "message": exc.message})
-            return
+        if message is None:
+            try:
+                message = parse_data_message(raw, peer.role)
+            except DataMessageError as exc:
+                self._send(peer, {"type": "error", "code": exc.code, "message": exc.message})
+                return
         kind = message["type"]
         stamped = {**message, "from": {"peer": peer.peer_id, "name": peer.name,
                                         "role": peer.role.value}}
@@ -343,8 +357,16 @@ class LiveEngine:
             self._on_event(PeerEvent(media.name, peer.peer_id, "world-edit", stamped))
         elif kind in ("chat", "reaction"):
             self.broadcast(media.name, stamped)
-        elif kind == "ping":
-            self._send(peer, {"type": "pong", "t": message.get("t", 0)})
+
+
+#: A ping is ``{"type":"ping","t":<number>}``: well under this many bytes.
+MAX_PING_BYTES = 64
+
+
+def _may_be_ping(raw: str | bytes) -> bool:
+    """A cheap pre-check before any parsing (the parse decides)."""
+    return len(raw) <= MAX_PING_BYTES and (b'"ping"' in raw if isinstance(raw, bytes)
+                                           else '"ping"' in raw)
 
 
 def _keep_forwarded_codec(transceiver: RTCRtpTransceiver) -> None:
