@@ -2,7 +2,7 @@
 one network, connected, after their hello): real libp2p streams, the real bundled model on
 both sides. B records the ask as a turn from A's agent at A's authenticated peer id; an ask
 to an agent B does not have is refused with ``unknown-agent`` and becomes a tool failure of
-A's turn, never an action."""
+A's turn, never an action. A contact on A itself is asked in-process."""
 
 from __future__ import annotations
 
@@ -64,3 +64,13 @@ def test_an_agent_on_node_a_asks_an_agent_on_node_b(tmp_path: Path, cli_nodes: l
     assert missing["verdict"] == "allow" and not missing["executed"]
     assert "unknown-agent" in missing["result"] and "ghost" in missing["result"]
     assert len(cli(b, "agent", "decisions", "echo")["decisions"]) == 1
+
+    # A contact on the same node is asked directly (no stream), recorded the same way.
+    cli(a, "agent", "create", "pal", "--creator", "creator", "--persona",
+        "You are Pal. You answer in one short sentence.", "--max-tokens", "96")
+    cli(a, "agent", "upgrade", "nova", "--creator", "creator", "--contact", "pal=pal")
+    local = cli(a, "agent", "ask", "nova", "Say hello to pal.")
+    assert local["action"]["to"] == "pal" and local["executed"]
+    (pal_turn,) = cli(a, "agent", "decisions", "pal")["decisions"]
+    assert pal_turn["executed"] and local["result"] == pal_turn["result"] != ""
+    assert cli(a, "agent", "memory", "pal")["items"][0]["who"] == f"agent:{nova['account']}"
