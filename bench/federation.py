@@ -112,6 +112,7 @@ def serve(directory: Path, large_bytes: int) -> None:
                                                     0, host="127.0.0.1"))
             sink = await nursery.start(partial(trio.serve_tcp, _sink, 0, host="127.0.0.1"))
             print(json.dumps({"addr": addrs[0], "small": str(small), "large": str(large),
+                              "pid": os.getpid(),
                               "tcp_port": listeners[0].socket.getsockname()[1],
                               "sink_port": sink[0].socket.getsockname()[1]}), flush=True)
             await trio.to_thread.run_sync(sys.stdin.read)  # until the client closes it
@@ -307,16 +308,23 @@ async def _handshakes(count: int) -> dict[str, Any]:
                 round(statistics.median(exchange_times) * 1000, 1) if exchange_times else None}
 
 
-async def _timed(repeats: int, fresh: _Fresh,
-                 work: Callable[[CanonService], Awaitable[int]]) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        canon = fresh.canon()
-        started = time.perf_counter()
-        await work(canon)
-        times.append(time.perf_counter() - started)
-        fresh.clean(canon)
-    return times
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (Linux /proc), threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _timed(fresh: _Fresh, work: Callable[[CanonService], Awaitable[int]],
+                 server_pid: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of both processes) of one fetch into a fresh store."""
+    canon = fresh.canon()
+    cpu = _cpu_seconds(os.getpid()) + _cpu_seconds(server_pid)
+    started = time.perf_counter()
+    await work(canon)
+    wall = time.perf_counter() - started
+    cpu = _cpu_seconds(os.getpid()) + _cpu_seconds(server_pid) - cpu
+    fresh.clean(canon)
+    return wall, cpu
 
 
 async def measure(info: dict[str, Any], repeats: int, large_bytes: int) -> list[Result]:
@@ -333,15 +341,22 @@ async def measure(info: dict[str, Any], repeats: int, large_bytes: int) -> list[
             raw_work = partial(_fetch_raw, info["tcp_port"], root)
             await ours_work(fresh.canon())  # warm up both paths (and check they work)
             await raw_work(fresh.canon())
-            ours: list[float] = []
-            ceiling: list[float] = []
+            ours: list[tuple[float, float]] = []
+            ceiling: list[tuple[float, float]] = []
             for index in range(repeats):  # interleaved: a noisy moment hurts both alike
                 pair = [(ours, ours_work), (ceiling, raw_work)]
                 for times, work in (pair if index % 2 == 0 else pair[::-1]):
-                    times += await _timed(1, fresh, work)
+                    times.append(await _timed(fresh, work, info["pid"]))
+            # CPU per unit does not depend on what else runs on the machine (wall time
+            # does, a lot, on a shared 2-core box): the same comparison in CPU.
+            cpu_ours = statistics.median(c for _, c in ours)
+            cpu_ceiling = statistics.median(c for _, c in ceiling)
+            notes = {"CPU of both processes, ms per " + unit.rstrip("s"):
+                     f"ours {cpu_ours / units * 1000:.3f}, ceiling "
+                     f"{cpu_ceiling / units * 1000:.3f} (CPU ratio {cpu_ceiling / cpu_ours:.3f})"}
             results.append(Result(f"{name}: libp2p fetch vs raw TCP", unit, units,
-                                  statistics.median(ours), statistics.median(ceiling), target,
-                                  True, {}))
+                                  statistics.median(w for w, _ in ours),
+                                  statistics.median(w for w, _ in ceiling), target, True, notes))
         pushes: dict[str, list[float]] = {"libp2p": [], "tcp": []}
         for _ in range(repeats):
             pushes["libp2p"].append(await _push_libp2p(host, info, TRANSPORT_BYTES))
