@@ -235,6 +235,8 @@ class Node:
                 gossip = await nursery.start(GossipService(
                     self._host, self.peerbook, registry=self.counters.registry).run)
                 self.gossip = gossip
+                # World heads are announced on /n3xus/world/<network> (worlds_federation.py).
+                self.worlds.gossip, self.worlds.topic = gossip, f"/n3xus/world/{genesis_cid(self)}"
                 assert self.ledger is not None
                 self.ledger_federation = await nursery.start(LedgerFederation(
                     self._host, self.ledger, gossip, self.peerbook,
@@ -377,6 +379,12 @@ def agent_service(node: Node) -> AgentService:
                         model_path=Path(model).expanduser() if model else None,
                         context_tokens=context or DEFAULT_CONTEXT_TOKENS, threads=threads,
                         registry=node.counters.registry)
+
+
+def genesis_cid(node: Node) -> str:
+    """The network id: the genesis CID as text (as the ledger topic uses it)."""
+    assert node.ledger is not None
+    return str(node.ledger.genesis.cid)
 
 
 def canon_origin(peer_id: str) -> str:

@@ -119,6 +119,18 @@ def test_three_cli_nodes_share_follow_reject_and_catch_up(tmp_path: Path,
     refused = cli(c, "world", "set", "plain", "z", "1", ok=False)
     assert refused.returncode != 0 and "only its owner writes" in refused.stderr
 
+    # Over the real block exchange, a change costs what changed: a 2,000-key world is
+    # fetched once whole, then 3 changed keys cost a few paths of the tree.
+    api_post(a, "/worlds/big", {"set": {f"item/{i:04}": i for i in range(2000)}})
+    first = cli(c, "world", "follow", "big", "--from", a.listen_addr)
+    assert first["result"] == "adopted" and first["blocks_fetched"] > 2000
+    api_post(a, "/worlds/big", {"set": {"item/0007": -7, "item/1000": -1, "item/1999": -2}})
+    wait_for(lambda: value(c, "big", "item/1999") == -2, "C sees the change to big")
+    delta = api_get(c, "/worlds/big/federation")["stats"]["last_blocks_fetched"]
+    print(f"\nbig world: first follow {first['blocks_fetched']} blocks, 3 keys changed: "
+          f"{delta} blocks")
+    assert 0 < delta <= 3 * 5 + 3
+
     # C is killed; A and B write meanwhile; C restarts and catches up by itself.
     c.proc.send_signal(signal.SIGKILL)
     c.proc.wait()
@@ -146,12 +158,25 @@ def test_three_cli_nodes_share_follow_reject_and_catch_up(tmp_path: Path,
     assert [value(node, "w", "forged") for node in (a, b, c)] == [None, None, None]
 
 
-def last_rejected(node: CliNode, world: str) -> str | None:
-    token = (node.data_dir / "api.token").read_text().strip()
-    response = httpx.get(f"{node.api_url}/api/v1/worlds/{world}/federation",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+def _headers(node: CliNode) -> dict[str, str]:
+    return {"Authorization": f"Bearer {(node.data_dir / 'api.token').read_text().strip()}"}
+
+
+def api_get(node: CliNode, path: str) -> Any:
+    response = httpx.get(f"{node.api_url}/api/v1{path}", headers=_headers(node), timeout=10)
     response.raise_for_status()
-    stats = response.json()["stats"]
+    return response.json()
+
+
+def api_post(node: CliNode, path: str, body: Any) -> Any:
+    response = httpx.post(f"{node.api_url}/api/v1{path}", json=body, headers=_headers(node),
+                          timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+def last_rejected(node: CliNode, world: str) -> str | None:
+    stats = api_get(node, f"/worlds/{world}/federation")["stats"]
     return None if stats["last_rejected"] is None else str(stats["last_rejected"])
 
 

@@ -44,7 +44,8 @@ from n3xus.canon.errors import CanonError
 from n3xus.canon.world import World, diff
 from n3xus.canon.world_merge import RECORD_TAG, WRITERS_PREFIX, Record, SharedWorld
 from n3xus.protocol.errors import ProtocolError
-from n3xus.protocol.world_sync import Announce, Head
+from n3xus.protocol.framing import decode_message
+from n3xus.protocol.world_sync import Announce, Head, parse, to_map
 
 from ..errors import NodeError
 from ..logs import get_logger
@@ -194,6 +195,11 @@ class WorldsFederation:
         self._queue_send, self._queue_receive = trio.open_memory_channel[tuple[str, Head]](SYNC_QUEUE)
         self._wake = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
+        # Gossipsub (node/p2p/gossip.py), when the node runs one: announcements are published
+        # on ``topic`` (``/n3xus/world/<network>``) and reach peers of peers; without it they
+        # go to each connected peer on a world-sync stream.
+        self.gossip: Any = None
+        self.topic: str | None = None
         self.server = (WorldSyncServer(host, peerbook, self.head_of, self.on_announce)
                        if host is not None else None)
         canon.hook = self
@@ -380,6 +386,21 @@ class WorldsFederation:
         except trio.WouldBlock:
             self._rt.dropped_announces += 1
 
+    async def _on_gossip(self, peer: str, data: bytes) -> tuple[Any, str | None]:
+        """A gossiped announcement: malformed is rejected (the forwarder pays); any
+        well-formed one is forwarded, and for a tracked world a sync from the forwarder
+        is queued (it forwarded the head, so it most likely has its blocks)."""
+        from ..p2p.gossip import Verdict
+
+        try:
+            message = parse(decode_message(data))
+        except (ProtocolError, ValueError):
+            return Verdict.REJECT, "malformed"
+        if not isinstance(message, Announce):
+            return Verdict.REJECT, "malformed"
+        self.on_announce(peer, message)
+        return Verdict.ACCEPT, None
+
     def _poke(self) -> None:
         """From a worker thread: a head changed, announce soon."""
         if self._token is not None:
@@ -538,6 +559,8 @@ class WorldsFederation:
     async def run(self, *, task_status: TaskStatus[WorldsFederation] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        if self.gossip is not None and self.topic is not None:
+            await self.gossip.join(self.topic, self._on_gossip)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sync_announced)
             nursery.start_soon(self._announce_loop)
@@ -580,6 +603,9 @@ class WorldsFederation:
                     tracked = self.tracked.get(name)
                     owner = tracked.owner if tracked is not None and tracked.mode == "shared" else None
                     message = Announce(name, cid, author, owner)
+                    if self.gossip is not None and self.topic is not None:
+                        await self.gossip.publish(self.topic, encode(to_map(message)))
+                        continue
                     for peer in peers:
                         nursery.start_soon(self._announce_one, peer, message)
 
