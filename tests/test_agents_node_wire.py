@@ -121,3 +121,25 @@ def test_an_agent_reads_and_edits_a_world_with_its_own_key(tmp_path: Path, cli_n
     assert read["executed"]
     expected = cli(node, "world", "get", "stage", read["action"]["key"], check=False)
     assert read["result"] == (expected["value"] if expected else "(not set)")
+
+
+def test_a_model_that_is_not_the_manifests_is_refused(tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    """Decisions name the manifest's model; a node running other weights must not run its
+    turns (nor can it load a file that is not a model): clear errors, nothing recorded."""
+    not_a_model = tmp_path / "not-a-model.gguf"
+    not_a_model.write_bytes(b"GGUF but not really" * 100)
+    node = start_cli_node(tmp_path / "a", "--model", str(not_a_model))
+    cli_nodes.append(node)
+    cli(node, "wallet", "new", "creator")
+    made = cli(node, "agent", "create", "odd", "--creator", "creator")
+    assert made["model"]["name"] == "not-a-model.gguf" and made["model"]["size"] == 1900
+    res = run_cli("agent", "ask", "odd", "Hello!", "--data-dir", str(node.data_dir))
+    assert res.returncode == 1 and "cannot load model" in res.stderr, res.stderr
+    assert node.stop()[0] == 0
+
+    node = start_cli_node(tmp_path / "a")  # the bundled model now
+    cli_nodes.append(node)
+    res = run_cli("agent", "ask", "odd", "Hello!", "--data-dir", str(node.data_dir))
+    assert res.returncode == 1 and "pins model not-a-model.gguf" in res.stderr, res.stderr
+    assert cli(node, "agent", "decisions", "odd")["decisions"] == []
+    assert cli(node, "node", "status")["agents"]["model_loaded"] is False

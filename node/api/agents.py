@@ -246,7 +246,7 @@ def agent_routes(service: AgentService) -> list[ApiRoute]:
     async def ask(request: Request) -> Response:
         name = request.path_params["name"]
         body = await read_json(request)
-        service.check_ask(name)  # 404 / 409 / 429 before the stream starts
+        await service.precheck(name)  # 404 / 409 / 429 / 400 before the stream starts
         turn = TurnRequest(body.get("sender", DEFAULT_SENDER), body["text"], now_ms(),
                            tuple(body.get("context", ())))
         return TurnStream(lambda tokens: service.ask(name, turn, tokens))

@@ -93,6 +93,11 @@ class AgentStoppedError(RegistryError):
     """The agent exists but is stopped."""
 
 
+class ModelMismatchError(ValueError):
+    """A manifest pins other weights than the node's model: its turns could not be audited
+    (a decision names the manifest's model), so they are not run."""
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -434,8 +439,9 @@ class AgentService:
     async def _check_model(self, manifest: Manifest) -> None:
         ours = await self.model_ref()
         if manifest.model.cid != ours.cid:
-            raise ValueError(f"the manifest names model {manifest.model.cid}; this node runs "
-                             f"{ours.name} ({ours.cid}): start the node with --model for it")
+            raise ModelMismatchError(f"agent {manifest.name!r} v{manifest.version} pins model "
+                                     f"{manifest.model.name} ({manifest.model.cid}); this node runs "
+                                     f"{ours.name} ({ours.cid}): start it with --model for that file")
 
     async def create(self, block: bytes) -> AgentState:
         manifest = self._check_manifest(block)
@@ -483,10 +489,18 @@ class AgentService:
                                  "requests queued; try again later")
         return state
 
+    async def precheck(self, name: str) -> AgentState:
+        """What an ask is refused for before it starts: unknown, stopped, busy, or an agent
+        whose manifest pins other weights than this node's model."""
+        state = self.check_ask(name)
+        await self._check_model(self.registry.manifest(state.manifest))
+        return state
+
     async def ask(self, name: str, request: Request,
                   tokens: trio.MemorySendChannel[str] | None = None) -> TurnResult:
         try:
-            state = self.check_ask(name)
+            # The decision will name the manifest's model: the weights must be those.
+            state = await self.precheck(name)
             agent = await self._agent(state)
         except BaseException:
             if tokens is not None:
@@ -501,6 +515,7 @@ class AgentService:
         approval = decode_approval(block)
         if approval.agent != state.agent:
             raise ApprovalError(f"that approval is for agent {approval.agent.hex()}, not {name!r}")
+        await self._check_model(self.registry.manifest(state.manifest))
         agent = await self._agent(state)
         turn = await agent.approve(approval)
         self.metrics.observe(state.name, turn)
