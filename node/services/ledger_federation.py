@@ -92,7 +92,6 @@ FAULT_REASONS: Final = frozenset({
 knows or its clock, never a reason to blame the sender."""
 GOSSIP_PEER: Final = "gossipsub"
 """The sync core's one gossip "peer": its gossip sends become one gossipsub publish."""
-_VERIFIED_BAD: Final = TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
 
 
 def topic_of(network: Any) -> str:
@@ -165,21 +164,21 @@ class _Job:
 
 def admit_checked(store: LedgerStore, entries: Sequence[bytes], checked: Sequence[tuple[bytes, bool | None]],
                   *, sort: bool, now: int | None) -> list[Outcome]:
-    """Admit ``entries`` whose signatures ``checked`` has judged, in one write transaction:
-    the badly signed ones are refused here, the rest admitted without a second check (in
-    canonical order when ``sort``). One outcome per entry, in the order given."""
+    """Admit ``entries`` whose signatures ``checked`` has judged, in one write transaction
+    without a second check (in canonical order when ``sort``). The badly signed ones are
+    admitted after it with the full check: refused all the same, as ``replay`` when a copy
+    with a good signature is known (§6.1 checks replays first), else ``bad-signature``.
+    One outcome per entry, in the order given."""
     order = sorted(range(len(entries)), key=lambda i: checked[i][0]) if sort \
         else list(range(len(entries)))
     outcomes: list[Outcome | None] = [None] * len(entries)
-    admitted: list[int] = []
-    for index in order:
-        if checked[index][1] is False:
-            outcomes[index] = Rejected(_VERIFIED_BAD)
-        else:
-            admitted.append(index)
-    results = store.ingest([entries[i] for i in admitted], verify=False, now_ms=now)
-    for index, outcome in zip(admitted, results, strict=True):
-        outcomes[index] = outcome
+    admitted = [i for i in order if checked[i][1] is not False]
+    forged = [i for i in order if checked[i][1] is False]
+    for indexes, verify in ((admitted, False), (forged, True)):
+        if indexes:
+            results = store.ingest([entries[i] for i in indexes], verify=verify, now_ms=now)
+            for index, outcome in zip(indexes, results, strict=True):
+                outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
 
 
