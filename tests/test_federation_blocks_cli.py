@@ -142,6 +142,11 @@ def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
     assert peers[a.peer_id]["blocks"] > 0 and peers[b.peer_id]["blocks"] > 0
     assert peers[b.peer_id]["state"] == "failed" and peers[a.peer_id]["state"] == "finished"
     assert peers[a.peer_id]["mismatches"] == peers[b.peer_id]["mismatches"] == 0
+    # A killed source is gone, not at fault: no penalty for the frame it was cut off in.
+    listed = api(c, "/peers")
+    for entry in [*listed["peers"], *listed.get("others", [])]:
+        if entry["peer_id"] == b.peer_id and entry.get("traffic"):
+            assert not entry["traffic"]["penalties"], entry
 
     # The file on C is the file put on A, and it is pinned.
     copy = tmp_path / "copy.bin"

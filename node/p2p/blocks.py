@@ -107,6 +107,9 @@ round of abuse gets it banned."""
 BULK_READ_BYTES: Final = MAX_PAYLOAD_BYTES
 """Bytes a requester asks of its stream per read: a whole payload frame (1 MiB) rather than
 64 KiB, so a batch costs one read and one Yamux window update instead of sixteen."""
+CONNECTION_LOSS_WAIT_S: Final = 1.0
+"""After a stream ends inside a frame, how long to wait for its connection to close too
+(a killed peer: the socket's end reaches the muxer a moment after the stream's)."""
 WINDOW_SAMPLE_BLOCKS: Final = 16
 """Blocks a peer must have sent before its window follows their mean size."""
 SERVE_RATE_ENV: Final = "N3XUS_TEST_BLOCKS_SERVE_RATE"
@@ -427,6 +430,11 @@ class BlockSession:
             except RemoteProtocolError as exc:
                 if exc.code == ErrorCode.BLOCK_MISMATCH:
                     self.mismatches += 1
+                if exc.code == ErrorCode.TRUNCATED and await self._connection_lost():
+                    # The peer's process or link died mid-frame: gone, not misbehaving.
+                    self.failure = SessionFailed(f"connection to {self.peer_id} lost: {exc}")
+                    await self.channel.reset()
+                    raise self.failure from exc
                 await self.channel.fail(exc)  # error frame, reset, penalty
                 self.failure = SessionFailed(str(exc), exc.code)
                 raise self.failure from exc
@@ -436,6 +444,16 @@ class BlockSession:
             while (event := self.requester.next_event()) is not None:
                 events.append(event)
         return events
+
+    async def _connection_lost(self) -> bool:
+        """Whether the stream's whole connection closes (within CONNECTION_LOSS_WAIT_S):
+        what a truncated frame means when the peer was killed, not what it sent."""
+        closed = getattr(self.channel.stream.muxed_conn, "event_closed", None)
+        if not isinstance(closed, trio.Event):
+            return False
+        with trio.move_on_after(CONNECTION_LOSS_WAIT_S):
+            await closed.wait()
+        return closed.is_set()
 
     async def close(self) -> None:
         await self.channel.close()
