@@ -57,6 +57,12 @@ TRANSITIONS: Final[dict[tuple[Role, State, str, str], State]] = {
     (Role.RESPONDER, State.WAITING, "head", "send"): State.DONE,
     (Role.RESPONDER, State.WAITING, "ack", "send"): State.DONE,
 }
+def transition_rows() -> list[tuple[str, str, str, str]]:
+    """The state table of the spec: (role, state, input, next state)."""
+    return [(f"`{role.value}`", f"`{state.value}`", f"`{direction} {kind}`", f"`{after.value}`")
+            for (role, state, kind, direction), after in TRANSITIONS.items()]
+
+
 # Which answer each request takes.
 ANSWER_TO: Final = {"head-request": "head", "announce": "ack"}
 
@@ -123,8 +129,8 @@ def parse(value: dict[str, Any]) -> Message:
     fields = _FIELDS.get(kind)
     if fields is None:
         raise RemoteProtocolError(f"world-sync has no message {kind[:64]!r}", ErrorCode.UNSUPPORTED)
-    if set(value) != fields:
-        raise MessageError(f"a {kind} message has exactly the fields {sorted(fields)}")
+    if not fields <= set(value):  # unknown fields are ignored (protocol.md §3)
+        raise MessageError(f"a {kind} message has the fields {sorted(fields)}")
     try:
         world = validate_world_name(value["world"])
     except CanonDecodeError as exc:

@@ -223,6 +223,21 @@ async def test_every_route_answers_as_documented(nodes: tuple[Node, Node, httpx.
     await c.call("GET", f"{v1}/worlds/{{name}}/diff", "plaza", params={"from": first["head"]})
     await c.call("GET", f"{v1}/worlds/{{name}}/diff", "plaza", expect=400)
     await c.call("GET", f"{v1}/worlds/{{name}}/history", "plaza", params={"limit": 10})
+    # world federation (node/api/worlds_federation.py): writers of a shared world, follow
+    b_key = b.identity()["public_key"]
+    await c.call("POST", f"{v1}/worlds/{{name}}/writers", "plaza", json={"key": b_key})
+    await c.call("POST", f"{v1}/worlds/{{name}}/writers", "plaza", json={"key": "z"}, expect=400)
+    await c.call("GET", f"{v1}/worlds/{{name}}/writers", "plaza")
+    await c.call("DELETE", f"{v1}/worlds/{{name}}/writers/{{key}}", "plaza", b_key)
+    await c.call("GET", f"{v1}/worlds/{{name}}/federation", "plaza")
+    assert b.canon is not None
+    b.canon.world_update("garden", {"x": 1}, [])
+    await c.call("POST", f"{v1}/worlds/{{name}}/follow", "garden", json={"from": b_addr})
+    await c.call("POST", f"{v1}/worlds/{{name}}/follow", "nothing", json={"from": b_addr},
+                 expect=409)
+    await c.call("POST", f"{v1}/worlds/{{name}}", "garden", json={"set": {"y": 1}}, expect=403)
+    await c.call("DELETE", f"{v1}/worlds/{{name}}/follow", "garden")
+    await c.call("DELETE", f"{v1}/worlds/{{name}}/follow", "garden", expect=409)
     await c.call("GET", f"{v1}/canon/log", params={"start": 0, "limit": 10})
     await c.call("GET", f"{v1}/canon/log/checkpoint", expect=404)
     await c.call("POST", f"{v1}/canon/log/checkpoint")
