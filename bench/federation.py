@@ -1,5 +1,6 @@
 """Block exchange between two nodes: /n3xus/blocks/1.0.0 over libp2p vs the same bytes over
-a raw TCP socket, in the same run.
+a raw TCP socket, in the same run; and ledger federation (``_federation_ledger.py``: a gossip
+burst over 10 nodes vs a TCP flood, catch-up vs local ingest, verify ahead of apply).
 
 A server process (this script with ``--serve``) holds two DAGs in its LMDB block store:
 10,000 blocks of 1 KiB (a file chunked at 1 KiB) and one 100 MiB file (256 KiB chunks). The
@@ -379,6 +380,12 @@ def build(args: Any) -> tuple[list[Result], dict[str, Any]]:
         info = json.loads(server.stdout.readline())
         results = trio.run(measure, info, args.repeats, large_bytes)
         extra = trio.run(_handshakes, HANDSHAKES)
+        # Ledger federation (issue 9): gossip burst, catch-up, verify ahead of apply.
+        from _federation_ledger import rows as ledger_rows
+
+        ledger_results, ledger_extra = ledger_rows(args.large)
+        results += ledger_results
+        extra.update(ledger_extra)
     finally:
         if server.stdin is not None:
             server.stdin.close()

@@ -81,6 +81,9 @@ carries up to 64 entries, so this is ~64,000 entries/s per peer, far above an ho
 network's rate; the excess is ignored (anti-entropy recovers anything valid in it) and
 each ignored message costs the peer ``flood``."""
 MESSAGE_ID_BYTES: Final = 20
+STREAM_RESET_S: Final = 1.0
+"""Time given to resetting the gossip streams when the service stops (node shutdown must
+finish within 5 s)."""
 
 
 class Verdict(enum.Enum):
@@ -164,6 +167,18 @@ class _NodePubsub(Pubsub):
         self.peer_queues = _SizedQueues()
         self._limit = trio.Semaphore(MAX_CONCURRENT_VALIDATIONS)
 
+    stopping = False
+
+    async def continuously_read_stream(self, stream: Any) -> None:
+        """0.8.1's read loop, ended quietly when the service stops: the streams live in the
+        host's connections, which outlive this service, and a message read while the
+        service's nursery closes would raise "Nursery is closed" into the connection."""
+        try:
+            await super().continuously_read_stream(stream)
+        except RuntimeError:
+            if not self.stopping:
+                raise
+
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         """Nothing: the handler already consumed the message during validation (0.8.1
         would queue it on a 32-deep channel nobody reads, and warn when it is full)."""
@@ -204,14 +219,31 @@ class GossipService:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with background_trio_service(self.pubsub), background_trio_service(self.router):
-            await self.pubsub.wait_until_ready()
-            self._running.set()
-            task_status.started(self)
-            async with trio.open_nursery() as nursery:
-                # Connections that came up before pubsub's notifee was registered.
-                for peer_id in list(self.host.get_network().connections):
-                    nursery.start_soon(self._ensure_stream, peer_id)
-                await trio.sleep_forever()
+            try:
+                await self.pubsub.wait_until_ready()
+                self._running.set()
+                task_status.started(self)
+                async with trio.open_nursery() as nursery:
+                    # Connections that came up before pubsub's notifee was registered.
+                    for peer_id in list(self.host.get_network().connections):
+                        nursery.start_soon(self._ensure_stream, peer_id)
+                    await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._close_streams()
+
+    async def _close_streams(self) -> None:
+        """Stop serving pubsub and reset its streams before the service stops (they belong
+        to connections that outlive it)."""
+        self.pubsub.stopping = True
+        for protocol in self.router.get_protocols():
+            self.host.remove_stream_handler(protocol)
+        with trio.move_on_after(STREAM_RESET_S):
+            for stream in list(self.pubsub.peers.values()):
+                try:
+                    await stream.reset()
+                except NETWORK_ERRORS as exc:
+                    logger.debug("resetting a gossip stream at stop: %s", exc)
 
     async def _ensure_stream(self, peer_id: ID) -> None:
         try:
