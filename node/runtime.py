@@ -43,6 +43,7 @@ from .api.console import ConsoleSampler, console_routes
 from .api.fetch import fetch_routes
 from .api.ledger import ledger_routes
 from .api.node import node_routes
+from .api.rooms import live_extra_routes, room_routes
 from .api.server import ApiRoute, build_app
 from .api.worlds_federation import world_federation_routes
 from .config import DataDir, NodeConfig
@@ -55,11 +56,13 @@ from .p2p.federation import Federation
 from .p2p.gossip import GossipService
 from .p2p.imvu import ImvuServer
 from .p2p.limits import register_gate_metrics
+from .p2p.live import LivePullServer
 from .services.agents import DEFAULT_CONTEXT_TOKENS, AgentService
 from .services.canon import CanonService
 from .services.fetch import FetchService
 from .services.ledger import LedgerService
 from .services.ledger_federation import LedgerFederation
+from .services.live import LiveNode
 from .services.metrics import register_service_metrics
 from .services.metrics_history import MetricsHistory
 from .services.wallets import ensure_genesis
@@ -71,6 +74,10 @@ log = get_logger("n3xus.node")
 # Hypercorn waits this long for in-flight requests when the API shuts down; the
 # node must be gone within 5 s of SIGTERM, so keep well under that.
 API_GRACEFUL_TIMEOUT_S = 1.0
+# Hypercorn's WebSocket message limit, 64 KiB: above the signaling limit (an SDP of at
+# most 32 KiB plus its envelope, specs/live.md §4), so the node's own check answers an
+# oversized message with a clear error; far bigger ones are cut off by the server.
+LIVE_WS_MAX_MESSAGE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -163,6 +170,8 @@ class Node:
         self.gossip: GossipService | None = None
         self.ledger_federation: LedgerFederation | None = None
         self.genesis: Any = None
+        # Live rooms (node/services/live.py): the WebRTC bridge, rooms, recordings.
+        self.live: LiveNode | None = None
         self.signing_key: SigningKey | None = None
         # Short metrics history for the operator console's charts and live view.
         self.metrics_history = MetricsHistory(ConsoleSampler(self))
@@ -206,6 +215,8 @@ class Node:
         async with p2p.running_host(self._host, list(self.config.listen)) as addrs:
             self.listen_addrs = list(addrs)
             async with trio.open_nursery() as nursery:
+                # Live rooms first: the API serves their signaling and pages.
+                self.live = await nursery.start(LiveNode(self).run)
                 self.api_url = await nursery.start(self._serve_api, token, api_socket)
                 self.data_dir.write_run_file(self.api_url, self.peer_id)
                 nursery.start_soon(self.metrics_history.run)
@@ -229,7 +240,11 @@ class Node:
                 self.agents.host, self.agents.peerbook = self._host, self.peerbook
                 self.agents.peer_id = self.peer_id
                 await nursery.start(self.agents.run)
-                ImvuServer(self._host, self.peerbook, self.agents.answer_peer).register()
+                self.agents.server = ImvuServer(self._host, self.peerbook, self.agents.answer_peer)
+                self.agents.server.register()
+                # /n3xus/live/1.0.0 (node/p2p/live.py): other nodes pull our rooms.
+                assert self.live is not None and self.live.live is not None
+                LivePullServer(self._host, self.peerbook, self.live.live).register()
                 # Gossipsub and ledger federation (node/p2p/gossip.py,
                 # node/services/ledger_federation.py): before any dial, like the handlers.
                 gossip = await nursery.start(GossipService(
@@ -271,9 +286,13 @@ class Node:
         cfg.graceful_timeout = API_GRACEFUL_TIMEOUT_S
         cfg.accesslog = None
         cfg.errorlog = None  # errors surface through our own logging
+        # Hypercorn refuses WebSocket messages over this before buffering them.
+        cfg.websocket_max_message_size = LIVE_WS_MAX_MESSAGE_BYTES
         register_service_metrics(self.counters.registry, self.canon, self.ledger)
         app = build_app(self.routes(), token=token, registry=self.counters.registry,
-                        version=__version__)
+                        version=__version__,
+                        extra_routes=live_extra_routes(self.live, token)
+                        if self.live is not None else ())
         if not is_loopback(self.config.api_host):
             log.warning("HTTP API bound to a non-loopback address", host=self.config.api_host)
         await hypercorn_serve(_CountingApp(app, self.counters.api_requests), cfg,
@@ -338,6 +357,7 @@ class Node:
             *(canon_routes(self.canon) if self.canon is not None else []),
             *(ledger_routes(self.ledger) if self.ledger is not None else []),
             *(agent_routes(self.agents) if self.agents is not None else []),
+            *(room_routes(self, self.live) if self.live is not None else []),
         ]
         return [*feature_routes, *fetch_routes(self), *world_federation_routes(self),
                 *node_routes(self),

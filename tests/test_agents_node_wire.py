@@ -95,6 +95,7 @@ async def test_imvu_streams_are_gated_refused_with_codes_and_stream_tokens(
 
     (item,) = cli(node, "agent", "memory", "echo")["items"]
     assert item["who"] == f"agent:{SENDER.hex()}@{raw.peer_id}"
+    assert cli(node, "node", "status")["agents"]["peer_asks"] == {"answered": 1, "refused": 2}
     assert cli(node, "agent", "decisions", "echo")["decisions"][0]["decision"] == str(answer.decision)
 
 

@@ -301,6 +301,7 @@ class AgentService:
         self.host: Any = None
         self.peerbook: Any = None
         self.peer_id = ""
+        self.server: Any = None  # the /n3xus/imvu/1.0.0 ImvuServer (node/p2p/imvu.py)
         self._agents: dict[bytes, Agent] = {}
         self._model_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
@@ -371,6 +372,8 @@ class AgentService:
             "model_loaded": self.scheduler is not None,
             "backend": self.backend,
             "scheduler": None if self.scheduler is None else self.scheduler.stats(),
+            "peer_asks": None if self.server is None else
+            {"answered": self.server.asks_answered, "refused": self.server.asks_refused},
         }
 
     # -- lookups --------------------------------------------------------------------------
