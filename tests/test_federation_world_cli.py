@@ -157,6 +157,17 @@ def test_three_cli_nodes_share_follow_reject_and_catch_up(tmp_path: Path,
     assert root(a, "w") == root(b, "w") == before
     assert [value(node, "w", "forged") for node in (a, b, c)] == [None, None, None]
 
+    # The owner removes B: B's records stop counting everywhere (retroactively, §8.3) and
+    # B's node refuses B's writes once it has the owner's change.
+    assert cli(a, "world", "writers", "remove", "w", key_b)["writers"] == [key_a]
+    wait_for(lambda: cli(b, "world", "writers", "list", "w")["writers"] == [key_a],
+             "B learns that it was removed")
+    wait_for(lambda: same_root([a, b], "w"), "A and B agree after the removal")
+    assert [value(node, "w", "only-b") for node in (a, b)] == [None, None]
+    refused = cli(b, "world", "set", "w", "after", "1", ok=False)
+    assert refused.returncode != 0 and "not a writer" in refused.stderr
+    assert cli(c, "world", "unfollow", "plain")["following"] is False
+
 
 def _headers(node: CliNode) -> dict[str, str]:
     return {"Authorization": f"Bearer {(node.data_dir / 'api.token').read_text().strip()}"}

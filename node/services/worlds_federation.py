@@ -428,9 +428,14 @@ class WorldsFederation:
             stats.last_rejected = outcome.head
         elif outcome.result == "failed":
             stats.last_error = outcome.reason
-        if outcome.result in ("rejected", "failed"):
+        if outcome.result == "failed" or (outcome.result == "rejected" and head.head is not None
+                                          and head.head in self._rt.rejected):
             log.info("world sync", world=name, peer=peer, result=outcome.result,
                      reason=outcome.reason)
+        elif outcome.result == "rejected":
+            # A follower's own commits of a shared world are refused every round: expected.
+            log.debug("world sync", world=name, peer=peer, result=outcome.result,
+                      reason=outcome.reason)
         return outcome
 
     def _known_author_head(self, name: str, author: bytes) -> CID | None:
