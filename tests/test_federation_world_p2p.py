@@ -15,8 +15,8 @@ from n3xus.node.p2p import host as p2p
 from n3xus.node.p2p.world_sync import announce, request_head
 from n3xus.node.runtime import Node
 from n3xus.protocol.codes import ErrorCode
-from n3xus.protocol.framing import FrameDecoder, decode_message, encode_message
 from n3xus.protocol.errors import PeerError
+from n3xus.protocol.framing import FrameDecoder, decode_message, encode_message
 from n3xus.protocol.world_sync import PROTOCOL_ID, Announce
 
 WAIT_S = 20.0
