@@ -77,6 +77,9 @@ async def test_announce_head_request_and_a_malformed_request(tmp_path: Path) -> 
             raise AssertionError("no error answer")
         except PeerError as exc:
             assert exc.code == ErrorCode.MALFORMED
-        record = a.peerbook.get(b.peer_id)
-        assert record is not None and record.penalties["malformed"] >= 1
+        await stream.close()  # the penalty follows the error frame's linger
+        with trio.fail_after(WAIT_S):
+            while (record := a.peerbook.get(b.peer_id)) is None or \
+                    record.penalties["malformed"] < 1:
+                await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
