@@ -212,3 +212,25 @@ def test_verify_ahead_ingest_equals_the_ledgers_own(tmp_path: Path) -> None:
     assert roots[0] == roots[1]
     # The forged copy is a replay either way (§6.1 checks replays before signatures).
     assert kinds[0] == kinds[1] == ["bad-signature", "malformed", "replay", "replay"]
+
+
+def test_account_view_follows_the_head_through_failed_transactions(tmp_path: Path) -> None:
+    """A peer's transaction that fails (an overdraft) still takes its seq: the account view
+    continues after it, and ``head_time`` tells wallets not to sign before it."""
+    from n3xus.node.services.ledger import LedgerService
+
+    issuer = SigningKey(b"\x31" * 32)
+    genesis = Genesis.create("head", [bytes(issuer.verify_key)], 10**9,
+                             bytes(SigningKey(b"\x32" * 32).verify_key))
+    user = AccountChain(SigningKey(b"\x33" * 32), genesis.cid)
+    env = open_environment(tmp_path / "head", 64)
+    service = LedgerService(env, genesis, SigningKey(b"\x34" * 32), "head")
+    funding = AccountChain(issuer, genesis.cid).sign(Op.ISSUE, {"to": user.account, "amount": 10},
+                                                     time_ms=5)
+    overdraft = user.sign(Op.TRANSFER, {"to": b"\x01" * 32, "amount": 11}, time_ms=7_000)
+    outcomes = service.store.ingest([funding, overdraft])
+    assert isinstance(outcomes[1], Accepted) and str(outcomes[1].reason) == "overdraft"
+    view = service.account(user.account)
+    assert view["next_seq"] == 1 and view["head_time"] == 7_000 and view["balance"] == 10
+    assert view["prev"] == str(outcomes[1].cid)
+    env.close()
