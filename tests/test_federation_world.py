@@ -17,7 +17,7 @@ from nacl.signing import SigningKey
 
 from n3xus.canon.blockstore import Session
 from n3xus.canon.cid import CID
-from n3xus.canon.world_merge import SharedWorld
+from n3xus.canon.world_merge import WRITERS_PREFIX, Record, SharedWorld
 from n3xus.node.services.canon import CanonService
 from n3xus.node.services.world_fetch import GetMany
 from n3xus.node.services.worlds_federation import NotAWriterError, Tracked, WorldsFederation
@@ -151,6 +151,26 @@ def test_a_shared_world_delta_fetch_and_a_non_writer_is_rejected() -> None:
 
 # -- delivery orders: every node ends with one root ------------------------------------------
 
+def expected_values(records: list[Record], owner: bytes) -> dict[str, CID]:
+    """canon-world.md §8.3 computed from a set of records, independently of the tree."""
+    def greatest(candidates: list[Record]) -> Record | None:
+        return max(candidates, key=lambda r: (r.clock, r.author, r.order[2]), default=None)
+
+    keys = {record.key for record in records}
+    writers = {owner}
+    for key in keys:
+        if key.startswith(WRITERS_PREFIX):
+            top = greatest([r for r in records if r.key == key and r.author == owner])
+            if top is not None and top.value is not None:
+                writers.add(bytes.fromhex(key[len(WRITERS_PREFIX):]))
+    out: dict[str, CID] = {}
+    for key in keys - {k for k in keys if k.startswith(WRITERS_PREFIX)}:
+        top = greatest([r for r in records if r.key == key and r.author in writers])
+        if top is not None and top.value is not None:
+            out[key] = top.value
+    return out
+
+
 WRITERS = ["owner", "w1", "w2"]
 step = st.one_of(
     st.tuples(st.just("write"), st.sampled_from(WRITERS), st.sampled_from(["a", "b", "c", "d"]),
@@ -192,6 +212,14 @@ def test_every_delivery_order_reaches_one_root(schedule: list[tuple[str, str, ob
                     await node.pull(str(what))
                 elif kind == "writers":
                     owner.set_writer(WORLD, nodes["w2"].key, bool(what))
+            # The oracle: every record any writer holds now, valued by §8.3 directly.
+            union: dict[tuple[int, bytes, bytes], Record] = {}
+            for name in WRITERS:
+                replica = SharedWorld(nodes[name].store, owner.key, WORLD, nodes[name].root())
+                for key in replica.tree.keys():
+                    for record in replica.history(key):
+                        union[record.order] = record
+            expected = expected_values(list(union.values()), owner.key)
             rogue = nodes["rogue"]
             forged = SharedWorld(rogue.store, owner.key, WORLD, rogue.root()).put(
                 rogue.canon.key, "a", "rogue")
@@ -210,5 +238,7 @@ def test_every_delivery_order_reaches_one_root(schedule: list[tuple[str, str, ob
             assert len(roots) == 1, roots
             values = nodes["x"].canon.world_values(WORLD)
             assert values.get("a") != "rogue"
+            # No write is lost and none is invented: the values are the oracle's.
+            assert dict(values.shared.items()) == expected
 
         trio.run(scenario)

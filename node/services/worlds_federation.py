@@ -42,7 +42,14 @@ from n3xus.canon.codec import decode, encode
 from n3xus.canon.entries import WorldCommit
 from n3xus.canon.errors import CanonError
 from n3xus.canon.world import World, diff
-from n3xus.canon.world_merge import RECORD_TAG, WRITERS_PREFIX, Record, SharedWorld
+from n3xus.canon.world_merge import (
+    MAX_RECORDS_PER_KEY,
+    RECORD_TAG,
+    WRITERS_PREFIX,
+    Record,
+    SharedWorld,
+    signing_bytes,
+)
 from n3xus.protocol.errors import ProtocolError
 from n3xus.protocol.framing import decode_message
 from n3xus.protocol.world_sync import Announce, Head, parse, to_map
@@ -244,11 +251,10 @@ class WorldsFederation:
             if author not in shared.writers():
                 raise NotAWriterError(f"{author.hex()} is not a writer of world {name!r} "
                                       f"(owner {tracked.owner.hex()})")
-            for key, value in set_values.items():
-                shared = shared.put(signer, key, value)
-            for key in delete:
-                if shared.link(key) is not None:
-                    shared = shared.write(signer, key, None)
+            changes: dict[str, CID | None] = {
+                key: self.store.put(encode(value)) for key, value in set_values.items()}
+            changes.update({key: None for key in delete if shared.link(key) is not None})
+            shared = _write_many(shared, signer, changes)
             return self.canon.world_commit_root(name, shared.root, signer)
 
     # -- writers (worker threads) -------------------------------------------------------
@@ -652,3 +658,19 @@ class WorldsFederation:
         return {"tracked": {name: t.mode for name, t in self.tracked.items()},
                 "rejected_heads": len(self._rt.rejected),
                 "dropped_announces": self._rt.dropped_announces}
+
+
+def _write_many(shared: SharedWorld, signer: SigningKey, changes: dict[str, CID | None]) -> SharedWorld:
+    """``SharedWorld.write`` for many keys in one tree update (one new path per key, not one
+    whole new tree version per key): each key gets a record at 1 + its greatest clock."""
+    author = bytes(signer.verify_key)
+    histories: dict[str, Any] = {}
+    for key, link in changes.items():
+        history = shared.history(key)
+        clock = 1 + max((record.clock for record in history), default=0)
+        signature = signer.sign(signing_bytes(shared.owner, shared.name, key, clock, link)).signature
+        records = sorted([*history, Record(author, clock, key, link, signature)],
+                         key=lambda record: record.order)[-MAX_RECORDS_PER_KEY:]
+        histories[key] = {"r": [record.to_map() for record in records]}
+    tree = shared.tree.update(set=histories)
+    return SharedWorld(shared.tree.store, shared.owner, shared.name, tree.root)
