@@ -61,6 +61,16 @@ ED25519_SEED_BYTES = 32
 TOKEN_BYTES = 32
 SECRET_FILE_MODE = 0o600
 
+# Top-level tables parsed into NodeConfig fields; any other table lands in NodeConfig.extra.
+KNOWN_SECTIONS = frozenset({"node", "p2p", "api", "storage", "log", "federation", "agents"})
+# Shown in the generated config.toml; the values in force are BAN_THRESHOLD,
+# DEFAULT_BAN_SECONDS (node/services/peers.py) and DEFAULT_CONTEXT_TOKENS
+# (node/services/agents.py), not imported here to keep the CLI's imports light;
+# tests/test_node_config.py checks that they agree.
+TEMPLATE_BAN_SECONDS = 600
+TEMPLATE_BAN_THRESHOLD = -100
+TEMPLATE_CONTEXT_TOKENS = 2048
+
 CONFIG_TEMPLATE = """\
 # n3xus node configuration. Every value shown is the default; uncomment to change.
 # Command-line flags override this file.
@@ -103,6 +113,23 @@ CONFIG_TEMPLATE = """\
 # "info", "debug", "warning"; format "text" or "json".
 # level = "info"
 # format = "text"
+
+[federation]
+# Genesis CIDs of other networks whose peers are accepted besides our own.
+# networks = []
+# If not empty, the only peer ids accepted; deny refuses peer ids (they see policy-denied).
+# allow = []
+# deny = []
+# A peer whose score falls to ban_threshold is banned for ban_seconds.
+# ban_seconds = {ban_seconds}
+# ban_threshold = {ban_threshold}
+
+[agents]
+# The agents' GGUF model file and CPU threads: by default the bundled
+# SmolLM2-135M-Instruct and one thread per core (examples, not defaults, below).
+# model = "/path/to/model.gguf"
+# threads = 2
+# context_tokens = {context_tokens}
 """
 
 
@@ -120,6 +147,14 @@ class NodeConfig:
     dht: bool = True
     mdns: bool = False
     p2p_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # [federation] and [agents] stay raw tables here: their keys are checked where they are
+    # used, when the node starts (n3xus.node.p2p.hello.federation_settings,
+    # n3xus.node.runtime.agent_service), so that reading the config for a CLI command does
+    # not import the federation or the model code.
+    federation: dict[str, Any] = field(default_factory=dict)
+    agents: dict[str, Any] = field(default_factory=dict)
+    # Top-level tables this module does not know (a feature reading its own section, or a
+    # newer node's config). Empty for a config that has only the sections above.
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,6 +230,9 @@ class DataDir:
                 api_host=DEFAULT_API_HOST,
                 api_port=DEFAULT_API_PORT,
                 map_size=DEFAULT_MAP_SIZE_MIB,
+                ban_seconds=TEMPLATE_BAN_SECONDS,
+                ban_threshold=TEMPLATE_BAN_THRESHOLD,
+                context_tokens=TEMPLATE_CONTEXT_TOKENS,
             )
             _write_new(self.config_path, text, 0o644)
             created.append(CONFIG_FILE)
@@ -379,11 +417,10 @@ def _config_from_toml(raw: dict[str, Any], path: Path) -> NodeConfig:
         dht=typed(p2p, "dht", bool, True),
         mdns=typed(p2p, "mdns", bool, False),
         p2p_limits=limits,
-        # [federation]: networks, allow, deny, ban_seconds, ban_threshold; checked by
-        # n3xus.node.p2p.hello.federation_settings when the node starts.
-        # [agents]: model (a GGUF path), context_tokens, threads; checked by
-        # n3xus.node.runtime.agent_service when the node starts.
-        extra={"federation": section("federation"), "agents": section("agents")},
+        federation=section("federation"),
+        agents=section("agents"),
+        extra={name: value for name, value in raw.items()
+               if name not in KNOWN_SECTIONS and isinstance(value, dict)},
     )
 
 

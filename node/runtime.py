@@ -390,7 +390,7 @@ def agent_service(node: Node) -> AgentService:
     from pathlib import Path
 
     assert node.canon is not None and node.ledger is not None
-    settings = node.config.extra.get("agents") or {}
+    settings = node.config.agents
     model, context, threads = (settings.get(k) for k in ("model", "context_tokens", "threads"))
     if not isinstance(model, str | None) or not isinstance(context, int | None) \
             or not isinstance(threads, int | None):

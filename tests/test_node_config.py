@@ -99,6 +99,44 @@ def test_config_defaults_and_overrides(tmp_path: Path) -> None:
     assert cfg.api_port == 9999 and cfg.listen == ("/ip4/127.0.0.1/tcp/1",)
 
 
+def test_feature_sections_are_known_and_other_tables_land_in_extra(tmp_path: Path) -> None:
+    dd = DataDir(tmp_path)
+    dd.init()
+    dd.config_path.write_text('[federation]\ndeny = ["x"]\n[agents]\nthreads = 2\n'
+                              '[live]\nice_servers = []\n')
+    cfg = dd.load_config()
+    assert cfg.federation == {"deny": ["x"]} and cfg.agents == {"threads": 2}
+    assert cfg.extra == {"live": {"ice_servers": []}}
+    dd.config_path.write_text("agents = 3\n")
+    with pytest.raises(ConfigError, match=r"\[agents\] must be a table"):
+        dd.load_config()
+
+
+def test_generated_config_shows_the_defaults_in_force(tmp_path: Path) -> None:
+    """Uncommenting every `# key = value` line of the generated config.toml (but the
+    examples [agents] model/threads) changes nothing: the values shown are the defaults."""
+    import re
+    from dataclasses import replace
+
+    from n3xus.node.p2p.hello import federation_settings
+    from n3xus.node.services.agents import DEFAULT_CONTEXT_TOKENS
+    from n3xus.node.services.peers import BAN_THRESHOLD, DEFAULT_BAN_SECONDS
+
+    dd = DataDir(tmp_path)
+    dd.init()
+    setting = re.compile(r"# (?!model |threads )[a-z_]+ = ")
+    lines = [line[2:] if setting.match(line) else line
+             for line in dd.config_path.read_text().splitlines()]
+    assert sum(1 for line in lines if not line.startswith("#") and " = " in line) >= 20
+    dd.config_path.write_text("\n".join(lines) + "\n")
+    cfg = dd.load_config()
+    settings = federation_settings(cfg.federation)
+    assert (settings.ban_seconds, settings.ban_threshold) == (DEFAULT_BAN_SECONDS, BAN_THRESHOLD)
+    assert settings.networks == settings.allow == settings.deny == ()
+    assert cfg.agents == {"context_tokens": DEFAULT_CONTEXT_TOKENS}
+    assert replace(cfg, federation={}, agents={}) == NodeConfig()
+
+
 @pytest.mark.parametrize(
     "text, match",
     [

@@ -109,8 +109,7 @@ def node_start(data_dir: str | None, listen: tuple[str, ...], bootstrap: tuple[s
     if api_bind is not None:
         overrides["api_host"], overrides["api_port"] = parse_api_bind(api_bind)
     if model_path is not None:
-        agents = {**config.extra.get("agents", {}), "model": model_path}
-        overrides["extra"] = {**config.extra, "agents": agents}
+        overrides["agents"] = {**config.agents, "model": model_path}
     config = replace(config, **overrides)
     configure_logging(log_level or config.log_level, log_format or config.log_format)
     events = _Events(as_json)

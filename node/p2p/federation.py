@@ -63,7 +63,7 @@ class Federation:
 
         self.node = node
         self.host = host
-        self.settings = federation_settings(node.config.extra.get("federation"))
+        self.settings = federation_settings(node.config.federation)
         self.version = advertised_version(__version__)
         self.agent = f"{AGENT_NAME}/{__version__}"
         self.peerbook = PeerBook(

@@ -53,7 +53,7 @@ BAN_THRESHOLD: Final = -100.0
 five blocks that do not match their CID within a half-life -- far beyond what a buggy but
 honest peer produces (it fails once and reconnects), well within what an attacker tries."""
 DEFAULT_BAN_SECONDS: Final = 600.0
-"""How long a score ban lasts unless configured (``[p2p.scoring] ban_seconds``): ten minutes
+"""How long a score ban lasts unless configured (``[federation] ban_seconds``): ten minutes
 turns a flood into a trickle without locking out a peer that was restarted with a fix."""
 SCORE_HALF_LIFE_S: Final = 600.0
 """Scores halve toward 0 every ten minutes: a peer is judged by its recent behaviour."""
