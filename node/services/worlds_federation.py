@@ -76,6 +76,8 @@ SYNC_INTERVAL_ENV: Final = "N3XUS_WORLD_SYNC_INTERVAL_S"
 DEFAULT_SYNC_INTERVAL_S: Final = 10.0
 """Anti-entropy period: announcements carry changes at once; this only bounds how long a
 missed announcement (a node down, a dropped stream) stays missed."""
+FIRST_ROUND_S: Final = 3.0
+"""Delay of the first anti-entropy round after start: time for bootstrap dials and hellos."""
 ANNOUNCE_CHECK_S: Final = 0.2
 """How often local heads are compared with what was last announced (one LMDB cursor over
 the world names): the delay between a local commit and its announcement."""
@@ -627,9 +629,12 @@ class WorldsFederation:
             log.debug("world announce", peer=peer, world=message.world, error=str(exc))
 
     async def _anti_entropy(self) -> None:
+        # The first round soon after start: a restarted node catches up in seconds, once the
+        # bootstrap dials are through, not one whole period later.
+        await trio.sleep(min(self.sync_interval_s, FIRST_ROUND_S))
         while True:
-            await trio.sleep(self.sync_interval_s)
             await self.sync_round()
+            await trio.sleep(self.sync_interval_s)
 
     async def sync_round(self) -> list[SyncOutcome]:
         """Ask connected peers (and unconnected follow sources) for the heads of every
