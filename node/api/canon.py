@@ -29,6 +29,7 @@ from n3xus.canon.errors import (
 )
 
 from ..services.canon import CanonService, WorldNotFoundError
+from ..services.worlds_federation import NotAWriterError
 from .jsonview import from_json, to_json
 from .schemas import (
     ANY,
@@ -79,7 +80,7 @@ def _problems(handler: Handler) -> Handler:
             raise ApiProblem(413, "too_large", str(exc)) from exc
         except VerificationError as exc:
             raise ApiProblem(422, "verification_failed", str(exc)) from exc
-        except PermissionError as exc:  # a world this key may not write (shared, followed)
+        except NotAWriterError as exc:  # a world this key may not write (shared, followed)
             raise ApiProblem(403, "not_a_writer", str(exc)) from exc
         except (CanonError, ValueError) as exc:
             raise ApiProblem(400, "bad_request", str(exc)) from exc
