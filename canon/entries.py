@@ -358,6 +358,35 @@ def _check_agent_decision_v2(data: bytes) -> Value:
     return raw
 
 
+# recording v1 (specs/live.md §7): a live performance's manifest, logged by the node for
+# the performer. The manifest block itself is the payload.
+RECORDING_TYPE = "n3xus/recording/v1"
+_RECORDING_FIELDS = {"type", "room", "started", "codec", "container", "segments"}
+_SEGMENT_FIELDS = {"cid", "start_ms", "duration_ms", "frames", "width", "height", "bytes"}
+# A segment entry is ~70 bytes, so a 1 MiB manifest block holds fewer than this many.
+MAX_RECORDING_SEGMENTS = 16_384
+MAX_ROOM_NAME_CHARS = 63
+
+
+def _check_recording(data: bytes) -> Value:
+    raw = _require_map(decode(data), _RECORDING_FIELDS, "recording")
+    _require(raw["type"] == RECORDING_TYPE, f"recording type must be {RECORDING_TYPE!r}")
+    _require_text(raw["room"], "recording room", MAX_ROOM_NAME_CHARS)
+    _require_int(raw["started"], "recording start")
+    _require(raw["codec"] == "VP8" and raw["container"] == "webm",
+             "a recording is VP8 in WebM")
+    segments = raw["segments"]
+    _require(isinstance(segments, list), "recording segments must be a list")
+    if len(segments) > MAX_RECORDING_SEGMENTS:
+        raise LimitExceededError(f"{len(segments)} segments (max {MAX_RECORDING_SEGMENTS})")
+    for segment in segments:
+        fields = _require_map(segment, _SEGMENT_FIELDS, "recording segment")
+        _require_link(fields["cid"], "segment cid")
+        for name in sorted(_SEGMENT_FIELDS - {"cid"}):
+            _require_int(fields[name], f"segment {name}")
+    return raw
+
+
 # (type, version) -> checker taking the payload block's bytes, returning the parsed payload.
 # Versions are never reused: a changed schema gets a new version and a new checker.
 PAYLOAD_SCHEMAS: Mapping[tuple[str, int], Callable[[bytes], Value]] = {
@@ -366,6 +395,7 @@ PAYLOAD_SCHEMAS: Mapping[tuple[str, int], Callable[[bytes], Value]] = {
     ("handshake", 2): _check_handshake_v2,
     ("agent-decision", 1): _check_agent_decision,
     ("agent-decision", 2): _check_agent_decision_v2,
+    ("recording", 1): _check_recording,
 }
 
 

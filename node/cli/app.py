@@ -56,6 +56,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ledger": ("ledger", "ledger", "The ledger log, transactions, status, transparency proofs."),
     "agent": ("agent", "agent", "IMVU agents: create, ask, upgrade, roll back, approve, audit "
                                 "their decisions."),
+    "room": ("room", "room", "Live rooms: create, list, show, end, follow another node's room."),
     "audit": ("audit", "audit", "Verify ledger proofs, checkpoints and exports offline (no "
                                 "node, no data dir)."),
 }
