@@ -276,12 +276,17 @@ _RTT_SCRIPT = """async (n) => {
 }"""
 
 
+def _launch_chromium(playwright: Any, *extra_args: str) -> Any:
+    """Headless Chromium as every browser bench here runs it (host candidates unmasked)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless=new", "--no-sandbox", "--disable-background-networking",
+        "--disable-features=WebRtcHideLocalIpsWithMdns", *extra_args])
+
+
 def _browser_rtts(base: str, token: str, samples: int) -> list[float]:
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless=new", "--no-sandbox", "--disable-background-networking",
-            "--disable-features=WebRtcHideLocalIpsWithMdns"])
+        browser = _launch_chromium(p)
         try:
             page = browser.new_context(bypass_csp=True).new_page()
             page.goto(f"{base}/rooms/bench#token={token}")
@@ -292,39 +297,11 @@ def _browser_rtts(base: str, token: str, samples: int) -> list[float]:
 
 def datachannel_rtt(samples: int) -> dict[str, Any]:
     """Median and p95 of a JSON ping/pong over the room data channel, Chromium <-> node."""
-    import socket
-    import statistics
 
-    import trio
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-    from starlette.applications import Starlette
+    def drive(base: str, tokens: dict[str, str], samples: int) -> list[float]:
+        return _browser_rtts(base, tokens["bench"], samples)
 
-    from n3xus.webrtc.asgi import live_routes
-    from n3xus.webrtc.service import open_live_service
-
-    async def run() -> list[float]:
-        async with open_live_service(bytes(32)) as live, trio.open_nursery() as nursery:
-            listener = socket.socket()
-            listener.bind(("127.0.0.1", 0))
-            listener.listen()
-            port = listener.getsockname()[1]
-            config = Config()
-            config.bind = [f"fd://{listener.detach()}"]
-            config.accesslog = None
-            config.errorlog = None
-            stop = trio.Event()
-            app = Starlette(routes=live_routes(live))
-            nursery.start_soon(lambda: serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-            await trio.sleep(0.3)
-            try:
-                return await trio.to_thread.run_sync(
-                    _browser_rtts, f"http://127.0.0.1:{port}",
-                    live.issue_token("bench", "viewer"), samples)
-            finally:
-                stop.set()
-
-    rtts = sorted(trio.run(run))
+    rtts = sorted(_with_live_server(drive, samples))
     return {"samples": len(rtts), "median_ms": round(statistics.median(rtts), 3),
             "p95_ms": round(rtts[int(len(rtts) * 0.95) - 1], 3), "goal_median_ms": 5}
 
@@ -424,10 +401,7 @@ def _browser_glass_to_glass(base: str, tokens: dict[str, str]) -> tuple[list[flo
                                                                          list[float]]:
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless=new", "--no-sandbox", "--disable-background-networking",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--autoplay-policy=no-user-gesture-required"])
+        browser = _launch_chromium(p, "--autoplay-policy=no-user-gesture-required")
         try:
             context = browser.new_context(bypass_csp=True)
             performer = context.new_page()
