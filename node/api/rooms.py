@@ -165,8 +165,6 @@ def room_routes(node: Node, live: LiveNode) -> list[ApiRoute]:
         ApiRoute("POST", "/rooms/{name}/end", end_room,
                  "End a room: performers and viewers are disconnected, the recording closed",
                  tag=tag, params=(_name,), response_schema=ROOM_SCHEMA, errors=(404,)),
-        ApiRoute("DELETE", "/rooms/{name}", end_room, "End a room (as POST …/end)",
-                 tag=tag, params=(_name,), response_schema=ROOM_SCHEMA, errors=(404,)),
         ApiRoute("POST", "/rooms/{name}/follow", follow_room,
                  "Serve another node's room here: pull its stream over /n3xus/live/1.0.0",
                  tag=tag, params=(_name,), body=follow_json, response_schema=ROOM_SCHEMA,
