@@ -4,6 +4,7 @@ latency histograms, process resources; names as Prometheus conventions say."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import trio
 from nacl.signing import SigningKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from n3xus.canon.blockstore import StoreStats
 from n3xus.canon.cid import CID
 from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node.config import DataDir, NodeConfig
@@ -128,25 +130,41 @@ async def test_metrics_follow_the_node(api: tuple[Node, httpx.AsyncClient]) -> N
 
 async def test_collecting_on_the_event_loop_never_scans_the_store(
         api: tuple[Node, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The console samples the registry on the trio thread: a block store scan there
-    would stall every task of the node. It gets the last scan instead."""
+    """A block store scan on the trio thread would stall every task of the node: a
+    collection there reports the last scan (made by a /metrics scrape or the console's
+    sampler, both in worker threads), or no store totals before any scan -- never a
+    fresh scan, never an invented value."""
     node, c = api
     assert node.canon is not None
+    loop_thread = threading.get_ident()  # the test runs on the node's trio thread
+    real_stats = node.canon.store.stats
+    scans_on_the_loop: list[str] = []
 
-    def names() -> set[str]:
-        return {f.name for f in node.counters.registry.collect()}
+    def stats_off_the_loop() -> StoreStats:
+        if threading.get_ident() == loop_thread:
+            scans_on_the_loop.append("scan")
+            raise AssertionError("the block store was scanned on the event loop")
+        return real_stats()  # worker threads (scrapes, the console's sampler) still scan
 
-    before_any_scan = names()
+    monkeypatch.setattr(node.canon.store, "stats", stats_off_the_loop)
+
+    # A collector that has not scanned yet has no store totals to report on the loop.
+    # (The node's own collector may already have scanned: the console samples it at start.)
+    collector = service_metrics.CanonCollector(node.canon)
+    before_any_scan = {f.name for f in collector.collect()}
     assert "n3xus_canon_log_entries" in before_any_scan
     assert "n3xus_canon_blocks" not in before_any_scan  # nothing scanned yet: not invented
     await c.post("/api/v1/canon/blocks", content=b"x")
-    scraped = await scrape(c)  # /metrics scans, in a worker thread
-    assert value(scraped, "n3xus_canon_blocks") == 1
+    in_thread = await trio.to_thread.run_sync(lambda: list(collector.collect()))
+    assert {f.name: f.samples[0].value for f in in_thread}["n3xus_canon_blocks"] == 1
+    await c.post("/api/v1/canon/blocks", content=b"y")
+    on_loop = {f.name: f.samples[0].value for f in collector.collect()}
+    assert on_loop["n3xus_canon_blocks"] == 1  # the last scan, though the store has 2 now
 
-    def no_scan_on_the_loop() -> None:
-        raise AssertionError("the block store was scanned on the event loop")
-
-    monkeypatch.setattr(node.canon.store, "stats", no_scan_on_the_loop)
-    on_loop = {f.name: f.samples[0].value for f in node.counters.registry.collect()
-               if f.name == "n3xus_canon_blocks"}
-    assert on_loop == {"n3xus_canon_blocks": 1}
+    # The node's registry: /metrics scans in a worker thread; the loop gets that scan.
+    scraped = await scrape(c)
+    assert value(scraped, "n3xus_canon_blocks") == 2
+    node_on_loop = {f.name: f.samples[0].value for f in node.counters.registry.collect()
+                    if f.name == "n3xus_canon_blocks"}
+    assert node_on_loop == {"n3xus_canon_blocks": 2}
+    assert not scans_on_the_loop

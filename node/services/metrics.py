@@ -14,10 +14,11 @@ ledger          ``n3xus_ledger_log_entries``, ``n3xus_ledger_frozen_accounts``,
 process         ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
                 ``process_open_fds``, ... (prometheus_client's ProcessCollector)
 
-Collectors read LMDB, so the ``/metrics`` route runs them in a worker thread. A
-collection on the trio thread itself (the console's sampler reads the registry there)
-never scans the block store: it reports the last scan, or no store totals before the
-first one.
+Collectors read LMDB, so the ``/metrics`` route and the console's sampler
+(:class:`n3xus.node.api.console.ConsoleSampler`, from the node's start) run them in a
+worker thread; either may scan the block store (at most every STORE_SCAN_INTERVAL_S). A
+collection on the trio thread itself never scans: it reports the last scan, or no store
+totals before the first one.
 """
 
 from __future__ import annotations
