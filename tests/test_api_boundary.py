@@ -17,6 +17,7 @@ import structlog
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from node_api_support import api_node
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +25,6 @@ from starlette.testclient import TestClient
 
 from n3xus.node.api.server import ApiRoute, build_app
 from n3xus.node.cli.client import path_of
-from n3xus.node.config import DataDir, NodeConfig
 from n3xus.node.logs import configure_logging
 from n3xus.node.runtime import Node
 
@@ -33,16 +33,8 @@ DEEP = 100_000
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
-    dd = DataDir(tmp_path / "n")
-    dd.init()
-    node = Node(dd, NodeConfig(listen=("/ip4/127.0.0.1/tcp/0",), api_port=0, map_size_mib=128))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        headers = {"Authorization": f"Bearer {dd.read_token()}"}
-        async with httpx.AsyncClient(base_url=node.api_url + "/api/v1", headers=headers,
-                                     timeout=30) as client:
-            yield node, client
-        nursery.cancel_scope.cancel()
+    async with api_node(tmp_path) as pair:
+        yield pair
 
 
 def _is_error(response: httpx.Response, status: int) -> None:

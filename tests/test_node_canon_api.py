@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from node_api_support import api_node
 
 from n3xus.canon import car, cid_of
 from n3xus.canon.checkpoint import Checkpoint, ProofBundle
@@ -22,16 +23,8 @@ from n3xus.node.runtime import Node
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
-    dd = DataDir(tmp_path / "n")
-    dd.init()
-    node = Node(dd, NodeConfig(listen=("/ip4/127.0.0.1/tcp/0",), api_port=0, map_size_mib=256))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        headers = {"Authorization": f"Bearer {dd.read_token()}"}
-        async with httpx.AsyncClient(base_url=node.api_url + "/api/v1", headers=headers,
-                                     timeout=60) as client:
-            yield node, client
-        nursery.cancel_scope.cancel()
+    async with api_node(tmp_path, map_size_mib=256, timeout=60) as pair:
+        yield pair
 
 
 async def test_file_round_trip_ranges_and_stat(api: tuple[Node, httpx.AsyncClient]) -> None:
