@@ -170,7 +170,9 @@ class LiveNode:
         self.node_account = node.canon.author.hex()
         self.live: LiveService | None = None
         self._nursery: trio.Nursery | None = None
-        self._tasks: dict[str, trio.CancelScope] = {}
+        #: Each room's task: its cancel scope and an event set once it has finished
+        #: (the recorder stores the manifest on its way out; ``end`` waits for that).
+        self._tasks: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
         #: Followed rooms' state for ``room show`` (connected, frames pulled, last error).
         self.follow_state: dict[str, dict[str, Any]] = {}
 
@@ -189,15 +191,18 @@ class LiveNode:
 
     def _start_room_task(self, record: RoomRecord) -> None:
         assert self._nursery is not None
-        scope = trio.CancelScope()
-        self._tasks[record.name] = scope
+        scope, done = trio.CancelScope(), trio.Event()
+        self._tasks[record.name] = (scope, done)
 
         async def task() -> None:
-            with scope:
-                if record.origin is None:
-                    await self._record_loop(record.name)
-                else:
-                    await self._follow_loop(record.name, record.origin)
+            try:
+                with scope:
+                    if record.origin is None:
+                        await self._record_loop(record.name)
+                    else:
+                        await self._follow_loop(record.name, record.origin)
+            finally:
+                done.set()
 
         self._nursery.start_soon(task)
 
@@ -247,10 +252,11 @@ class LiveNode:
             return record
         assert self.live is not None
         await self.live.end_room(name)
-        scope = self._tasks.pop(name, None)
-        if scope is not None:
-            scope.cancel()
-        # The recorder stores the last segment and the manifest on its way out.
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task[0].cancel()
+            # The recorder stores the last segment and the manifest on its way out.
+            await task[1].wait()
         record = await self.get(name)
         record.ended = True
         await trio.to_thread.run_sync(self.rooms.put, record)
