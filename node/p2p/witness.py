@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import trio
 from libp2p.abc import INetStream
@@ -71,6 +71,36 @@ MAX_GOSSIP_FANOUT: Final = 32
 
 def log_name_of(origin: str) -> str:
     return "canon" if origin.startswith("n3xus.net/canon/") else "ledger"
+
+
+_Message = TypeVar("_Message", covariant=True)
+
+
+class _OneMessageCore(Protocol[_Message]):
+    """What :func:`_receive_one` needs of a witness side (requester or responder)."""
+
+    @property
+    def deadline(self) -> float | None: ...
+    def check_deadline(self, now: float) -> None: ...
+    def receive_eof(self) -> None: ...
+    def receive_data(self, data: bytes, now: float) -> _Message | None: ...
+
+
+async def _receive_one(channel: CoreStream, core: _OneMessageCore[_Message]) -> _Message | None:
+    """Read until ``core`` has the one message of its side of the exchange. None when the
+    peer closed first and the core let it pass (``receive_eof`` raises on a breach)."""
+    while True:
+        try:
+            data = await channel.receive(core.deadline)
+        except DeadlineExceeded:
+            core.check_deadline(trio.current_time())
+            raise
+        if not data:
+            core.receive_eof()
+            return None
+        message = core.receive_data(data, trio.current_time())
+        if message is not None:
+            return message
 
 
 class WitnessService:
@@ -234,16 +264,7 @@ class WitnessService:
         async with guarded(stream, peerbook=self.peerbook, protocol="witness") as channel:
             core = WitnessRequester(request, trio.current_time())
             await channel.send(core.start())
-            while response is None:
-                try:
-                    data = await channel.receive(core.deadline)
-                except DeadlineExceeded:
-                    core.check_deadline(trio.current_time())
-                    raise
-                if not data:
-                    core.receive_eof()
-                    break
-                response = core.receive_data(data, trio.current_time())
+            response = await _receive_one(channel, core)
             await channel.close()
         if response is not None:
             self.peerbook.reward(peer_id)
@@ -255,17 +276,9 @@ class WitnessService:
 
     async def _answer(self, channel: CoreStream) -> None:
         core = WitnessResponder(trio.current_time())
-        request: Request | None = None
-        while request is None:
-            try:
-                data = await channel.receive(core.deadline)
-            except DeadlineExceeded:
-                core.check_deadline(trio.current_time())
-                raise
-            if not data:
-                core.receive_eof()
-                return
-            request = core.receive_data(data, trio.current_time())
+        request: Request | None = await _receive_one(channel, core)
+        if request is None:
+            return
         response = await self._response(request, channel.peer_id)
         await channel.send(core.respond(response))
         await channel.close()
