@@ -17,7 +17,7 @@ against the peer.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -224,6 +224,15 @@ class _MessageReader:
             return self.next()
         raise MessageError(f"unknown blocks message type {kind!r}", ErrorCode.UNSUPPORTED)
 
+    def messages(self) -> Iterator[tuple[str, Any]]:
+        """Each message the bytes received so far complete, in order."""
+        while (message := self.next()) is not None:
+            yield message
+
+    def receive_eof(self) -> None:
+        self.frames.receive_eof()
+        self.next()  # raises if the stream ended inside a frame
+
 
 # --- the requester -----------------------------------------------------------------------
 
@@ -292,15 +301,11 @@ class BlocksRequester:
         self._reader.frames.receive_data(data, now)
         if data:
             self._last_progress = now
-        while True:
-            message = self._reader.next()
-            if message is None:
-                return
+        for message in self._reader.messages():
             self._on_message(*message)
 
     def receive_eof(self) -> None:
-        self._reader.frames.receive_eof()
-        self._reader.next()  # raises if the stream ended inside a frame
+        self._reader.receive_eof()
 
     def next_event(self) -> RequesterEvent | None:
         return self._events.popleft() if self._events else None
@@ -365,15 +370,11 @@ class BlocksResponder:
         self._reader.frames.receive_data(data, now)
         if data:
             self._last_activity = now
-        while True:
-            message = self._reader.next()
-            if message is None:
-                return
+        for message in self._reader.messages():
             self._on_message(*message)
 
     def receive_eof(self) -> None:
-        self._reader.frames.receive_eof()
-        self._reader.next()
+        self._reader.receive_eof()
 
     def next_event(self) -> ResponderEvent | None:
         return self._events.popleft() if self._events else None
