@@ -3,7 +3,8 @@ through Playwright's ``executable_path``, fake camera and microphone): node A cr
 room with ``n3xus room create --json``; node B (same network, ``node init --genesis``)
 follows it with ``n3xus room follow``. A performer page on A goes live; two audience
 pages on A and one on B play (B's through one copy pulled over ``/n3xus/live/1.0.0``);
-a chat line crosses between two room pages; a world edit from a room page lands in the
+a chat line crosses between two room pages over their direct data channel (not the
+node's hub); a world edit from a room page lands in the
 room's world on A and, followed with ``n3xus world follow``, on B; a tip signed in the
 browser lands in the ledger with the creator/platform split (``n3xus wallet balance``);
 the recording replays. A viewer that drops, a malformed and an oversized signaling
@@ -140,22 +141,24 @@ def drive(a: dict[str, Any], b: dict[str, Any], fund: Callable[[str], None]) -> 
                 page.goto(a["links"]["room"])
                 page.fill("#name", name)
                 rooms.append(page)
-            for page in rooms:
+            for page in rooms:  # connected to the node and directly to each other
                 page.wait_for_function(
-                    "document.getElementById('status').textContent.startsWith('connected')",
-                    timeout=PLAY_TIMEOUT_MS)
+                    "document.getElementById('status').textContent.startsWith('connected')"
+                    " && window.n3xusRoom.openLinks().length === 1", timeout=PLAY_TIMEOUT_MS)
             rooms[0].fill("#chat-input", "hello over the data channel")
             rooms[0].get_by_role("button", name="Send").click()
             rooms[1].wait_for_function(
                 "[...document.querySelectorAll('.chat-line')].some("
                 "l => l.textContent.includes('hello over the data channel'))",
                 timeout=PLAY_TIMEOUT_MS)
+            out["chat_received"] = rooms[1].evaluate("({...window.n3xusRoom.received})")
             rooms[1].fill("#edit-key", "stage")
             rooms[1].fill("#edit-value", "blue lights")
             rooms[1].get_by_role("button", name="Apply").click()
-            rooms[0].wait_for_function(
-                "[...document.querySelectorAll('.edit-line')].some("
-                "l => l.textContent.includes('stage = blue lights'))", timeout=PLAY_TIMEOUT_MS)
+            rooms[0].wait_for_function(  # the node's "applied", not the peer's preview
+                "[...document.querySelectorAll('.edit-line')].some(l => l.dataset.via === "
+                "'node' && l.textContent.includes('stage = blue lights'))",
+                timeout=PLAY_TIMEOUT_MS)
             out["edit_line"] = rooms[0].inner_text("#edit-log")
 
             # Bad signaling on its own socket: clear errors, nobody else disturbed.
@@ -232,6 +235,7 @@ def test_a_room_on_two_cli_nodes_in_a_real_browser(tmp_path: Path,
     assert out["width"] == [640, 640, 640]  # two viewers on A, one on B through the pull
     host = [c for c in out["b_candidates"] if " typ host" in c]
     assert host and all(".local " in c for c in host), out["b_candidates"]
+    assert out["chat_received"] == {"peer": 1, "node": 0}  # browser to browser, not the hub
     assert "stage = blue lights" in out["edit_line"] and "not applied" not in out["edit_line"]
     assert out["malformed"]["messages"][0]["code"] == "bad-json", out["malformed"]
     assert out["oversized"]["messages"][0]["code"] == "too-large", out["oversized"]

@@ -308,3 +308,79 @@ async def test_a_tip_is_signed_in_the_browser_and_verifies_with_the_ledger_code(
         assert tx.seq == 3 and str(tx.network_cid) == desk.network
         assert tx.account == desk.asked[0]  # the key the page created and kept
     assert len(set(desk.asked)) == 1  # the same key for both tips (IndexedDB)
+
+
+def mesh_chat(base: str, token: str) -> dict[str, Any]:
+    """Two room pages: a chat line over their direct data channel, an RTT probe on
+    it, then a world edit (to the node and, as a preview, to the other page)."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(bypass_csp=True)
+            pages = []
+            for name in ("ada", "bob"):
+                page = context.new_page()
+                page.goto(f"{base}/rooms/{ROOM}#token={token}")
+                page.fill("#name", name)
+                pages.append(page)
+            for page in pages:
+                page.wait_for_function(
+                    "document.getElementById('status').textContent.startsWith('connected')"
+                    " && window.n3xusRoom.openLinks().length === 1", timeout=PLAY_TIMEOUT_MS)
+            ada, bob = pages
+            ada.fill("#chat-input", "straight to bob")
+            ada.get_by_role("button", name="Send").click()
+            bob.wait_for_function(
+                "[...document.querySelectorAll('.chat-line')].some("
+                "l => l.textContent.includes('straight to bob'))", timeout=PLAY_TIMEOUT_MS)
+            via = bob.evaluate(
+                "[...document.querySelectorAll('.chat-line')].find("
+                "l => l.textContent.includes('straight to bob')).dataset.via")
+            received = bob.evaluate("({...window.n3xusRoom.received})")
+            presence = bob.inner_text("#presence")
+            rtt = ada.evaluate("window.n3xusRoom.meshRtt(50)")
+            ada.fill("#edit-key", "stage/colour")
+            ada.fill("#edit-value", "teal")
+            ada.get_by_role("button", name="Apply").click()
+            for page in pages:  # the node's "applied" comes back over its own channel
+                page.wait_for_function(
+                    "[...document.querySelectorAll('.edit-line')].some(l => l.dataset.via"
+                    " === 'node' && l.textContent.includes('stage/colour = teal'))",
+                    timeout=PLAY_TIMEOUT_MS)
+            preview = bob.evaluate(
+                "[...document.querySelectorAll('.edit-line')].some(l => l.dataset.via"
+                " === 'peer' && l.textContent.includes('pending'))")
+            return {"via": via, "received": received, "presence": presence, "rtt": rtt,
+                    "preview": preview}
+        finally:
+            browser.close()
+
+
+async def test_two_room_pages_chat_over_their_direct_data_channel() -> None:
+    edits: list[tuple[str, dict[str, Any]]] = []
+
+    async def world_edit(room: str, edit: dict[str, Any]) -> bool:
+        edits.append((room, edit))
+        return True
+
+    async with open_live_service(TOKEN_KEY, world_edit=world_edit) as live, \
+            serve_live(live) as base:
+        result = await trio.to_thread.run_sync(
+            mesh_chat, base, live.issue_token(ROOM, "collaborator"))
+        stats = await live.stats(ROOM)
+        relayed = live.peer_signals_relayed
+    # Direct: bob's page got it on the mesh channel, and the node's hub carried no chat.
+    assert result["via"] == "peer"
+    assert result["received"] == {"peer": 1, "node": 0}
+    assert "chat" not in stats["hub_messages"]
+    assert relayed == 2  # one peer-offer and one peer-answer, through the node
+    assert "ada" in result["presence"] and "bob" in result["presence"]  # mesh presence
+    # The world edit went to the node (one hub message), which applied it.
+    assert stats["hub_messages"] == {"world-edit": 1}
+    assert [(room, e["key"], e["value"], e["from"]["role"]) for room, e in edits] == [
+        (ROOM, "stage/colour", "teal", "collaborator")]
+    assert result["preview"]
+    rtt = sorted(result["rtt"])
+    print(f"mesh data-channel RTT browser<->browser: median={rtt[len(rtt) // 2]:.2f} ms "
+          f"p95={rtt[int(len(rtt) * 0.95)]:.2f} ms (n={len(rtt)})")
+    assert len(rtt) == 50 and all(r >= 0 for r in rtt)

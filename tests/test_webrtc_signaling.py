@@ -7,6 +7,8 @@ import json
 import re
 
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from webrtc_support import TOKEN_KEY, MemorySocket, join, offer
 
 from n3xus.webrtc.bridge import open_bridge
@@ -201,3 +203,92 @@ async def test_mangled_offers_are_answered_or_refused_with_a_code() -> None:
     assert outcomes.get("bad-sdp", 0) > 0 and outcomes.get("answered", 0) > 0
     assert set(outcomes) <= {"answered", "bad-sdp", "bad-message", "forbidden",
                              "no-usable-codec", "too-large"}
+
+
+async def mesh_join(live: LiveService, nursery: trio.Nursery, room: str, role: Role,
+                    name: str) -> tuple[MemorySocket, str]:
+    socket = MemorySocket()
+    nursery.start_soon(live.serve_signaling, socket, room)
+    await socket.send({"type": "hello", "v": 1, "name": name, "mesh": True,
+                       "token": live.issue_token(room, role.value)})
+    welcome = await socket.recv_reply("welcome")
+    return socket, str(welcome["peer"])
+
+
+async def test_mesh_signals_are_relayed_only_between_mesh_members_of_one_room() -> None:
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        ada, ada_id = await mesh_join(live, n, ROOM, Role.COLLABORATOR, "ada")
+        assert (await ada.recv_reply("roster"))["peers"] == [
+            {"peer": ada_id, "name": "ada", "role": "collaborator"}]
+        bob, bob_id = await mesh_join(live, n, ROOM, Role.COLLABORATOR, "bob")
+        roster = await ada.recv_reply("roster")
+        assert roster["mesh"] is True and [p["peer"] for p in roster["peers"]] == [ada_id, bob_id]
+        # The sender is named by the node, never by the browser.
+        await ada.send({"type": "peer-offer", "to": bob_id, "sdp": sdp})
+        relayed = await bob.recv_reply("peer-offer")
+        assert relayed == {"type": "peer-offer", "sdp": sdp,
+                           "from": {"peer": ada_id, "name": "ada", "role": "collaborator"}}
+        await bob.send({"type": "peer-answer", "to": ada_id, "sdp": sdp})
+        assert (await ada.recv_reply("peer-answer"))["from"]["peer"] == bob_id
+        # A member of another room, a non-mesh page (an audience page) and itself are
+        # not reachable: a clear, non-fatal error, the connection stays.
+        eve, eve_id = await mesh_join(live, n, "other", Role.COLLABORATOR, "eve")
+        viewer, viewer_welcome = await join(live, n, ROOM, Role.VIEWER, "vic")
+        for target in (eve_id, viewer_welcome["peer"], ada_id):
+            await ada.send({"type": "peer-offer", "to": target, "sdp": sdp})
+            error = await ada.recv_reply("error")
+            assert error["code"] == "no-such-peer" and error["fatal"] is False
+        await eve.send({"type": "peer-offer", "to": ada_id, "sdp": sdp})
+        assert (await eve.recv_reply("error"))["code"] == "no-such-peer"
+        # A page that did not join the mesh may not signal peers; a bad id is refused.
+        await viewer.send({"type": "peer-offer", "to": ada_id, "sdp": sdp})
+        assert (await viewer.recv_reply("error"))["code"] == "forbidden"
+        await ada.send({"type": "peer-offer", "to": "not-an-id", "sdp": sdp})
+        assert (await ada.recv_reply("error"))["code"] == "bad-message"
+        assert live.peer_signals_relayed == 2
+        # Leaving updates everyone's roster.
+        await bob.hang_up()
+        roster = await ada.recv_reply("roster")
+        assert [p["peer"] for p in roster["peers"]] == [ada_id]
+        n.cancel_scope.cancel()
+
+
+async def test_above_max_mesh_peers_the_room_falls_back_to_the_node_hub() -> None:
+    from n3xus.webrtc.schemas import MAX_MESH_PEERS
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"
+    async with open_live_service(TOKEN_KEY, clock_ms=clock) as live, trio.open_nursery() as n:
+        members = [await mesh_join(live, n, ROOM, Role.COLLABORATOR, f"m{i}")
+                   for i in range(MAX_MESH_PEERS + 1)]
+        first, _ = members[0]
+        # The last roster the first member sees says: no mesh, use the node.
+        for _ in range(MAX_MESH_PEERS + 1):
+            roster = await first.recv_reply("roster")
+        assert roster == {"type": "roster", "mesh": False, "peers": []}
+        await first.send({"type": "peer-offer", "to": members[1][1], "sdp": sdp})
+        assert (await first.recv_reply("error"))["code"] == "mesh-full"
+        n.cancel_scope.cancel()
+
+
+PEER_OFFER = json.dumps({"type": "peer-offer", "to": "0123456789abcdef",
+                         "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_peer_signals_get_a_clean_error_or_parse(data: st.DataObject) -> None:
+    from n3xus.webrtc.errors import SignalingError
+    from n3xus.webrtc.signaling import PeerSignal, SignalingSession, State
+    raw = bytearray(PEER_OFFER.encode())
+    cut = data.draw(st.integers(0, len(raw)))
+    flips = data.draw(st.lists(st.integers(0, len(raw) - 1), max_size=3))
+    for i in flips:
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    session = SignalingSession(0.0)
+    session.state = State.READY
+    try:
+        event = session.receive(bytes(raw[:cut] if cut < len(raw) else raw), 0.0)
+    except SignalingError as exc:
+        assert exc.code in {"bad-json", "bad-message", "unexpected-message"}
+    else:
+        assert isinstance(event, PeerSignal) and session.state is State.READY

@@ -14,7 +14,13 @@ from n3xus.webrtc import asgi, pull, recording, relay, rooms, sdp, service, sign
 from n3xus.webrtc.datachannel import DATA_BURST, DATA_RATE_PER_S, MAX_DATA_MESSAGE_BYTES
 from n3xus.webrtc.errors import PullProtocolError, TokenError
 from n3xus.webrtc.rooms import ROLE_PERMISSIONS, Permission, Role, RoomTokens
-from n3xus.webrtc.schemas import CLIENT_SIGNAL_SCHEMA, DATA_MESSAGE_SCHEMA, SERVER_SIGNAL_SCHEMA
+from n3xus.webrtc.schemas import (
+    CLIENT_SIGNAL_SCHEMA,
+    DATA_MESSAGE_SCHEMA,
+    MAX_MESH_PEERS,
+    MESH_MESSAGE_SCHEMA,
+    SERVER_SIGNAL_SCHEMA,
+)
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TEXT = (SPECS / "live.md").read_text()
@@ -36,7 +42,8 @@ def table_rows(header: str) -> list[list[str]]:
 
 
 def test_the_spec_embeds_the_code_schemas() -> None:
-    assert json_blocks() == [CLIENT_SIGNAL_SCHEMA, SERVER_SIGNAL_SCHEMA, DATA_MESSAGE_SCHEMA]
+    assert json_blocks() == [CLIENT_SIGNAL_SCHEMA, SERVER_SIGNAL_SCHEMA, DATA_MESSAGE_SCHEMA,
+                             MESH_MESSAGE_SCHEMA]
 
 
 def test_the_role_table_is_the_codes() -> None:
@@ -72,6 +79,7 @@ def test_the_state_table_is_the_codes() -> None:
     ("SUBSCRIBER_QUEUE_FRAMES", relay.SUBSCRIBER_QUEUE_FRAMES),
     ("SEGMENT_TARGET_MS", recording.SEGMENT_TARGET_MS),
     ("MAX_TIP_ENVELOPE_BYTES", asgi.MAX_TIP_ENVELOPE_BYTES),
+    ("MAX_MESH_PEERS", MAX_MESH_PEERS),
 ])
 def test_the_limits_quoted_are_the_codes(name: str, value: float) -> None:
     quoted = re.search(rf"`{name}` =\s+([0-9,.]+)", TEXT)
@@ -137,3 +145,9 @@ def test_the_protocol_id_is_registered() -> None:
     assert pull.PROTOCOL_ID in registry and "live.md" in registry
     assert recording.RECORDING_TYPE in registry
     assert "n3xus/room-token/v1" in registry
+
+
+def test_the_room_page_mirrors_max_mesh_peers() -> None:
+    page = (Path(asgi.PAGES_DIR) / "room.js").read_text()
+    quoted = re.search(r"export const MAX_MESH_PEERS = (\d+);", page)
+    assert quoted is not None and int(quoted.group(1)) == MAX_MESH_PEERS

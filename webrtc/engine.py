@@ -9,7 +9,11 @@ points at a :class:`~n3xus.webrtc.bridge.TrioInbox`.
 Data channels: each browser opens one channel, labelled ``room``, to the node;
 the node is the hub that stamps the sender, checks the role, and forwards chat,
 presence and reactions to the room's other members; world edits go to the node
-(``PeerEvent(kind="world-edit")``), which applies and then broadcasts them.
+(``PeerEvent(kind="world-edit")``), which applies and then broadcasts them. Room
+pages send chat and presence to each other directly over their browser mesh
+(specs/live.md §4.5) and use this hub only above MAX_MESH_PEERS or while their
+mesh is incomplete; ``hub_messages`` in :meth:`LiveEngine.stats` counts what the
+hub carried.
 """
 
 from __future__ import annotations
@@ -104,6 +108,9 @@ class RoomMedia:
     relays: dict[str, TrackRelay]
     peers: dict[str, _Peer] = field(default_factory=dict)
     performer: str | None = None
+    #: Data-channel messages the node carried as the hub, by type (chat and reactions
+    #: fanned out, world edits taken in): tests read it to tell a mesh from the hub.
+    hub_messages: dict[str, int] = field(default_factory=dict)
 
 
 class LiveEngine:
@@ -135,6 +142,7 @@ class LiveEngine:
             "live": video.live,
             "performer": media.performer,
             "peers": len(media.peers),
+            "hub_messages": dict(media.hub_messages),
             "relays": {
                 kind: {
                     "subscribers": relay.subscriber_count,
@@ -351,6 +359,7 @@ class LiveEngine:
                 self._send(peer, {"type": "error", "code": exc.code, "message": exc.message})
                 return
         kind = message["type"]
+        media.hub_messages[kind] = media.hub_messages.get(kind, 0) + 1
         stamped = {**message, "from": {"peer": peer.peer_id, "name": peer.name,
                                         "role": peer.role.value}}
         if kind == "world-edit":

@@ -34,6 +34,7 @@ from .errors import (
 from .recording import RecordedSegment, Recorder
 from .relay import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedFrame, FrameQueue, TrackRelay
 from .rooms import DEFAULT_TOKEN_TTL_MS, Grant, Permission, Role, RoomTokens, check_room_name
+from .schemas import MAX_MESH_PEERS
 from .signaling import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -42,6 +43,7 @@ from .signaling import (
     End,
     Hello,
     Offer,
+    PeerSignal,
     Ping,
     SignalingSession,
     State,
@@ -97,6 +99,12 @@ class _Connection:
     #: Notifications for this connection (``live``), drained by its own task so a
     #: client that does not read blocks only itself.
     notify: trio.MemorySendChannel[dict[str, Any]] | None = None
+    #: The page joined the room's browser mesh (``hello`` with ``mesh: true``).
+    mesh: bool = False
+
+    def member(self) -> dict[str, str]:
+        assert self.grant is not None
+        return {"peer": self.peer_id, "name": self.name, "role": self.grant.role.value}
 
 
 class LiveService:
@@ -111,6 +119,10 @@ class LiveService:
         self._world_edit = world_edit
         self._connections: dict[str, set[_Connection]] = {}
         self._pullers: dict[str, set[trio.MemorySendChannel[pull.PullMessage]]] = {}
+        #: Room -> mesh members by peer id, in joining order (§4.5).
+        self._mesh: dict[str, dict[str, _Connection]] = {}
+        #: peer-offer/peer-answer messages relayed between browsers (§4.5).
+        self.peer_signals_relayed = 0
         #: Notifications not delivered because a client's queue was full or closed.
         self.notifications_dropped = 0
 
@@ -141,6 +153,8 @@ class LiveService:
                 nursery.cancel_scope.cancel()
         finally:
             self._connections[room].discard(conn)
+            if self._mesh.get(room, {}).pop(conn.peer_id, None) is not None:
+                self._send_roster(room)
             with trio.CancelScope(shield=True):
                 await self.bridge.run(self.engine.close_peer, room, conn.peer_id)
 
@@ -179,7 +193,8 @@ class LiveService:
                     await socket.close(CLOSE_POLICY, exc.code)
                     return
 
-    async def _handle(self, conn: _Connection, event: Hello | Offer | End | Ping) -> None:
+    async def _handle(self, conn: _Connection,
+                      event: Hello | Offer | PeerSignal | End | Ping) -> None:
         if isinstance(event, Ping):
             await self._send_to(conn, {"type": "pong", "t": event.t})
             return
@@ -194,6 +209,10 @@ class LiveService:
                 "role": conn.grant.role.value, "live": live,
                 "ice_servers": [_ice_json(s) for s in self.ice_servers],
             })
+            if event.mesh and conn.grant.allows(Permission.CHAT):
+                conn.mesh = True
+                self._mesh.setdefault(conn.room, {})[conn.peer_id] = conn
+                self._send_roster(conn.room)
             return
         grant = conn.grant
         assert grant is not None  # the state machine admits nothing else before hello
@@ -204,12 +223,40 @@ class LiveService:
                 answer = await self.bridge.run(self.engine.answer, conn.room, conn.peer_id,
                                                grant.role, conn.name, event.sdp)
             await self._send_to(conn, {"type": "answer", "sdp": answer})
+        elif isinstance(event, PeerSignal):
+            self._relay_peer_signal(conn, event)
         elif isinstance(event, End):
             if not grant.allows(Permission.END):
                 raise ForbiddenError(f"role {grant.role.value} may not end the performance")
             # The owner may stop anyone's performance; a performer only their own.
             await self.bridge.run(self.engine.end_performance, conn.room,
                                   None if grant.role is Role.OWNER else conn.peer_id)
+
+    def _send_roster(self, room: str) -> None:
+        """Tell every mesh member who is in the mesh, or that the room is over
+        MAX_MESH_PEERS and everyone uses the node as the hub (``mesh: false``)."""
+        members = list(self._mesh.get(room, {}).values())
+        mesh = len(members) <= MAX_MESH_PEERS
+        roster = {"type": "roster", "mesh": mesh,
+                  "peers": [m.member() for m in members] if mesh else []}
+        for member in members:
+            if member.notify is not None:
+                self._offer(member.notify, roster)
+
+    def _relay_peer_signal(self, conn: _Connection, event: PeerSignal) -> None:
+        """Pass an SDP to another mesh member of the same room, naming the sender
+        (the receiver trusts the node's ``from``, never the browser's word)."""
+        mesh = self._mesh.get(conn.room, {})
+        if not conn.mesh:
+            raise ForbiddenError("only mesh members (room pages) signal peers")
+        if len(mesh) > MAX_MESH_PEERS:
+            raise SignalingError(f"the room's mesh is over {MAX_MESH_PEERS} members; "
+                                 "use the node", code="mesh-full")
+        target = mesh.get(event.to)
+        if target is None or target is conn or target.notify is None:
+            raise SignalingError(f"no mesh member {event.to} in this room", code="no-such-peer")
+        self.peer_signals_relayed += 1
+        self._offer(target.notify, {"type": event.kind, "from": conn.member(), "sdp": event.sdp})
 
     async def _is_live(self, room: str) -> bool:
         return self.engine.relay(room).live

@@ -53,6 +53,8 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.AWAIT_HELLO, "bye"): State.CLOSED,
     (State.READY, "offer"): State.READY,
     (State.READY, "end"): State.READY,
+    (State.READY, "peer-offer"): State.READY,
+    (State.READY, "peer-answer"): State.READY,
     (State.READY, "ping"): State.READY,
     (State.READY, "bye"): State.CLOSED,
 }
@@ -65,10 +67,22 @@ FATAL_CODES = frozenset({"rate-limited", "too-large", "bad-token", "wrong-room",
 class Hello:
     token: str
     name: str
+    #: The page joins the room's browser mesh (room pages; §4.5).
+    mesh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Offer:
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSignal:
+    """An SDP for another member (``kind`` "peer-offer" or "peer-answer"), which the
+    node relays with the sender named by the node (§4.5)."""
+
+    kind: str
+    to: str
     sdp: str
 
 
@@ -87,7 +101,7 @@ class Bye:
     pass
 
 
-ClientEvent = Hello | Offer | End | Ping | Bye
+ClientEvent = Hello | Offer | PeerSignal | End | Ping | Bye
 
 
 class TokenBucket:
@@ -131,9 +145,12 @@ class SignalingSession:
                                  code="unexpected-message")
         self.state = next_state
         if kind == "hello":
-            return Hello(message["token"], message.get("name", "guest"))
+            return Hello(message["token"], message.get("name", "guest"),
+                         bool(message.get("mesh", False)))
         if kind == "offer":
             return Offer(message["sdp"])
+        if kind in ("peer-offer", "peer-answer"):
+            return PeerSignal(kind, message["to"], message["sdp"])
         if kind == "end":
             return End()
         if kind == "ping":

@@ -419,12 +419,17 @@ import { $, el, fmtBytes, fmtDuration, fmtNum, fmtTime, mono, short, sleep } fro
     const schema = json.schema || {};
     return Array.isArray(schema.required) && schema.required.length > 0;
   }
+  // A route with a required query parameter (a room's tip-info needs ?account=) needs
+  // input too: discovery offers no button for it (it would only ever answer 400).
+  function needsQuery(op) {
+    return (op.parameters || []).some((q) => q.in === "query" && q.required === true);
+  }
   function itemActions(collection, id, item, refreshName) {
     const out = [];
     const re = new RegExp("^" + API + "/" + collection + "/\\{[^}]+\\}/([a-z-]+)$");
     for (const [path, ops] of Object.entries(routes)) {
       const m = re.exec(path);
-      if (!m || !ops.post || needsInput(ops.post)) continue;
+      if (!m || !ops.post || needsInput(ops.post) || needsQuery(ops.post)) continue;
       if ((ops.post.responses?.["200"]?.content || {})["text/event-stream"]) continue;
       const verb = m[1];
       // An enabled item needs no Start, a disabled one no Stop.
@@ -453,7 +458,7 @@ import { $, el, fmtBytes, fmtDuration, fmtNum, fmtTime, mono, short, sleep } fro
     const re = new RegExp("^" + API + "/" + collection + "/\\{[^}]+\\}/([a-z-]+)$");
     for (const [path, ops] of Object.entries(routes)) {
       const m = re.exec(path);
-      if (!m || !ops.get) continue;
+      if (!m || !ops.get || needsQuery(ops.get)) continue;
       const what = m[1];
       out.push(button("Show " + what, (e) => act(e.currentTarget, {
         run: async () => {

@@ -26,8 +26,9 @@ export function status(text, isError = false) {
   }
 }
 
-// One signaling connection: resolves with {ws, welcome, request, on}.
-export function connectSignal(name) {
+// One signaling connection: resolves with {ws, welcome, request, on}. `hello` may add
+// fields to the hello message (the room page sends {mesh: true}, specs/live.md §4.5).
+export function connectSignal(name, hello = {}) {
   return new Promise((resolve, reject) => {
     const room = roomName();
     const token = roomToken();
@@ -52,7 +53,7 @@ export function connectSignal(name) {
         });
       },
     };
-    ws.onopen = () => ws.send(JSON.stringify({ type: "hello", v: 1, token, name }));
+    ws.onopen = () => ws.send(JSON.stringify({ type: "hello", v: 1, token, name, ...hello }));
     ws.onerror = () => reject(new Error("signaling connection failed"));
     ws.onclose = (ev) => {
       if (handlers.close) handlers.close(ev);
@@ -84,7 +85,7 @@ export function newPeerConnection(signal) {
   return new RTCPeerConnection({ iceServers: signal.welcome.ice_servers || [] });
 }
 
-function iceGathered(pc) {
+export function iceGathered(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
