@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # interpreter start plus libp2p import take a few seconds.
 READY_LINE = "press Ctrl-C to stop"
 CLI_START_TIMEOUT_S = 60.0
+# A node's API answers a read within this on a loaded machine; longer calls pass their own.
+API_TIMEOUT_S = 10.0
+# How often wait_for checks its condition unless a test needs a finer (or coarser) step.
+WAIT_POLL_S = 0.25
 
 
 def conformance_dir() -> Path:
@@ -63,6 +69,23 @@ class CliNode:
                 return line.split()[1].removesuffix("/api/v1")
         raise AssertionError(f"no API URL in {self.stdout_lines}")
 
+    @property
+    def api_token(self) -> str:
+        return (self.data_dir / "api.token").read_text().strip()
+
+    def api(self, method: str, path: str, *, timeout: float = API_TIMEOUT_S, **kwargs: Any) -> Any:
+        """``method /api/v1{path}`` with the node's token (``kwargs`` go to httpx): the JSON
+        answer, or the bytes of a non-JSON one. Raises on an error status."""
+        response = httpx.request(method, f"{self.api_url}/api/v1{path}", timeout=timeout,
+                                 headers={"Authorization": f"Bearer {self.api_token}"}, **kwargs)
+        response.raise_for_status()
+        if "json" in response.headers.get("content-type", ""):
+            return response.json()
+        return response.content
+
+    def api_get(self, path: str, *, timeout: float = API_TIMEOUT_S, **params: Any) -> Any:
+        return self.api("GET", path, timeout=timeout, params=params or None)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float, str]:
         """Send ``sig``; return (exit code, seconds to exit, stderr)."""
         start = time.monotonic()
@@ -105,6 +128,18 @@ def start_cli_node(data_dir: Path, *extra: str, genesis: Path | None = None,
             return node
     proc.kill()
     raise AssertionError("node did not become ready in time")
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str, *,
+             poll_s: float = WAIT_POLL_S) -> float:
+    """Seconds until ``condition`` held, checked every ``poll_s``; AssertionError naming
+    ``what`` after ``seconds``."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(poll_s)
+    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 @pytest.fixture

@@ -10,14 +10,10 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from conftest import CliNode, n3xus_argv, run_cli, start_cli_node
+from conftest import CliNode, n3xus_argv, run_cli, start_cli_node, wait_for
 from n3xus.node.p2p.blocks import SERVE_RATE_ENV
 
 FILE_BYTES = 50 * 1024 * 1024
@@ -30,25 +26,8 @@ FETCH_TIMEOUT_S = 300.0
 POLL_S = 0.1
 
 
-def api(node: CliNode, path: str) -> Any:
-    token = (node.data_dir / "api.token").read_text().strip()
-    response = httpx.get(f"{node.api_url}/api/v1{path}",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(POLL_S)
-    raise AssertionError(f"not within {seconds} s: {what}")
-
-
 def latest_fetch(node: CliNode) -> dict[str, Any] | None:
-    fetches = api(node, "/canon/fetch")["fetches"]
+    fetches = node.api_get("/canon/fetch")["fetches"]
     return fetches[-1] if fetches else None
 
 
@@ -106,7 +85,7 @@ def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
     # 2. C fetches from A and B at once and crashes (SIGKILL) once both have served.
     first = fetch_cli(c, cid, a.listen_addr, b.listen_addr)
     wait_for(lambda: served_by_both(c, a.peer_id, b.peer_id, at_most=0.8, at_least=0.3),
-             FETCH_TIMEOUT_S, "C fetching from both A and B, a third stored")
+             FETCH_TIMEOUT_S, "C fetching from both A and B, a third stored", poll_s=POLL_S)
     c.proc.send_signal(signal.SIGKILL)
     c.proc.wait()
     first.wait(timeout=60)
@@ -116,14 +95,15 @@ def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
     # asking again attaches to it. Stored blocks are not fetched again.
     c = start_cli_node(tmp_path / "c", "--bootstrap", a.listen_addr)
     cli_nodes.append(c)
-    wait_for(lambda: latest_fetch(c) is not None, 60, "C resuming the fetch on its own")
+    wait_for(lambda: latest_fetch(c) is not None, 60, "C resuming the fetch on its own",
+             poll_s=POLL_S)
     resumed_job = latest_fetch(c)
     assert resumed_job is not None and resumed_job["cid"] == cid
     assert resumed_job["sources"] == [a.listen_addr, b.listen_addr]
     second = fetch_cli(c, cid, a.listen_addr, b.listen_addr)
     # 4. B is killed mid-way: C completes from A.
     wait_for(lambda: served_by_both(c, a.peer_id, b.peer_id, at_most=0.9), FETCH_TIMEOUT_S,
-             "the resumed fetch drawing on both A and B")
+             "the resumed fetch drawing on both A and B", poll_s=POLL_S)
     b.proc.send_signal(signal.SIGKILL)
     b.proc.wait()
     out, err = second.communicate(timeout=FETCH_TIMEOUT_S)
@@ -143,7 +123,7 @@ def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
     assert peers[b.peer_id]["state"] == "failed" and peers[a.peer_id]["state"] == "finished"
     assert peers[a.peer_id]["mismatches"] == peers[b.peer_id]["mismatches"] == 0
     # A killed source is gone, not at fault: no penalty for the frame it was cut off in.
-    listed = api(c, "/peers")
+    listed = c.api_get("/peers")
     for entry in [*listed["peers"], *listed.get("others", [])]:
         if entry["peer_id"] == b.peer_id and entry.get("traffic"):
             assert not entry["traffic"]["penalties"], entry
@@ -153,4 +133,4 @@ def test_fetch_from_one_then_two_sources_with_a_crash_and_a_killed_source(
     got = run_cli("canon", "get", cid, "-o", str(copy), "--data-dir", str(c.data_dir))
     assert got.returncode == 0, got.stderr
     assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(content).digest()
-    assert cid in {p["cid"] for p in api(c, "/canon/pins")["pins"]}
+    assert cid in {p["cid"] for p in c.api_get("/canon/pins")["pins"]}

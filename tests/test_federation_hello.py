@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from conftest import CliNode, run_cli, start_cli_node
+from conftest import CliNode, run_cli, start_cli_node, wait_for
 from n3xus.canon.codec import decode
 from n3xus.node.p2p.hello import TEST_VERSION_ENV, verify_recognition
 from n3xus.protocol.codes import ErrorCode
@@ -24,15 +21,6 @@ from n3xus.protocol.errors import HelloRefused
 # B and C bootstrap from A and find each other through the DHT; on a loaded 2-core
 # machine with other test processes the first lookups can take a while.
 CONNECT_BOUND_S = 40.0
-POLL_S = 0.25
-
-
-def api(node: CliNode, path: str, **params: Any) -> Any:
-    token = (node.data_dir / "api.token").read_text().strip()
-    response = httpx.get(f"{node.api_url}/api/v1{path}", params=params,
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    response.raise_for_status()
-    return response.json() if "json" in response.headers.get("content-type", "") else response.content
 
 
 def peers_json(node: CliNode) -> dict[str, Any]:
@@ -41,17 +29,8 @@ def peers_json(node: CliNode) -> dict[str, Any]:
     return json.loads(res.stdout)  # type: ignore[no-any-return]
 
 
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(POLL_S)
-    raise AssertionError(f"not within {seconds} s: {what}")
-
-
 def recognised(node: CliNode) -> set[str]:
-    return {p["peer_id"] for p in api(node, "/peers")["peers"] if p.get("hello")}
+    return {p["peer_id"] for p in node.api_get("/peers")["peers"] if p.get("hello")}
 
 
 def test_three_cli_nodes_complete_hellos_and_log_verifiable_handshakes(
@@ -82,20 +61,20 @@ def test_three_cli_nodes_complete_hellos_and_log_verifiable_handshakes(
             assert peer["refusal"] is None and peer["banned"] is None and peer["score"] > 0
             assert hello["direction"] in ("inbound", "outbound")
             durations.append(hello["elapsed_ms"])
-        status = api(node, "/status")["federation"]
+        status = node.api_get("/status")["federation"]
         assert status["hellos_completed"] >= 2 and status["hellos_refused"] == 0
     assert len(networks) == 1  # one genesis
 
     # Each completed hello is a handshake v2 entry that a third party can check: the
     # linked block is the peer's signed hello for a session between the two nodes.
     for peer_id, node in nodes.items():
-        entries = [e for e in api(node, "/canon/log", start=0, limit=100)["entries"]
+        entries = [e for e in node.api_get("/canon/log", start=0, limit=100)["entries"]
                    if e["type"] == "handshake"]
         assert entries and all(e["version"] == 2 for e in entries)
         seen = set()
         for entry in entries:
-            payload = decode(api(node, f"/canon/blocks/{entry['payload']}"))
-            block = api(node, f"/canon/blocks/{payload['hello']}")
+            payload = decode(node.api_get(f"/canon/blocks/{entry['payload']}"))
+            block = node.api_get(f"/canon/blocks/{payload['hello']}")
             hello = verify_recognition(payload, block, peer_id)
             assert hello.peer_id == payload["peer"] != peer_id
             seen.add(payload["peer"])
@@ -109,7 +88,7 @@ def test_three_cli_nodes_complete_hellos_and_log_verifiable_handshakes(
             assert refused.value.code is ErrorCode.REPLAYED
         assert seen == set(nodes) - {peer_id}
         # The log still verifies as a whole with these entries (their schema is registered).
-        proof = api(node, f"/canon/log/proof/{entries[0]['index']}")
+        proof = node.api_get(f"/canon/log/proof/{entries[0]['index']}")
         assert proof
     print(f"hello exchange (as each side saw it): median {statistics.median(durations):.1f} ms, "
           f"max {max(durations):.1f} ms over {len(durations)} sides")
@@ -186,7 +165,7 @@ def test_other_network_and_other_major_version_are_refused_with_reasons(
     assert others[future.peer_id]["hello"] is None
     human = run_cli("peers", "list", "--data-dir", str(a.data_dir)).stdout
     assert "wrong-network (16)" in human and "unsupported-version (17)" in human
-    assert api(a, "/status")["federation"]["hellos_completed"] == 0
+    assert a.api_get("/status")["federation"]["hellos_completed"] == 0
 
     for node in (a, stranger, future, denied):
         code, _, stderr = node.stop()

@@ -20,22 +20,12 @@ from typing import Any
 import httpx
 
 from conftest import CliNode, run_cli, start_cli_node
+from conftest import wait_for as wait_for_every
 from n3xus.ledger.rules import sale_payout
 
 POLL_S = 0.02
 CONVERGE_S = 60.0
 PROPAGATION_TARGET_S = 1.0
-
-
-def token(node: CliNode) -> str:
-    return (node.data_dir / "api.token").read_text().strip()
-
-
-def get(node: CliNode, path: str) -> Any:
-    response = httpx.get(f"{node.api_url}/api/v1{path}",
-                         headers={"Authorization": f"Bearer {token(node)}"}, timeout=10)
-    response.raise_for_status()
-    return response.json()
 
 
 def cli(node: CliNode, *args: str) -> Any:
@@ -45,17 +35,12 @@ def cli(node: CliNode, *args: str) -> Any:
 
 
 def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    """Seconds until ``condition`` held (AssertionError after ``seconds``)."""
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(POLL_S)
-    raise AssertionError(f"not within {seconds} s: {what}")
+    """Seconds until ``condition`` held, checked every :data:`POLL_S` (propagation is timed)."""
+    return wait_for_every(condition, seconds, what, poll_s=POLL_S)
 
 
 def status(node: CliNode) -> dict[str, Any]:
-    return dict(get(node, "/ledger/status"))
+    return dict(node.api_get("/ledger/status"))
 
 
 def same_state(nodes: list[CliNode]) -> bool:
@@ -64,7 +49,7 @@ def same_state(nodes: list[CliNode]) -> bool:
 
 
 def balance(node: CliNode, account: str) -> int:
-    return int(get(node, f"/ledger/accounts/{account}")["balance"])
+    return int(node.api_get(f"/ledger/accounts/{account}")["balance"])
 
 
 def start_network(tmp_path: Path, cli_nodes: list[CliNode], count: int) -> list[CliNode]:
@@ -76,7 +61,7 @@ def start_network(tmp_path: Path, cli_nodes: list[CliNode], count: int) -> list[
                               genesis=first.data_dir / "genesis.cbor")
         cli_nodes.append(node)
         nodes.append(node)
-    wait_for(lambda: all(len(get(n, "/peers")["peers"]) >= 1 for n in nodes), 30,
+    wait_for(lambda: all(len(n.api_get("/peers")["peers"]) >= 1 for n in nodes), 30,
              "every node has a peer")
     return nodes
 
@@ -124,7 +109,7 @@ def test_transfer_royalties_and_catch_up_across_three_cli_nodes(
     assert int(cli(a, "wallet", "balance", "node")["balance"]) == \
         platform_before + first.platform + resale.platform
     assert int(cli(a, "wallet", "balance", dave)["balance"]) == 10000 - 1000 + resale.seller
-    assert get(a, f"/ledger/assets/{asset}")["editions"][0]["owner"] == erin
+    assert a.api_get(f"/ledger/assets/{asset}")["editions"][0]["owner"] == erin
     print(f"royalties on A: carol {carol_expected}, platform +{first.platform + resale.platform}")
 
     # 3. C is killed; transactions are made on A and B meanwhile; C restarted catches up.
@@ -164,8 +149,8 @@ def test_double_spend_on_two_nodes_freezes_everywhere_and_audits_offline(
     wait_for(lambda: same_state([a, b, c]), CONVERGE_S, "mallory funded everywhere")
 
     key: SigningKey = wallet_key(DataDir(a.data_dir), "mallory")
-    state = get(a, f"/ledger/accounts/{mallory}")
-    network = CID(get(a, "/ledger/genesis")["cid"])
+    state = a.api_get(f"/ledger/accounts/{mallory}")
+    network = CID(a.api_get("/ledger/genesis")["cid"])
 
     def envelope(to: str) -> bytes:
         chain = AccountChain(key, network, seq=state["next_seq"],
@@ -180,7 +165,7 @@ def test_double_spend_on_two_nodes_freezes_everywhere_and_audits_offline(
     def submit(node: CliNode) -> None:
         gate.wait()
         response = httpx.post(f"{node.api_url}/api/v1/ledger/txs", content=spends[node.api_url],
-                              headers={"Authorization": f"Bearer {token(node)}",
+                              headers={"Authorization": f"Bearer {node.api_token}",
                                        "Content-Type": "application/vnd.ipld.dag-cbor"},
                               timeout=10)
         answers[node.api_url] = response.status_code

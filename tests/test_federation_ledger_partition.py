@@ -13,7 +13,6 @@ from pathlib import Path
 from test_federation_ledger_cli import (
     CONVERGE_S,
     cli,
-    get,
     same_state,
     start_network,
     status,
@@ -66,7 +65,7 @@ def test_five_nodes_partition_restart_and_heal_to_one_state_root(
             cli(x, "peers", "ban", y.peer_id, "--for", BAN_S)
             cli(y, "peers", "ban", x.peer_id, "--for", BAN_S)
     wait_for(lambda: not any(p["peer_id"] in {y.peer_id for y in right}
-                             for x in left for p in get(x, "/peers")["peers"]), 30,
+                             for x in left for p in x.api_get("/peers")["peers"]), 30,
              "no link across the partition")
     traffic(rng, nodes, wallets, 2)
     # n4 crashes and comes back inside its side of the partition.

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import CliNode, run_cli, start_cli_node
+from conftest import CliNode, run_cli, start_cli_node, wait_for
 from n3xus.protocol.codes import ErrorCode
 from n3xus.protocol.errors import ProtocolError, RemoteProtocolError
 from n3xus.protocol.framing import encode_message
@@ -41,31 +38,14 @@ from n3xus.protocol.witness_wire import (
 BOUND_S = 40.0
 
 
-def api(node: CliNode, path: str) -> Any:
-    token = (node.data_dir / "api.token").read_text().strip()
-    response = httpx.get(f"{node.api_url}/api/v1{path}",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
 def cli(*args: str) -> Any:
     res = run_cli(*args, "--json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
 
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"not within {seconds} s: {what}")
-
-
 def recognises(node: CliNode, peer_id: str) -> bool:
-    return any(p["peer_id"] == peer_id and p.get("hello") for p in api(node, "/peers")["peers"])
+    return any(p["peer_id"] == peer_id and p.get("hello") for p in node.api_get("/peers")["peers"])
 
 
 def test_a_node_that_signs_two_histories_is_caught_and_the_proof_verifies_offline(
@@ -89,7 +69,7 @@ def test_a_node_that_signs_two_histories_is_caught_and_the_proof_verifies_offlin
     cli("peers", "connect", witness.listen_addr, "--data-dir", str(a.data_dir))
     wait_for(lambda: recognises(witness, a.peer_id), BOUND_S, "A recognised by W")
     origin = f"n3xus.net/canon/{a.peer_id}"
-    wait_for(lambda: api(witness, "/status")["federation"]["witness"]["latest"].get(origin) == 1,
+    wait_for(lambda: witness.api_get("/status")["federation"]["witness"]["latest"].get(origin) == 1,
              BOUND_S, "W follows A's canon log at size 1")
     code, _, stderr = a.stop()
     assert code == 0, stderr[-2000:]
@@ -100,7 +80,7 @@ def test_a_node_that_signs_two_histories_is_caught_and_the_proof_verifies_offlin
     assert code == 0, stderr[-2000:]
     witness = start_cli_node(tmp_path / "w", "--listen", f"/ip4/127.0.0.1/tcp/{old_port}")
     cli_nodes.append(witness)
-    assert api(witness, "/status")["federation"]["witness"]["logs_followed"] >= 2
+    assert witness.api_get("/status")["federation"]["witness"]["logs_followed"] >= 2
     wait_for(lambda: recognises(witness, other.peer_id), BOUND_S * 2, "B recognised again")
 
     # History 2: the same identity from the copy commits something else, twice, and shows
@@ -112,10 +92,10 @@ def test_a_node_that_signs_two_histories_is_caught_and_the_proof_verifies_offlin
     cli("world", "set", "garden", "tulip", '"yellow"', "--data-dir", str(forked.data_dir))
     run_cli("peers", "connect", witness.listen_addr, "--data-dir", str(forked.data_dir))
 
-    took = wait_for(lambda: api(witness, "/status")["federation"]["witness"]["split_views"] == 1,
+    took = wait_for(lambda: witness.api_get("/status")["federation"]["witness"]["split_views"] == 1,
                     BOUND_S, "W catches the split view")
     print(f"\nsplit view caught {took:.1f} s after the forked node connected")
-    status = api(witness, "/status")["federation"]["witness"]
+    status = witness.api_get("/status")["federation"]["witness"]
     assert status["proofs_fetched"] >= 1
     [evidence] = status["evidence"]
     proof_file = Path(evidence)
@@ -128,9 +108,9 @@ def test_a_node_that_signs_two_histories_is_caught_and_the_proof_verifies_offlin
     assert other.peer_id in {p["peer_id"] for p in listed["peers"]}
 
     # Gossip: B received the proof, checked it, and keeps it too.
-    wait_for(lambda: api(other, "/status")["federation"]["witness"]["split_views"] == 1,
+    wait_for(lambda: other.api_get("/status")["federation"]["witness"]["split_views"] == 1,
              BOUND_S, "B received the gossiped proof")
-    [gossiped] = api(other, "/status")["federation"]["witness"]["evidence"]
+    [gossiped] = other.api_get("/status")["federation"]["witness"]["evidence"]
     assert Path(gossiped).read_bytes() == proof_file.read_bytes()
 
     # Offline: anyone verifies the proof with the CLI, no node needed.

@@ -10,21 +10,22 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from nacl.signing import SigningKey
 
 from conftest import CliNode, n3xus_argv, run_cli, start_cli_node
+from conftest import wait_for as wait_for_every
 from n3xus.node.config import DEFAULT_MAP_SIZE_MIB, DataDir
 from n3xus.node.services.worlds_federation import SYNC_INTERVAL_ENV
 
 SYNC_ENV = {SYNC_INTERVAL_ENV: "1"}
 CONVERGE_S = 30.0
 POLL_S = 0.2
+# A 2000-key world edit through the API commits and announces before it answers.
+POST_TIMEOUT_S = 60.0
 
 
 def cli(node: CliNode, *args: str, ok: bool = True) -> Any:
@@ -40,12 +41,7 @@ def public_key(node: CliNode) -> str:
 
 
 def wait_for(condition: Callable[[], bool], what: str, seconds: float = CONVERGE_S) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(POLL_S)
-    raise AssertionError(f"not within {seconds} s: {what}")
+    wait_for_every(condition, seconds, what, poll_s=POLL_S)
 
 
 def root(node: CliNode, world: str) -> str | None:
@@ -121,12 +117,14 @@ def test_three_cli_nodes_share_follow_reject_and_catch_up(tmp_path: Path,
 
     # Over the real block exchange, a change costs what changed: a 2,000-key world is
     # fetched once whole, then 3 changed keys cost a few paths of the tree.
-    api_post(a, "/worlds/big", {"set": {f"item/{i:04}": i for i in range(2000)}})
+    a.api("POST", "/worlds/big", timeout=POST_TIMEOUT_S,
+          json={"set": {f"item/{i:04}": i for i in range(2000)}})
     first = cli(c, "world", "follow", "big", "--from", a.listen_addr)
     assert first["result"] == "adopted" and first["blocks_fetched"] > 2000
-    api_post(a, "/worlds/big", {"set": {"item/0007": -7, "item/1000": -1, "item/1999": -2}})
+    a.api("POST", "/worlds/big", timeout=POST_TIMEOUT_S,
+          json={"set": {"item/0007": -7, "item/1000": -1, "item/1999": -2}})
     wait_for(lambda: value(c, "big", "item/1999") == -2, "C sees the change to big")
-    delta = api_get(c, "/worlds/big/federation")["stats"]["last_blocks_fetched"]
+    delta = c.api_get("/worlds/big/federation")["stats"]["last_blocks_fetched"]
     print(f"\nbig world: first follow {first['blocks_fetched']} blocks, 3 keys changed: "
           f"{delta} blocks")
     assert 0 < delta <= 3 * 5 + 3
@@ -169,25 +167,8 @@ def test_three_cli_nodes_share_follow_reject_and_catch_up(tmp_path: Path,
     assert cli(c, "world", "unfollow", "plain")["following"] is False
 
 
-def _headers(node: CliNode) -> dict[str, str]:
-    return {"Authorization": f"Bearer {(node.data_dir / 'api.token').read_text().strip()}"}
-
-
-def api_get(node: CliNode, path: str) -> Any:
-    response = httpx.get(f"{node.api_url}/api/v1{path}", headers=_headers(node), timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
-def api_post(node: CliNode, path: str, body: Any) -> Any:
-    response = httpx.post(f"{node.api_url}/api/v1{path}", json=body, headers=_headers(node),
-                          timeout=60)
-    response.raise_for_status()
-    return response.json()
-
-
 def last_rejected(node: CliNode, world: str) -> str | None:
-    stats = api_get(node, f"/worlds/{world}/federation")["stats"]
+    stats = node.api_get(f"/worlds/{world}/federation")["stats"]
     return None if stats["last_rejected"] is None else str(stats["last_rejected"])
 
 

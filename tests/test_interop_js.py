@@ -11,23 +11,22 @@ import base64
 import json
 import secrets
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from interop_support import VECTORS_SCRIPT, JsPeer, node_binary
 
-from conftest import CliNode, run_cli, start_cli_node
+from conftest import CliNode, run_cli, start_cli_node, wait_for
 from n3xus.canon.cid import cid_of
 from n3xus.canon.codec import decode, encode
 from n3xus.node.p2p.hello import verify_recognition
 
 # Generous: a loaded 2-core machine, two interpreters, DHT queries.
 CONNECT_BOUND_S = 60.0
-POLL_S = 0.25
+# The JS peer's blocks and the canon log are read back through the API of a busy node.
+API_TIMEOUT_S = 30.0
 MAX_BLOCK_BYTES = 1_048_576  # the largest block (and payload frame) there is
 JS_VECTOR_CHECKS_AT_LEAST = 50
 
@@ -56,14 +55,6 @@ def cli_json(*args: str) -> Any:
     return json.loads(res.stdout)
 
 
-def api(node: CliNode, path: str) -> Any:
-    token = (node.data_dir / "api.token").read_text().strip()
-    response = httpx.get(f"{node.api_url}/api/v1{path}",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    response.raise_for_status()
-    return response.json() if "json" in response.headers.get("content-type", "") else response.content
-
-
 def network_of(node: CliNode) -> str:
     return str(cli_json("ledger", "status", "--data-dir", str(node.data_dir))["network"])
 
@@ -74,15 +65,6 @@ def listed_peer(node: CliNode, peer_id: str) -> dict[str, Any] | None:
         if peer["peer_id"] == peer_id:
             return peer  # type: ignore[no-any-return]
     return None
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(POLL_S)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 def start_js(node: CliNode, js_peers: list[JsPeer]) -> JsPeer:
@@ -134,13 +116,13 @@ def test_js_peer_dials_our_node_hello_identify_ping_both_ways(
     assert listed is not None and listed["refusal"] is None and listed["direction"] == "inbound"
     assert listed["hello"]["agent"] == js.agent and listed["hello"]["network"] == network
     assert listed["hello"]["protocols"] == ["/n3xus/blocks/1.0.0", "/n3xus/hello/1.0.0"]
-    handshakes = [e for e in api(node_a, "/canon/log?start=0&limit=1000")["entries"]
+    handshakes = [e for e in node_a.api_get("/canon/log?start=0&limit=1000", timeout=API_TIMEOUT_S)["entries"]
                   if e["type"] == "handshake"]
     recognitions = []
     for entry in handshakes:
-        payload = decode(api(node_a, f"/canon/blocks/{entry['payload']}"))
+        payload = decode(node_a.api_get(f"/canon/blocks/{entry['payload']}", timeout=API_TIMEOUT_S))
         if payload["peer"] == js.peer_id:
-            block = api(node_a, f"/canon/blocks/{payload['hello']}")
+            block = node_a.api_get(f"/canon/blocks/{payload['hello']}", timeout=API_TIMEOUT_S)
             recognitions.append(verify_recognition(payload, block, node_a.peer_id))
     assert recognitions and recognitions[0].peer_id == js.peer_id  # the JS signature verifies
 
@@ -187,7 +169,7 @@ def test_our_node_dials_the_js_peer_and_fetches_a_block_from_it(
     assert cid == encoded["cid"]
     fetched = cli_json("canon", "fetch", cid, "--from", js.peer_id, "--data-dir", str(node_a.data_dir))
     assert fetched["state"] == "done" and fetched["peers"][js.peer_id]["blocks"] == 1, fetched
-    assert api(node_a, f"/canon/blocks/{cid}") == bytes.fromhex(encoded["hex"])
+    assert node_a.api_get(f"/canon/blocks/{cid}", timeout=API_TIMEOUT_S) == bytes.fromhex(encoded["hex"])
     js.wait_event(lambda e: e["event"] == "blocks-stream" and e["peer"] == node_a.peer_id,
                   CONNECT_BOUND_S, "our node's blocks stream")
 
@@ -254,7 +236,7 @@ def test_kademlia_dht_between_the_js_peer_and_our_node(
     encoded = js.ok("encode", value={"provided-by": js.peer_id})
     js_cid = js.ok("put", hex=encoded["hex"])["cid"]
     js.ok("dht-provide", cid=js_cid, timeout_s=30, timeout=60)
-    providers = api(node_a, f"/canon/providers/{js_cid}")
+    providers = node_a.api_get(f"/canon/providers/{js_cid}", timeout=API_TIMEOUT_S)
     assert js.peer_id in [p["peer_id"] for p in providers["dht"]], providers
     fetched = cli_json("canon", "fetch", js_cid, "--data-dir", str(node_a.data_dir))
     assert fetched["state"] == "done" and js.peer_id in fetched["peers"], fetched

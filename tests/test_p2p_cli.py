@@ -5,44 +5,24 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from conftest import CliNode, run_cli, start_cli_node
+from conftest import CliNode, run_cli, start_cli_node, wait_for
 from n3xus.node.p2p.discovery import VANISHED_PEER_BOUND_SECONDS
 
 # B and C bootstrap from A only; A answers their DHT lookups within a few seconds
 # of both running (the first lookups run at once and 2 s later). Generous for a
 # loaded 2-core machine with other test processes.
 FIND_EACH_OTHER_BOUND_S = 30.0
-# Polling the API adds up to one poll interval, and the last keepalive round may
-# start just before the peer stops.
-POLL_INTERVAL_S = 0.25
+# Polling the API adds up to one poll interval (conftest.WAIT_POLL_S), and the last
+# keepalive round may start just before the peer stops.
 DETECTION_SLACK_S = 5.0
 
 
-def api(node: CliNode, path: str) -> Any:
-    token = (node.data_dir / "api.token").read_text().strip()
-    response = httpx.get(f"{node.api_url}/api/v1{path}",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
 def peer_ids(node: CliNode) -> set[str]:
-    return {p["peer_id"] for p in api(node, "/peers")["peers"]}
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(POLL_INTERVAL_S)
-    raise AssertionError(f"not within {seconds} s: {what}")
+    return {p["peer_id"] for p in node.api_get("/peers")["peers"]}
 
 
 def test_three_cli_nodes_find_each_other_and_a_stopped_one_is_dropped(
@@ -67,13 +47,13 @@ def test_three_cli_nodes_find_each_other_and_a_stopped_one_is_dropped(
     assert peer_ids(a) == {b.peer_id, c.peer_id}
 
     # The peers route shows what an operator needs, keepalive RTT included.
-    wait_for(lambda: all(p["last_ping_rtt_ms"] is not None for p in api(b, "/peers")["peers"]),
+    wait_for(lambda: all(p["last_ping_rtt_ms"] is not None for p in b.api_get("/peers")["peers"]),
              VANISHED_PEER_BOUND_SECONDS, "keepalive pings recorded")
-    for peer in api(b, "/peers")["peers"]:
+    for peer in b.api_get("/peers")["peers"]:
         assert peer["direction"] in ("inbound", "outbound")
         assert peer["addrs"] and peer["connected_since"] <= time.time()
         assert 0 < peer["last_ping_rtt_ms"] < 5000
-    status = api(b, "/status")
+    status = b.api_get("/status")
     assert status["discovery"]["dht"] is True and status["discovery"]["mdns"] is False
     assert status["discovery"]["routing_table_size"] >= 1
     assert [t["peer_id"] for t in status["discovery"]["reconnect_targets"]
@@ -106,10 +86,10 @@ def test_three_cli_nodes_find_each_other_and_a_stopped_one_is_dropped(
     print(f"killed peer dropped after {took:.1f} s")
     try:
         wait_for(lambda: any(t["peer_id"] == c.peer_id and t["failures"] >= 2
-                             for t in api(b, "/status")["discovery"]["reconnect_targets"]),
+                             for t in b.api_get("/status")["discovery"]["reconnect_targets"]),
                  FIND_EACH_OTHER_BOUND_S, "B retries C with backoff")
     except AssertionError as error:
-        raise AssertionError(f"{error}; B's discovery: {api(b, '/status')['discovery']}") from None
+        raise AssertionError(f"{error}; B's discovery: {b.api_get('/status')['discovery']}") from None
     for node in (a, b):
         code, _, stderr = node.stop()
         assert code == 0, stderr[-2000:]
