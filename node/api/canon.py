@@ -8,9 +8,8 @@ other way and honour a single ``Range: bytes=a-b`` for files (media seeking).
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import trio
@@ -49,7 +48,17 @@ from .schemas import (
     nullable,
     obj,
 )
-from .server import ApiProblem, ApiRoute, Body, Param, error_response, query, read_json
+from .server import (
+    ApiProblem,
+    ApiRoute,
+    Body,
+    Param,
+    Problem,
+    error_response,
+    problems,
+    query,
+    read_json,
+)
 
 # A CAR import or file upload bigger than this is refused: it bounds what one
 # request can write. Recordings and model files fit; a whole disk does not.
@@ -62,30 +71,18 @@ DEFAULT_LIST_LIMIT = 1_000
 STREAM_PIECE_BYTES = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
-Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _problems(handler: Handler) -> Handler:
-    """Map canon errors to HTTP answers with a JSON error body."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except (BlockNotFoundError, WorldNotFoundError) as exc:
-            raise ApiProblem(404, "not_found", _message(exc)) from exc
-        except CorruptBlockError as exc:
-            raise ApiProblem(500, "corrupt_block", str(exc)) from exc
-        except LimitExceededError as exc:
-            raise ApiProblem(413, "too_large", str(exc)) from exc
-        except VerificationError as exc:
-            raise ApiProblem(422, "verification_failed", str(exc)) from exc
-        except NotAWriterError as exc:  # a world this key may not write (shared, followed)
-            raise ApiProblem(403, "not_a_writer", str(exc)) from exc
-        except (CanonError, ValueError) as exc:
-            raise ApiProblem(400, "bad_request", str(exc)) from exc
-
-    return wrapped
+#: Canon errors as HTTP answers with a JSON error body.
+_problems = problems(
+    Problem((BlockNotFoundError, WorldNotFoundError), 404, "not_found", lambda exc: _message(exc)),
+    Problem(CorruptBlockError, 500, "corrupt_block"),
+    Problem(LimitExceededError, 413, "too_large"),
+    Problem(VerificationError, 422, "verification_failed"),
+    # A world this key may not write (shared, followed).
+    Problem(NotAWriterError, 403, "not_a_writer"),
+    Problem((CanonError, ValueError), 400, "bad_request"),
+)
 
 
 def _message(exc: BaseException) -> str:

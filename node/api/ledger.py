@@ -4,9 +4,8 @@ exports — are added by :func:`transparency_routes` when the log is wired.)"""
 
 from __future__ import annotations
 
-import functools
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
@@ -42,9 +41,8 @@ from .schemas import (
     nullable,
     obj,
 )
-from .server import ApiProblem, ApiRoute, Body, Param, query
+from .server import ApiProblem, ApiRoute, Body, Param, Problem, problems, query
 
-Handler = Callable[[Request], Awaitable[Response]]
 # Log listings return at most this many entries per call.
 MAX_LOG_LIMIT = 10_000
 # A ledger export is written to a spool first (export_ledger writes to a file-like
@@ -53,21 +51,17 @@ EXPORT_SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
 EXPORT_PIECE_BYTES = 256 * 1024
 
 
-def _ledger_problems(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except TxRejected as exc:
-            raise ApiProblem(422, str(exc.reason), str(exc)) from exc
-        except ProofUnavailableError as exc:
-            raise ApiProblem(404, "proof_unavailable", str(exc)) from exc
-        except CheckpointRefusedError as exc:
-            raise ApiProblem(409, "checkpoint_refused", str(exc)) from exc
-        except (LedgerError, ValueError) as exc:
-            raise ApiProblem(400, "bad_request", str(exc)) from exc
+def _rejection_reason(exc: Exception) -> str:
+    assert isinstance(exc, TxRejected)
+    return str(exc.reason)
 
-    return wrapped
+
+_ledger_problems = problems(
+    Problem(TxRejected, 422, _rejection_reason),
+    Problem(ProofUnavailableError, 404, "proof_unavailable"),
+    Problem(CheckpointRefusedError, 409, "checkpoint_refused"),
+    Problem((LedgerError, ValueError), 400, "bad_request"),
+)
 
 
 def _account(text: str) -> bytes:
@@ -137,21 +131,22 @@ def ledger_routes(service: LedgerService) -> list[ApiRoute]:
         accepted = await run(service.submit, bytes(body))
         return JSONResponse({"id": str(accepted.cid), "log_index": accepted.log_index})
 
-    @_ledger_problems
-    async def get_tx(request: Request) -> Response:
-        tx_id = _cid(request.path_params["id"])
-        view = await run(service.tx, tx_id)
+    async def view_by_cid(request: Request, lookup: Callable[[CID], dict[str, Any] | None],
+                          what: str) -> Response:
+        """The view of the ``{id}`` in the path, or 404 naming ``what`` it would have been."""
+        cid = _cid(request.path_params["id"])
+        view = await run(lookup, cid)
         if view is None:
-            raise ApiProblem(404, "not_found", f"transaction {tx_id} is not in this node's ledger")
+            raise ApiProblem(404, "not_found", f"{what} {cid} is not in this node's ledger")
         return JSONResponse(view)
 
     @_ledger_problems
+    async def get_tx(request: Request) -> Response:
+        return await view_by_cid(request, service.tx, "transaction")
+
+    @_ledger_problems
     async def get_asset(request: Request) -> Response:
-        asset_id = _cid(request.path_params["id"])
-        view = await run(service.asset, asset_id)
-        if view is None:
-            raise ApiProblem(404, "not_found", f"asset {asset_id} is not in this node's ledger")
-        return JSONResponse(view)
+        return await view_by_cid(request, service.asset, "asset")
 
     @_ledger_problems
     async def log(request: Request) -> Response:

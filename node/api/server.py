@@ -25,6 +25,7 @@ tracebacks are logged without local variables (:mod:`n3xus.node.logs`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -78,6 +79,39 @@ class ApiProblem(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One row of :func:`problems`: a service error and the JSON error it is answered with
+    (the message is ``str(exc)`` unless ``message`` says otherwise)."""
+
+    errors: type[Exception] | tuple[type[Exception], ...]
+    status: int
+    code: str | Callable[[Exception], str]
+    message: Callable[[Exception], str] = str
+
+
+def problems(*rules: Problem) -> Callable[[Handler], Handler]:
+    """A handler decorator mapping a service's errors to JSON error answers: the first rule
+    whose ``errors`` match raises :class:`ApiProblem` from the exception; anything no rule
+    names propagates unchanged (the server answers it as a 500)."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                for rule in rules:
+                    if isinstance(exc, rule.errors):
+                        code = rule.code if isinstance(rule.code, str) else rule.code(exc)
+                        raise ApiProblem(rule.status, code, rule.message(exc)) from exc
+                raise
+
+        return wrapped
+
+    return decorate
 
 
 def error_response(status: int, code: str, message: str,

@@ -3,8 +3,7 @@ a shared world, and a world's federation status (node/services/worlds_federation
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -18,13 +17,12 @@ from ..p2p.world_sync import WorldSyncFailed
 from ..services.canon import WorldNotFoundError
 from ..services.worlds_federation import NotAWriterError, WorldFederationError
 from .schemas import HEX32, JSON, NUMBER, STRING, arr, enum, integer, nullable, obj
-from .server import ApiProblem, ApiRoute, Body, Param, read_json
+from .server import ApiProblem, ApiRoute, Body, Param, Problem, problems, read_json
 
 if TYPE_CHECKING:
     from ..runtime import Node
     from ..services.worlds_federation import WorldsFederation
 
-Handler = Callable[[Request], Awaitable[Response]]
 
 WORLD_NAME = Param("name", {"type": "string", "minLength": 1}, "the world's name",
                    where="path", required=True)
@@ -43,23 +41,14 @@ STATUS = obj({"world": STRING, "mode": MODE, "owner": nullable(HEX32), "sources"
                             "last_sync_at": nullable(NUMBER)})})
 
 
-def _problems(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except WorldNotFoundError as exc:
-            raise ApiProblem(404, "not_found", str(exc.args[0] if exc.args else exc)) from exc
-        except NotAWriterError as exc:
-            raise ApiProblem(403, "not_a_writer", str(exc)) from exc
-        except WorldFederationError as exc:
-            raise ApiProblem(409, "conflict", str(exc)) from exc
-        except (NodeError, WorldSyncFailed) as exc:
-            raise ApiProblem(502, "peer_unreachable", str(exc)) from exc
-        except (CanonError, ValueError) as exc:
-            raise ApiProblem(400, "bad_request", str(exc)) from exc
-
-    return wrapped
+_problems = problems(
+    Problem(WorldNotFoundError, 404, "not_found",
+            lambda exc: str(exc.args[0] if exc.args else exc)),
+    Problem(NotAWriterError, 403, "not_a_writer"),
+    Problem(WorldFederationError, 409, "conflict"),
+    Problem((NodeError, WorldSyncFailed), 502, "peer_unreachable"),
+    Problem((CanonError, ValueError), 400, "bad_request"),
+)
 
 
 def world_federation_routes(node: Node) -> Sequence[ApiRoute]:
