@@ -304,29 +304,32 @@ async def test_a_flood_of_silent_connections_does_not_lock_out_a_real_peer(sprea
     assert "n3xus_p2p_inbound_established_total 3.0" in metrics
 
 
+@asynccontextmanager
+async def two_in_third_refused(addr: str, seed: int) -> AsyncIterator[list[BasicHost]]:
+    """Three running client hosts (keys from ``seed``): the first two connected to ``addr``,
+    the third's dial refused."""
+    clients = [p2p.make_host(p2p.keypair_from_seed(bytes([seed, i]) * 16)) for i in range(3)]
+    async with p2p.running_host(clients[0], []), p2p.running_host(clients[1], []), \
+            p2p.running_host(clients[2], []):
+        for client in clients[:2]:
+            await p2p.connect(client, addr)
+        with pytest.raises(p2p.DialError):
+            await p2p.connect(clients[2], addr)
+        yield clients
+
+
 async def test_established_connections_per_address_are_capped_on_a_real_host() -> None:
     limits = ConnectionLimits(exempt_loopback=False, max_inbound_per_ip=2)
     async with server(limits) as (host, addr):
-        clients = [p2p.make_host(p2p.keypair_from_seed(bytes([3, i]) * 16)) for i in range(3)]
-        async with p2p.running_host(clients[0], []), p2p.running_host(clients[1], []), \
-                p2p.running_host(clients[2], []):
-            for client in clients[:2]:
-                await p2p.connect(client, addr)
-            with pytest.raises(p2p.DialError):
-                await p2p.connect(clients[2], addr)
+        async with two_in_third_refused(addr, seed=3):
+            pass
         assert p2p.gate_of(host).refused[Refusal.INBOUND_PER_IP] >= 1
 
 
 async def test_inbound_capacity_is_a_global_limit_on_a_real_host() -> None:
     limits = ConnectionLimits(max_inbound=2)
     async with server(limits) as (host, addr):
-        clients = [p2p.make_host(p2p.keypair_from_seed(bytes([4, i]) * 16)) for i in range(3)]
-        async with p2p.running_host(clients[0], []), p2p.running_host(clients[1], []), \
-                p2p.running_host(clients[2], []):
-            for client in clients[:2]:
-                await p2p.connect(client, addr)
-            with pytest.raises(p2p.DialError):
-                await p2p.connect(clients[2], addr)
+        async with two_in_third_refused(addr, seed=4) as clients:
             assert p2p.gate_of(host).refused[Refusal.INBOUND_FULL] >= 1
             # A slot given back is a slot a new peer can take.
             await clients[0].disconnect(host.get_id())
