@@ -214,26 +214,27 @@ class CoreStream:
         self.finished = True
         await self._reset_now()
 
-    async def _reset_now(self) -> None:
+    async def _bounded(self, operation: Callable[[], Awaitable[None]], doing: str) -> bool:
+        """Run a stream's close or reset shielded from cancellation and bounded by
+        :data:`CLOSE_TIMEOUT_S`; a network error is the peer gone (logged). True if it
+        timed out."""
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
             try:
-                await self.stream.reset()
+                await operation()
             except NETWORK_ERRORS as exc:
-                logger.debug("resetting a stream of %s: %s", self.peer_id, exc)
+                logger.debug("%s a stream of %s: %s", doing, self.peer_id, exc)
+        return scope.cancelled_caught
+
+    async def _reset_now(self) -> None:
+        await self._bounded(self.stream.reset, "resetting")
 
     async def close(self) -> None:
         """Close after a completed exchange (FIN; bounded, shielded)."""
         if self.finished:
             return
         self.finished = True
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
-            try:
-                await self.stream.close()
-            except NETWORK_ERRORS as exc:
-                logger.debug("closing a stream of %s: %s", self.peer_id, exc)
-        if scope.cancelled_caught:
+        if await self._bounded(self.stream.close, "closing"):
             await self._reset_now()
 
 
