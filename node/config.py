@@ -114,7 +114,10 @@ CONFIG_TEMPLATE = """\
 # level = "info"
 # format = "text"
 
-[federation]
+# The sections below are optional and so are commented out whole, headers included: a
+# table can be appended to this file (a TOML table may be declared only once).
+
+# [federation]
 # Genesis CIDs of other networks whose peers are accepted besides our own.
 # networks = []
 # If not empty, the only peer ids accepted; deny refuses peer ids (they see policy-denied).
@@ -124,7 +127,7 @@ CONFIG_TEMPLATE = """\
 # ban_seconds = {ban_seconds}
 # ban_threshold = {ban_threshold}
 
-[agents]
+# [agents]
 # The agents' GGUF model file and CPU threads: by default the bundled
 # SmolLM2-135M-Instruct and one thread per core (examples, not defaults, below).
 # model = "/path/to/model.gguf"

@@ -113,8 +113,9 @@ def test_feature_sections_are_known_and_other_tables_land_in_extra(tmp_path: Pat
 
 
 def test_generated_config_shows_the_defaults_in_force(tmp_path: Path) -> None:
-    """Uncommenting every `# key = value` line of the generated config.toml (but the
-    examples [agents] model/threads) changes nothing: the values shown are the defaults."""
+    """Uncommenting every `# key = value` line and `# [table]` header of the generated
+    config.toml (but the examples [agents] model/threads) changes nothing: the values shown
+    are the defaults. Appending a table the file only shows commented stays valid TOML."""
     import re
     from dataclasses import replace
 
@@ -124,9 +125,11 @@ def test_generated_config_shows_the_defaults_in_force(tmp_path: Path) -> None:
 
     dd = DataDir(tmp_path)
     dd.init()
-    setting = re.compile(r"# (?!model |threads )[a-z_]+ = ")
-    lines = [line[2:] if setting.match(line) else line
-             for line in dd.config_path.read_text().splitlines()]
+    generated = dd.config_path.read_text()
+    dd.config_path.write_text(generated + '\n[federation]\ndeny = ["x"]\n[agents]\nthreads = 1\n')
+    assert (dd.load_config().federation, dd.load_config().agents) == ({"deny": ["x"]}, {"threads": 1})
+    setting = re.compile(r"# ((?!model |threads )[a-z_]+ = |\[[a-z]+\]$)")
+    lines = [line[2:] if setting.match(line) else line for line in generated.splitlines()]
     assert sum(1 for line in lines if not line.startswith("#") and " = " in line) >= 20
     dd.config_path.write_text("\n".join(lines) + "\n")
     cfg = dd.load_config()
