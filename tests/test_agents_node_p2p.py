@@ -58,7 +58,13 @@ def test_an_agent_on_node_a_asks_an_agent_on_node_b(tmp_path: Path, cli_nodes: l
     assert echo["account"] == answered["agent"]
 
     # An agent B does not host: refused on the wire (unknown-agent), a tool failure here.
-    cli(a, "agent", "upgrade", "nova", "--creator", "creator", "--contact", f"ghost={b.peer_id}/ghost")
+    # --contact on upgrade replaces the contacts: ghost is the only name the action grammar
+    # lets the model write, so the model's choice cannot fall back on echo. The text is the
+    # model's only freedom left (its memory now holds echo's answer, which varies with the
+    # peer ids): room for it, so that no output is cut off before the action is complete.
+    upgraded = cli(a, "agent", "upgrade", "nova", "--creator", "creator", "--contact",
+                   f"ghost={b.peer_id}/ghost", "--max-tokens", "96")
+    assert upgraded["manifest_view"]["primitives"]["contacts"] == {"ghost": f"{b.peer_id}/ghost"}
     missing = cli(a, "agent", "ask", "nova", "Say hello to ghost.")
     assert missing["action"] == {"action": "message_agent", "to": "ghost", "text": missing["action"]["text"]}
     assert missing["verdict"] == "allow" and not missing["executed"]

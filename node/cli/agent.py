@@ -46,7 +46,12 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
 
 
 def manifest_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The manifest settings of ``create`` (defaults) and ``upgrade`` (unset: kept)."""
+    """The manifest settings of ``create`` (defaults) and ``upgrade`` (unset: kept).
+
+    A repeatable option given to ``upgrade`` (``--contact``, ``--payee``, ``--world``,
+    ``--action``, ``--rate``, ``--refuse``, ``--tool``) replaces the previous version's
+    whole list: an upgrade states what the agent may do, so a dropped contact is gone (and
+    the action grammar no longer lets the model name it), never silently kept."""
     options = [
         click.option("--persona", default=None, help="The system text of every prompt."),
         click.option("--action", "actions", multiple=True, type=click.Choice(ACTION_KINDS),
@@ -185,7 +190,8 @@ def agent_create(name: str, creator: str, data_dir: str | None, as_json: bool, *
 @data_dir_option
 @json_option
 def agent_upgrade(name: str, creator: str, data_dir: str | None, as_json: bool, **o: Any) -> None:
-    """Sign and activate the next manifest version of NAME (unset options are kept)."""
+    """Sign and activate the next manifest version of NAME (unset options are kept; a
+    repeatable option, e.g. --contact, replaces its whole previous list)."""
     from n3xus.imvu.manifest import decode_manifest
 
     dd = data_dir_of(data_dir)
