@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from libp2p.custom_types import TProtocol
@@ -361,7 +362,22 @@ def test_operator_ban_and_unban(tmp_path: Path, cli_nodes: list[CliNode]) -> Non
     entry = peer_entry(a, b.peer_id)
     assert entry is not None and entry["banned"] is not None
     listed = cli_json("peers", "list", "--data-dir", str(a.data_dir))
-    assert b.peer_id not in {p["peer_id"] for p in listed["peers"]}
+    assert b.peer_id not in {p["peer_id"] for p in listed["peers"]}  # closed before the answer
+    # A's own services open streams by peer id (a dial when not connected): none dials B.
+    token = (a.data_dir / "api.token").read_text().strip()
+    ping = httpx.post(f"{a.api_url}/api/v1/peers/ping", json={"peer_id": b.peer_id}, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"})
+    assert ping.status_code == 502 and "banned" in ping.text, ping.text
+    # B redials A (its bootstrap peer): refused after its handshake, never shown connected.
+    deadline = time.monotonic() + 30
+    while True:
+        listed = cli_json("peers", "list", "--data-dir", str(a.data_dir))
+        assert b.peer_id not in {p["peer_id"] for p in listed["peers"]}, "a banned peer is connected"
+        gate = cli_json("node", "status", "--data-dir", str(a.data_dir))["connection_gate"]
+        if gate["refused_total"].get("banned", 0) >= 2:
+            break
+        assert time.monotonic() < deadline, f"B did not redial: {gate}"
+        time.sleep(0.2)
     human = run_cli("peers", "list", "--data-dir", str(a.data_dir)).stdout
     assert "banned" in human
     bad = run_cli("peers", "ban", b.peer_id, "--for", "0", "--data-dir", str(a.data_dir))

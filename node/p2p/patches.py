@@ -45,6 +45,18 @@ of 250 tokens, held for up to 10 s by connections that never say a word) with
 per-address limits, and established capacity that unauthenticated connections
 cannot take. ``_handle_inbound_connection`` (swarm.py 0.8.1 lines 1947-1999) is
 overridden for that; the upstream limiter is no longer used.
+
+Bans hold in both directions
+============================
+
+A banned peer (peer scoring, ``n3xus peers ban``) is refused by the gate after its
+inbound handshake, but connections are also opened *by this node*: any
+``host.new_stream(peer)`` dials a peer it is not connected to (py-libp2p's pubsub, for
+one, retries opening its stream to every peer it saw connect, and so redialed a peer
+moments after the ban closed its connection). So the swarm itself refuses: ``dial_peer``
+never dials a banned peer, and ``add_conn`` -- where every upgraded connection, inbound
+or outbound, is registered -- closes a banned peer's connection instead of registering
+it. A banned peer never shows up as connected and no protocol sees it.
 """
 
 from __future__ import annotations
@@ -74,6 +86,16 @@ logger = logging.getLogger(__name__)
 SOCKET_CLOSE_TIMEOUT_SECONDS = 0.5
 
 
+class PeerBannedError(SwarmException):
+    """A connection to or from a peer the connection gate bans: not dialed, not kept.
+    ``connection``: the upgraded inbound connection, for the inbound handler to close once
+    it has counted the refusal (outbound ones are closed before this is raised)."""
+
+    def __init__(self, message: str, connection: IMuxedConn | None = None) -> None:
+        super().__init__(message)
+        self.connection = connection
+
+
 class InboundSlotReleasingSwarm(Swarm):
     """A 0.8.1 ``Swarm`` whose inbound connections give their slot back when they
     close, not when the swarm stops, and pass the connection gate. See the module
@@ -93,6 +115,30 @@ class InboundSlotReleasingSwarm(Swarm):
         # bookkeeping methods (record_*) still work; its periodic loop and the
         # swarm's trigger on every disconnect (_schedule_auto_connect) are off.
         self.auto_connector.run_background_task = _no_background_task  # type: ignore[method-assign]
+
+    def _refusal_if_banned(self, peer_id: Any) -> PeerBannedError | None:
+        if self.gate.is_banned(str(peer_id), trio.current_time()):
+            return PeerBannedError(f"peer {peer_id} is banned")
+        return None
+
+    async def dial_peer(self, peer_id: Any) -> Any:
+        # Every dial by peer id (new_stream, pubsub, the DHT, ...) comes through here.
+        refusal = self._refusal_if_banned(peer_id)
+        if refusal is not None:
+            raise refusal
+        return await super().dial_peer(peer_id)
+
+    async def add_conn(self, muxed_conn: IMuxedConn, direction: str = "unknown") -> Any:
+        # Every upgraded connection is registered here, inbound and outbound (dials by
+        # address too): the last point where a ban can keep it out of the swarm.
+        refusal = self._refusal_if_banned(muxed_conn.peer_id)
+        if refusal is None:
+            return await super().add_conn(muxed_conn, direction)
+        if direction == "inbound":
+            refusal.connection = muxed_conn  # see _do_handle_inbound_connection
+        else:
+            await _close_muxed_quietly(muxed_conn)
+        raise refusal
 
     def _schedule_auto_connect(self) -> None:
         return None  # see __init__: the node's discovery does the re-dialing
@@ -159,6 +205,14 @@ class InboundSlotReleasingSwarm(Swarm):
         raw_conn = RawConnection(read_write_closer, False)
         try:
             muxed_conn = await self.upgrade_inbound_raw_conn(raw_conn, maddr)
+        except PeerBannedError as error:
+            # Its handshake proved a banned key; add_conn kept it out of the swarm. The
+            # refusal is counted before the peer can see the connection close.
+            self.gate.fail(ticket, Refusal.BANNED)
+            logger.debug("inbound connection on %s refused: %s", maddr, error)
+            if error.connection is not None:
+                await _close_muxed_quietly(error.connection)
+            return
         except SwarmException as error:
             # Peers that do not speak Noise, a full node, a handshake timeout:
             # expected churn. upgrade_inbound_raw_conn has already closed what it
@@ -237,6 +291,12 @@ def new_gate_admitted_resource_manager() -> GateAdmittedResourceManager:
 
 async def _no_background_task(nursery: trio.Nursery) -> None:
     return None
+
+
+async def _close_muxed_quietly(connection: IMuxedConn) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + SOCKET_CLOSE_TIMEOUT_SECONDS
+        await connection.close()  # Yamux.close logs and absorbs its own I/O errors
 
 
 async def _close_quietly(read_write_closer: ReadWriteCloser) -> None:
