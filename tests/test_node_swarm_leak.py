@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 from libp2p import new_host
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetwork
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
@@ -62,7 +62,7 @@ TRACED_MEMORY_GROWTH_TOLERANCE_BYTES = 1024 * 1024
 STEP_TIMEOUT_SECONDS = 10.0
 
 
-class ConnectionCounter(INotifee):
+class ConnectionCounter(p2p.ConnectionNotifee):
     """Counts connections the server's swarm opened and closed."""
 
     def __init__(self) -> None:
@@ -74,18 +74,6 @@ class ConnectionCounter(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self.closed += 1
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
 
 
 def count_trio_tasks() -> int:

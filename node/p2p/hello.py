@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetStream, INetwork
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
-from multiaddr import Multiaddr
 from nacl.signing import SigningKey
 
 from n3xus.canon.cid import CID
@@ -56,7 +55,7 @@ from n3xus.protocol.hello import (
 
 from ..errors import ConfigError
 from ..logs import get_logger
-from .host import NETWORK_ERRORS, SHUTDOWN_GRACE_SECONDS
+from .host import NETWORK_ERRORS, SHUTDOWN_GRACE_SECONDS, ConnectionNotifee
 from .streams import CoreStream, StreamClosed, guarded
 
 if TYPE_CHECKING:
@@ -237,7 +236,7 @@ class _ConnectionHello:
     finished: trio.Event | None = None
 
 
-class _Notifee(INotifee):
+class _Notifee(ConnectionNotifee):
     """New and closed connections, handed to the service's task (never blocks libp2p)."""
 
     def __init__(self, service: HelloService) -> None:
@@ -248,18 +247,6 @@ class _Notifee(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self.service.connection_closed(conn)
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
 
 
 class HelloService:

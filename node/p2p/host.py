@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from libp2p.abc import INetConn, INetStream
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -449,6 +449,24 @@ async def _close_connection(connection: INetConn) -> None:
 
 
 # -- peers -------------------------------------------------------------------
+
+
+class ConnectionNotifee(INotifee):
+    """A swarm notifee for code that watches connections only: stream and listen events
+    are ignored; subclasses implement ``connected`` and ``disconnected``."""
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
 
 
 async def connect(host: BasicHost, multiaddr_text: str | Multiaddr) -> str:
