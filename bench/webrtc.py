@@ -312,11 +312,8 @@ def datachannel_rtt(samples: int) -> dict[str, Any]:
 #: canvas it publishes; the audience reads the bars back from the decoded video.
 #: Both pages run in one browser, so they share the clock.
 _G2G_BARS = 24
-_G2G_PERFORM = """<!doctype html><meta charset="utf-8"><canvas id="c" width="640" height="480"></canvas>
-<script type="module">
-import * as live from '/live/static/live.js';
-const c = document.getElementById('c'), g = c.getContext('2d');
-function paint() {
+#: Paints the clock as bars on canvas ``c`` (2D context ``g``), every animation frame.
+_G2G_PAINT_JS = """function paint() {
   const t = Date.now() & 0xffffff, w = c.width / BARS;
   for (let i = 0; i < BARS; i++) {
     g.fillStyle = (t >> (BARS - 1 - i)) & 1 ? '#fff' : '#000';
@@ -325,14 +322,39 @@ function paint() {
   requestAnimationFrame(paint);
 }
 paint();
-const signal = await live.connectSignal('g2g');
+"""
+
+
+def _g2g_read_js(context: str) -> str:
+    """Reads the bars of each frame of video ``v`` back through the 2D ``context`` and
+    pushes the glass-to-glass delay (ms) to ``window.samples``."""
+    return """function read() {
+  if (v.videoWidth) {
+    CTX.drawImage(v, 0, 0, 640, 480);
+    const row = CTX.getImageData(0, 240, 640, 1).data, w = 640 / BARS;
+    let t = 0;
+    for (let i = 0; i < BARS; i++) t = (t << 1) | (row[4 * Math.floor(i * w + w / 2)] > 127 ? 1 : 0);
+    const d = ((Date.now() & 0xffffff) - t) & 0xffffff;
+    if (d < 5000) window.samples.push(d);
+  }
+  v.requestVideoFrameCallback(read);
+}
+v.requestVideoFrameCallback(read);
+""".replace("CTX", context)
+
+
+_G2G_PERFORM = ("""<!doctype html><meta charset="utf-8"><canvas id="c" width="640" height="480"></canvas>
+<script type="module">
+import * as live from '/live/static/live.js';
+const c = document.getElementById('c'), g = c.getContext('2d');
+""" + _G2G_PAINT_JS + """const signal = await live.connectSignal('g2g');
 const pc = live.newPeerConnection(signal);
 const stream = c.captureStream(30);
 live.preferVp8(pc.addTransceiver(stream.getVideoTracks()[0], {direction: 'sendonly'}));
 await live.negotiate(pc, signal);
 window.ready = true;
-</script>""".replace("BARS", str(_G2G_BARS))
-_G2G_WATCH = """<!doctype html><meta charset="utf-8"><video id="v" autoplay muted playsinline></video>
+</script>""").replace("BARS", str(_G2G_BARS))
+_G2G_WATCH = ("""<!doctype html><meta charset="utf-8"><video id="v" autoplay muted playsinline></video>
 <canvas id="c" width="640" height="480"></canvas>
 <script type="module">
 import * as live from '/live/static/live.js';
@@ -343,36 +365,15 @@ const pc = live.newPeerConnection(signal);
 live.preferVp8(pc.addTransceiver('video', {direction: 'recvonly'}));
 pc.ontrack = (e) => { v.srcObject = new MediaStream([e.track]); };
 await live.negotiate(pc, signal);
-function read() {
-  if (v.videoWidth) {
-    g.drawImage(v, 0, 0, 640, 480);
-    const row = g.getImageData(0, 240, 640, 1).data, w = 640 / BARS;
-    let t = 0;
-    for (let i = 0; i < BARS; i++) t = (t << 1) | (row[4 * Math.floor(i * w + w / 2)] > 127 ? 1 : 0);
-    const now = Date.now() & 0xffffff, d = (now - t) & 0xffffff;
-    if (d < 5000) window.samples.push(d);
-  }
-  v.requestVideoFrameCallback(read);
-}
-v.requestVideoFrameCallback(read);
-</script>""".replace("BARS", str(_G2G_BARS))
+""" + _g2g_read_js("g") + """</script>""").replace("BARS", str(_G2G_BARS))
 #: Reference: the same canvas and reader with a direct browser-to-browser connection
 #: (two peer connections in one page, no node): what WebRTC alone costs here.
-_G2G_DIRECT = """<!doctype html><meta charset="utf-8"><canvas id="c" width="640" height="480"></canvas>
+_G2G_DIRECT = ("""<!doctype html><meta charset="utf-8"><canvas id="c" width="640" height="480"></canvas>
 <video id="v" autoplay muted playsinline></video><canvas id="r" width="640" height="480"></canvas>
 <script type="module">
 const c = document.getElementById('c'), g = c.getContext('2d');
 const v = document.getElementById('v'), r = document.getElementById('r').getContext('2d', {willReadFrequently: true});
-function paint() {
-  const t = Date.now() & 0xffffff, w = c.width / BARS;
-  for (let i = 0; i < BARS; i++) {
-    g.fillStyle = (t >> (BARS - 1 - i)) & 1 ? '#fff' : '#000';
-    g.fillRect(i * w, 0, w, c.height);
-  }
-  requestAnimationFrame(paint);
-}
-paint();
-window.samples = [];
+""" + _G2G_PAINT_JS + """window.samples = [];
 const a = new RTCPeerConnection(), b = new RTCPeerConnection();
 a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
 b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
@@ -381,19 +382,7 @@ const tr = a.addTransceiver(c.captureStream(30).getVideoTracks()[0], {direction:
 tr.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs.filter(x => /vp8|rtx/i.test(x.mimeType)));
 await a.setLocalDescription(); await b.setRemoteDescription(a.localDescription);
 await b.setLocalDescription(); await a.setRemoteDescription(b.localDescription);
-function read() {
-  if (v.videoWidth) {
-    r.drawImage(v, 0, 0, 640, 480);
-    const row = r.getImageData(0, 240, 640, 1).data, w = 640 / BARS;
-    let t = 0;
-    for (let i = 0; i < BARS; i++) t = (t << 1) | (row[4 * Math.floor(i * w + w / 2)] > 127 ? 1 : 0);
-    const d = ((Date.now() & 0xffffff) - t) & 0xffffff;
-    if (d < 5000) window.samples.push(d);
-  }
-  v.requestVideoFrameCallback(read);
-}
-v.requestVideoFrameCallback(read);
-</script>""".replace("BARS", str(_G2G_BARS))
+""" + _g2g_read_js("r") + """</script>""").replace("BARS", str(_G2G_BARS))
 G2G_SAMPLES = 150
 
 
