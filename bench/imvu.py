@@ -15,7 +15,14 @@ Tokens per second of a turn (issue target: >= 0.90 of the ceiling; the headline 
 Decision latency (printed): per turn, wall time from ``ask`` to the canon entry, median and
 p95, and its non-inference part (wall minus the worker's inference time; issue target
 < 5 ms), with the node's durable LMDB settings (sync on: every write transaction fsyncs)
-and without (sync off).
+and without (sync off); and the LMDB write transactions a durable turn commits (each
+one an fsync: the turn's blocks, log entry and state pointer go in one).
+
+The store step alone (printed, not in the headline): the last part of a durable turn (its
+blocks, the signed log entry with its payload pin, the state pointer), replayed from a real
+turn's own arguments: ours (one write transaction) and the previous three-step path (five
+commits) each against one raw LMDB write transaction of the same bytes (the floor: one
+fsync).
 
 Four agents at once (printed, not in the headline): aggregate tokens/s of 4 agents each
 asking TURNS requests concurrently against one agent asking 4 x TURNS alone. One model
@@ -48,7 +55,7 @@ from n3xus.imvu.inference import ModelSettings, bundled_model_path, load_model  
 from n3xus.imvu.manifest import Generation, make_primitives, model_ref_of_file, sign_manifest  # noqa: E402
 from n3xus.imvu.prompt import Request  # noqa: E402
 from n3xus.imvu.registry import AgentRegistry  # noqa: E402
-from n3xus.imvu.runtime import AccountHead, Agent, ToolError  # noqa: E402
+from n3xus.imvu.runtime import AccountHead, Agent, ToolError, append_to_log  # noqa: E402
 from n3xus.imvu.scheduler import GREEDY_SETTINGS, InferenceScheduler  # noqa: E402
 
 # Turns per timed call (--large: more). Each is ~17 generated tokens on ~140 prompt tokens.
@@ -61,6 +68,8 @@ REQUEST = "Remember that the show starts at nine."
 MAX_TOKENS = 32
 TOKENS_TARGET = 0.90
 NON_INFERENCE_TARGET_MS = 5.0
+# Store steps per timed call: each is one fsync (or five on the previous path), ~ms each.
+STORE_REPLAYS = 20
 MAP_SIZE = 256 << 20
 CONTEXT_TOKENS = 2048
 THREADS = 2
@@ -101,8 +110,8 @@ class Host:
         path.mkdir(mode=0o700)
         self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=128, sync=sync)
         store = BlockStore(self.env)
-        log = CanonLog(self.env, store, "n3xus.net/canon/bench")
-        registry = AgentRegistry(self.env, store)
+        log = self.log = CanonLog(self.env, store, "n3xus.net/canon/bench")
+        registry = self.registry = AgentRegistry(self.env, store)
         self.model = model
         self.scheduler = InferenceScheduler(model)
         self.clock = time.time_ns() // 1_000_000
@@ -195,9 +204,58 @@ def build(args: Namespace) -> tuple[list[Pair], Any]:
         for wall, turn in fast.turns(turns, 1):
             latencies["sync off"].append((wall, turn.decision.inference_us))
 
+    commits: list[float] = []
+
     def ours_durable(_: Any) -> None:
-        for wall, turn in durable.turns(turns, 1):
+        before = durable.env.info()["last_txnid"]
+        done = durable.turns(turns, 1)
+        commits.append((durable.env.info()["last_txnid"] - before) / len(done))
+        for wall, turn in done:
             latencies["sync on"].append((wall, turn.decision.inference_us))
+
+    # The store step of a durable turn, replayed with a real turn's arguments (module doc).
+    stored: list[tuple[Any, ...]] = []
+    agent = durable.agents[0]
+    original_store = agent._store
+
+    def spy(*args: Any) -> Any:
+        stored.append(args)
+        return original_store(*args)
+
+    agent._store = spy  # type: ignore[method-assign]
+    durable.turns(1, 1)
+    agent._store = original_store  # type: ignore[method-assign]
+    blocks, decision_block, time_ms, state, _ = stored[0]
+    registry, env = durable.registry, durable.env
+    raw_db = env.open_db(b"bench/raw")
+    store_ms: dict[str, list[float]] = {"one transaction": [], "previous path": [], "raw LMDB txn": []}
+
+    def timed(label: str, step: Any) -> None:
+        for _ in range(STORE_REPLAYS):
+            start = time.perf_counter()
+            step()
+            store_ms[label].append((time.perf_counter() - start) * 1000)
+
+    def store_now(_: Any) -> None:
+        timed("one transaction", lambda: agent._store(blocks, decision_block, time_ms, state,
+                                                      registry.state_cid(agent.agent)))
+
+    def previous_path() -> None:  # what _store did before: blocks, log append, pointer
+        expected = registry.state_cid(agent.agent)
+        registry.put_blocks(blocks)
+        append_to_log(durable.log, agent.key, decision_block, time_ms)
+        registry.update(state, expected, stored=True)
+
+    def store_before(_: Any) -> None:
+        timed("previous path", previous_path)
+
+    def raw_txn() -> None:
+        with env.begin(write=True) as txn:
+            for data in (*blocks, decision_block):
+                txn.put(blake3(data).digest(), data, db=raw_db)
+
+    def store_floor(_: Any) -> None:
+        timed("raw LMDB txn", raw_txn)
 
     def four_at_once(_: Any) -> None:
         durable.turns(turns, AGENTS_AT_ONCE)
@@ -210,6 +268,10 @@ def build(args: Namespace) -> tuple[list[Pair], Any]:
              target=TOKENS_TARGET, notes={"turns": turns, "tokens per turn": warm.decision.output_tokens,
                                           "prompt tokens": warm.decision.prompt_tokens}),
         Pair("agent turn (LMDB sync on) vs direct", tokens, "token", ours_durable, direct, headline=False),
+        Pair("turn store step (sync on) vs 1 raw LMDB txn", STORE_REPLAYS, "store", store_now,
+             store_floor, headline=False),
+        Pair("previous 3-step store (sync on) vs 1 raw txn", STORE_REPLAYS, "store", store_before,
+             store_floor, headline=False),
         Pair(f"{AGENTS_AT_ONCE} agents at once vs 1 agent alone", tokens * AGENTS_AT_ONCE, "token",
              four_at_once, one_alone, headline=False),
     ]
@@ -224,6 +286,12 @@ def build(args: Namespace) -> tuple[list[Pair], Any]:
                 f"median {statistics.median(walls):.1f} ms, p95 {_p95(walls):.1f} ms; non-inference "
                 f"median {statistics.median(rest):.2f} ms, p95 {_p95(rest):.2f} ms "
                 f"(target < {NON_INFERENCE_TARGET_MS} ms)")
+        if store_ms["one transaction"]:
+            extra["turn store step (sync on)"] = ", ".join(
+                f"{label} median {statistics.median(values):.2f} ms" for label, values in store_ms.items())
+        if commits:
+            # LMDB write transactions committed per durable turn (each one an fsync).
+            extra["LMDB commits per turn (sync on)"] = f"{statistics.median(commits):.1f}"
         extra["backend"] = "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
         shutil.rmtree(root, ignore_errors=True)
         return extra

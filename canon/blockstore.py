@@ -296,8 +296,20 @@ class BlockStore:
         nothing is written; with it, bad blocks are handed to it and skipped."""
         return self._put_checked(blocks, reject, None)
 
+    def put_many_in(self, txn: lmdb.Transaction[Any], blocks: Iterable[bytes]) -> list[CID]:
+        """As :meth:`put_many` (DAG-CBOR, BLAKE3), inside the caller's write transaction
+        of this store's environment: the blocks commit, or not, with whatever else the
+        caller writes in it (one durable commit instead of several)."""
+        return self._put_new(blocks, "dag-cbor", "blake3", None, txn)
+
+    def pin_in(self, txn: lmdb.Transaction[Any], cid: CID, name: str, recursive: bool = True,
+               allow_missing: bool = False) -> PinReport:
+        """As :meth:`pin`, inside the caller's write transaction (see :meth:`put_many_in`)."""
+        return self._pin_in(txn, cid, name, recursive, allow_missing, None)
+
     def _put_new(
-        self, blocks: Iterable[bytes], codec: str, hash: str, lease: int | None
+        self, blocks: Iterable[bytes], codec: str, hash: str, lease: int | None,
+        txn: lmdb.Transaction[Any] | None = None,
     ) -> list[CID]:
         codec_code = _PUT_CODECS.get(codec)
         if codec_code is None:
@@ -312,7 +324,10 @@ class BlockStore:
             cid = cid_of(data, codec=codec_code, hash=hash)
             cids.append(cid)
             pending.append((bytes(cid), data if type(data) is bytes else bytes(data)))
-        self._write(pending, lease)
+        if txn is None:
+            self._write(pending, lease)
+        elif pending:
+            self._write_in(txn, pending, lease)
         return cids
 
     def _put_checked(
@@ -339,30 +354,34 @@ class BlockStore:
     def _write(self, pending: list[tuple[bytes, bytes]], lease: int | None) -> None:
         if not pending:
             return
-        coordinator = self._coordinator
         with self._env.begin(write=True) as txn:
-            stamp = _EPOCH.pack(self._epoch(txn))
-            if lease is not None:
-                # Inside the write txn: a GC batch either ran before it (and the
-                # blocks did not exist yet) or runs after it and sees these entries.
-                with coordinator.lock:
-                    held = coordinator.leases.get(lease)
-                    if held is None:
-                        raise CanonError("the session has ended")
-                    held.update(key for key, _ in pending)
-                    if coordinator.gc_active:
-                        coordinator.late_roots.extend((key, True) for key, _ in pending)
-            if len(pending) == 1:  # the common single put: skip the cursors
-                key, data = pending[0]
-                added = int(txn.put(key, data, overwrite=False, db=self._blocks))
-                txn.put(key, stamp, db=self._epochs)
-            else:
-                added = txn.cursor(self._blocks).putmulti(pending, overwrite=False)[1]
-                txn.cursor(self._epochs).putmulti([(key, stamp) for key, _ in pending])
-            if added < len(pending) and txn.stat(self._corrupt)["entries"]:
-                for key, data in pending:  # repair recorded corruption with verified bytes
-                    if txn.pop(key, db=self._corrupt) is not None:
-                        txn.put(key, data, db=self._blocks)
+            self._write_in(txn, pending, lease)
+
+    def _write_in(self, txn: lmdb.Transaction[Any], pending: list[tuple[bytes, bytes]],
+                  lease: int | None) -> None:
+        coordinator = self._coordinator
+        stamp = _EPOCH.pack(self._epoch(txn))
+        if lease is not None:
+            # Inside the write txn: a GC batch either ran before it (and the
+            # blocks did not exist yet) or runs after it and sees these entries.
+            with coordinator.lock:
+                held = coordinator.leases.get(lease)
+                if held is None:
+                    raise CanonError("the session has ended")
+                held.update(key for key, _ in pending)
+                if coordinator.gc_active:
+                    coordinator.late_roots.extend((key, True) for key, _ in pending)
+        if len(pending) == 1:  # the common single put: skip the cursors
+            key, data = pending[0]
+            added = int(txn.put(key, data, overwrite=False, db=self._blocks))
+            txn.put(key, stamp, db=self._epochs)
+        else:
+            added = txn.cursor(self._blocks).putmulti(pending, overwrite=False)[1]
+            txn.cursor(self._epochs).putmulti([(key, stamp) for key, _ in pending])
+        if added < len(pending) and txn.stat(self._corrupt)["entries"]:
+            for key, data in pending:  # repair recorded corruption with verified bytes
+                if txn.pop(key, db=self._corrupt) is not None:
+                    txn.put(key, data, db=self._blocks)
 
     def _epoch(self, txn: lmdb.Transaction[Any]) -> int:
         raw = txn.get(_KEY_EPOCH, db=self._meta)
@@ -452,22 +471,28 @@ class BlockStore:
     def _pin(
         self, cid: CID, name: str, recursive: bool, allow_missing: bool, lease: int | None
     ) -> PinReport:
+        with self._env.begin(write=True) as txn:
+            return self._pin_in(txn, cid, name, recursive, allow_missing, lease)
+
+    def _pin_in(
+        self, txn: lmdb.Transaction[Any], cid: CID, name: str, recursive: bool,
+        allow_missing: bool, lease: int | None,
+    ) -> PinReport:
         key_name = _check_pin_name(name)
         key = bytes(cid)
         coordinator = self._coordinator
-        with self._env.begin(write=True) as txn:
-            # The walk runs inside the write txn: no GC batch can delete a block
-            # between our check that it is present and the commit of the pin.
-            present, missing = _walk(txn, self._blocks, [(key, recursive)], set(), set())
-            if missing and not allow_missing:
-                raise BlockNotFoundError(f"cannot pin {cid}: block {CID(missing[0])} is missing")
-            with coordinator.lock:
-                if lease is not None and lease not in coordinator.leases:
-                    raise CanonError("the session has ended")
-                if coordinator.gc_active:
-                    coordinator.late_roots.append((key, recursive))
-            flag = _PIN_RECURSIVE if recursive else _PIN_DIRECT
-            txn.put(key_name, bytes([flag]) + key, db=self._pins)
+        # The walk runs inside the write txn: no GC batch can delete a block
+        # between our check that it is present and the commit of the pin.
+        present, missing = _walk(txn, self._blocks, [(key, recursive)], set(), set())
+        if missing and not allow_missing:
+            raise BlockNotFoundError(f"cannot pin {cid}: block {CID(missing[0])} is missing")
+        with coordinator.lock:
+            if lease is not None and lease not in coordinator.leases:
+                raise CanonError("the session has ended")
+            if coordinator.gc_active:
+                coordinator.late_roots.append((key, recursive))
+        flag = _PIN_RECURSIVE if recursive else _PIN_DIRECT
+        txn.put(key_name, bytes([flag]) + key, db=self._pins)
         return PinReport(name, cid, present, tuple(CID(k) for k in missing))
 
     def unpin(self, name: str) -> bool:
@@ -644,6 +669,16 @@ class Session:
         reject: Callable[[CID, CanonError], None] | None = None,
     ) -> list[CID]:
         return self.store._put_checked(blocks, reject, self.lease)
+
+    def put_many_in(self, txn: lmdb.Transaction[Any], blocks: Iterable[bytes]) -> list[CID]:
+        """As :meth:`put_many` (DAG-CBOR, BLAKE3), in the caller's write transaction
+        (:meth:`BlockStore.put_many_in`); the blocks are leased from the commit on."""
+        return self.store._put_new(blocks, "dag-cbor", "blake3", self.lease, txn)
+
+    def pin_in(self, txn: lmdb.Transaction[Any], cid: CID, name: str, recursive: bool = True,
+               allow_missing: bool = False) -> PinReport:
+        """As :meth:`pin`, in the caller's write transaction."""
+        return self.store._pin_in(txn, cid, name, recursive, allow_missing, self.lease)
 
     def get(self, cid: CID) -> bytes:
         return self.store.get(cid)

@@ -32,6 +32,8 @@ Payload blocks go to the block store (content-addressed, so putting one is idemp
 with a direct pin ``canon/log/payload/<index>`` where the store has pins. Every change to
 the log itself (entry, index, tree nodes, head) is one LMDB write transaction, and every
 check runs before anything is written, so a refused append changes nothing.
+:meth:`CanonLog.append_in` writes an entry, its payload and the payload's pin in the
+caller's write transaction instead, so they commit with the caller's other writes.
 """
 
 from __future__ import annotations
@@ -271,6 +273,34 @@ class CanonLog:
             if entry.seq != head.size or entry.prev != head.head:
                 raise VerificationError("the log head moved during the append; sign again")
             self._write(txn, entry, entry_block)
+        return entry
+
+    def head_in(self, txn: lmdb.Transaction) -> LogHead:
+        """The head as the caller's transaction sees it (see :meth:`append_in`)."""
+        return self._head(txn)
+
+    def append_in(self, txn: lmdb.Transaction, key: SigningKey, entry_type: str, payload_block: bytes,
+                  *, version: int = 1, time: int) -> LogEntry:
+        """As :meth:`append`, inside the caller's write transaction of this log's
+        environment: the payload block, its pin and the entry commit together with whatever
+        else the caller writes there, in one durable commit (an agent turn writes its
+        blocks, this entry and its state pointer so). The head is read in ``txn``, which
+        holds LMDB's writer lock, so no other append can move it before the commit. Needs
+        a store with in-transaction writes (BlockStore.put_many_in, pin_in); the same checks
+        as ``append_entry`` run before anything is written. If the caller's transaction
+        aborts, nothing of the entry stays."""
+        put_many_in = getattr(self.store, "put_many_in", None)
+        pin_in = getattr(self.store, "pin_in", None)
+        if put_many_in is None or pin_in is None:
+            raise TypeError("append_in needs a block store with in-transaction writes (BlockStore)")
+        head = self._head(txn)
+        entry = sign_entry(key, head, entry_type=entry_type, version=version,
+                           payload=cid_of(payload_block), time=time)
+        entry_block = entry.to_block()
+        entry, _ = check_next_entry(head, entry_block, payload_block)
+        (cid,) = put_many_in(txn, [payload_block])
+        pin_in(txn, cid, f"{PAYLOAD_PIN_PREFIX}{entry.seq}", recursive=False)
+        self._write(txn, entry, entry_block)
         return entry
 
     def _keep_payload(self, index: int, payload_block: bytes) -> None:

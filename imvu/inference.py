@@ -56,6 +56,18 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def build_backend() -> dict[str, object]:
+    """What this llama.cpp build runs on, known without loading a model (``node status``
+    before the first agent loads it): "gpu" when it can offload layers, else "cpu", and
+    llama.cpp's feature line (AVX2 = 1 | ...), what reproducibility depends on."""
+    import llama_cpp
+
+    offload = gpu_offload_supported()
+    raw = llama_cpp.llama_print_system_info()
+    info = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+    return {"backend": "gpu" if offload else "cpu", "gpu_offload": offload, "system_info": info.strip()}
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     path: Path

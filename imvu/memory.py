@@ -85,12 +85,16 @@ def _terms(text: str) -> list[str]:
 
 
 class Memory:
-    """One agent's memory chain over a block store; ``head`` is the newest item or None."""
+    """One agent's memory chain over a block store; ``head`` is the newest item or None.
+    ``cache`` may be shared by every handle on one agent's chain (the runtime keeps one per
+    agent): items are immutable blocks, so a cached item never goes stale, and a turn then
+    decodes only the items written since the last."""
 
-    def __init__(self, store: BlockSource, head: CID | None) -> None:
+    def __init__(self, store: BlockSource, head: CID | None,
+                 cache: OrderedDict[CID, MemoryItem] | None = None) -> None:
         self.store = store
         self.head = head
-        self._cache: OrderedDict[CID, MemoryItem] = OrderedDict()
+        self._cache: OrderedDict[CID, MemoryItem] = OrderedDict() if cache is None else cache
 
     def _item(self, cid: CID) -> MemoryItem:
         item = self._cache.get(cid)
@@ -125,6 +129,8 @@ class Memory:
 
     def recall(self, query: str, budget_tokens: int, count_tokens: Callable[[str], int]) -> list[MemoryItem]:
         """Recent plus relevant items that fit ``budget_tokens`` (module doc), oldest first."""
+        if budget_tokens <= 0:
+            return []  # nothing can fit: no need to read the chain
         scanned = [item for _, item in self.items()]
         chosen: list[MemoryItem] = []
         used = 0

@@ -11,7 +11,8 @@ it, so it is one CAR export away (:func:`export_roots`). LMDB holds the pointers
     imvu/names    agent name (UTF-8)   -> agent key
 
 A pointer is updated by compare-and-swap on the previous state CID, so two writers cannot
-lose each other's update.
+lose each other's update. A turn's update goes in the turn's own write transaction, with its
+blocks and its canon-log entry (:meth:`AgentRegistry.commit_turn_in`, runtime.py).
 
 Garbage collection. A recursive pin walks the whole DAG it covers, and an agent's DAG grows
 with every turn; re-pinning after each turn would cost O(history) per turn. Instead the
@@ -230,6 +231,32 @@ class AgentRegistry:
         self._leased += len(blocks)
         return self._lease.put_many(blocks)
 
+    def commit_turn_in(self, txn: lmdb.Transaction, blocks: list[bytes], state: AgentState,
+                       expected: CID) -> None:
+        """A turn's writes inside the caller's write transaction (one durable commit with
+        the turn's log entry, runtime.py): its blocks under the lease (``state``'s block
+        among them), the pointer's compare-and-swap to ``state``, and every REPIN_EVERY
+        turns the agent's recursive pin, which walks everything ``state`` reaches: blocks it
+        links that are not in ``blocks`` (the turn's decision, stored by the log) must be
+        written earlier in ``txn``. Call :meth:`after_commit` once it committed."""
+        self._leased += len(blocks)
+        self._lease.put_many_in(txn, blocks)
+        cid = cid_of(state.to_block())
+        self._swap(txn, state.agent, cid, expected)
+        turns = self._unpinned_turns.get(state.agent, 0) + 1
+        if turns >= REPIN_EVERY:
+            self._lease.pin_in(txn, cid, PIN_PREFIX + state.agent.hex())
+            turns = 0
+        self._unpinned_turns[state.agent] = turns
+
+    def after_commit(self) -> None:
+        """Start a fresh lease if this one holds too many blocks (outside any write
+        transaction: it pins every agent in transactions of its own)."""
+        if self._leased > MAX_LEASED_BLOCKS:
+            self._pin_all()
+            self._lease.close()
+            self._lease, self._leased = self.store.session(), 0
+
     def close(self) -> None:
         """Pin every agent and end the lease (the node calls this at shutdown)."""
         self._pin_all()
@@ -245,21 +272,22 @@ class AgentRegistry:
         else:
             cid = self._lease.put(block)
             self._leased += 1
-        with self.env.begin(write=True, db=self._agents) as txn:
-            current = txn.get(state.agent)
-            if (None if current is None else CID(bytes(current))) != expected:
-                raise RegistryError(f"agent {state.agent.hex()} changed concurrently; retry")
-            txn.put(state.agent, bytes(cid))
+        with self.env.begin(write=True) as txn:
+            self._swap(txn, state.agent, cid, expected)
         turns = self._unpinned_turns.get(state.agent, 0) + 1
         if pin or turns >= REPIN_EVERY:
             self._lease.pin(cid, PIN_PREFIX + state.agent.hex())
             turns = 0
         self._unpinned_turns[state.agent] = turns
-        if self._leased > MAX_LEASED_BLOCKS:
-            self._pin_all()
-            self._lease.close()
-            self._lease, self._leased = self.store.session(), 0
+        self.after_commit()
         return state
+
+    def _swap(self, txn: lmdb.Transaction, agent: bytes, cid: CID, expected: CID | None) -> None:
+        """The pointer's compare-and-swap (module doc), in a write transaction."""
+        current = txn.get(agent, db=self._agents)
+        if (None if current is None else CID(bytes(current))) != expected:
+            raise RegistryError(f"agent {agent.hex()} changed concurrently; retry")
+        txn.put(agent, bytes(cid), db=self._agents)
 
     def _pin_all(self) -> None:
         with self.env.begin(db=self._agents) as txn:

@@ -4,9 +4,12 @@
 
 1. screen the request with the manifest's request rules (a match is refused before any
    inference, and recorded);
-2. build the prompt (persona, recalled memory, the request; manifest.py, memory.py,
-   prompt.py) and the action schema of what the manifest allows;
-3. generate on the shared scheduler, grammar-constrained, streaming pieces to the asker;
+2. queue on the shared scheduler; when the turn gets the model, read the agent's *active*
+   manifest version again (hot swap: a turn queued before an upgrade runs under the new
+   version, specs/imvu.md §2.3), screen again under it, and build the prompt (persona,
+   recalled memory, the request; manifest.py, memory.py, prompt.py) and the action schema
+   of what that version allows;
+3. generate, grammar-constrained, streaming pieces to the asker;
 4. parse the output strictly (a malformed output is refused: primitive ``schema``);
 5. decide with the pure policy over a state snapshot taken now;
 6. execute an allowed action through :class:`AgentTools` (what the node implements), hold
@@ -15,7 +18,9 @@
    the turn in the agent's memory (linking the decision).
 
 Steps 4–7 run under a per-agent lock with the agent's state re-read inside it, so two
-concurrent turns of one agent cannot both spend the same budget.
+concurrent turns of one agent cannot both spend the same budget. Step 7 is one LMDB write
+transaction (one durable commit) when the log and the registry share an environment, as
+on a node: the turn's blocks, the log entry with its payload pin, and the state pointer.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
@@ -40,7 +46,7 @@ from .approval import Approval
 from .decision import DECISION_ENTRY_TYPE, DECISION_VERSION, Decision, OutputBlock, expected_schema
 from .errors import ActionError, ApprovalError, ImvuError, RegistryError
 from .manifest import Manifest
-from .memory import Memory
+from .memory import Memory, MemoryItem
 from .policy import (
     MAX_SNAPSHOT_EVENTS,
     Event,
@@ -143,6 +149,8 @@ class Agent:
         self.clock = clock
         self.count_tokens = count_tokens or scheduler_token_counter(scheduler)
         self._lock = trio.Lock()
+        # Decoded memory items of this agent's chain, shared by its turns (memory.py).
+        self._memory_items: OrderedDict[CID, MemoryItem] = OrderedDict()
         # Telemetry since this object was made, for the node's Prometheus metrics
         # (per agent: turns by verdict, executed actions, tokens, spend, latency).
         self.stats: dict[str, int] = {
@@ -174,16 +182,16 @@ class Agent:
             if not screened.allowed:
                 async with self._lock:
                     return await self._record(manifest_cid, manifest, request, request_cid, None, None,
-                                        None, screened, started)
-            memory = Memory(self.store, state.memory).recall(
-                request.text, manifest.generation.memory_tokens, self.count_tokens)
-            prompt = PromptBlock(build_prompt(manifest, request, memory), expected_schema(manifest),
-                                 manifest.generation.max_tokens)
-            generated = await self.scheduler.generate(
-                self.id, GenerationRequest(prompt.text, prompt.schema, prompt.max_tokens), tokens)
+                                              None, screened, started)
+            turn = _PreparedTurn(self, request)
+            generated = await self.scheduler.generate_when_ready(self.id, turn.prepare, tokens)
+            assert turn.manifest_cid is not None and turn.manifest is not None  # prepare() ran
             async with self._lock:
-                return await self._conclude(manifest_cid, manifest, request, request_cid, prompt,
-                                            generated, started)
+                if generated is None or turn.prompt is None:  # refused under the version it ran
+                    return await self._record(turn.manifest_cid, turn.manifest, request, request_cid,
+                                              None, None, None, turn.screened, started)
+                return await self._conclude(turn.manifest_cid, turn.manifest, request, request_cid,
+                                            turn.prompt, generated, started)
         finally:
             if tokens is not None:
                 await tokens.aclose()
@@ -211,7 +219,7 @@ class Agent:
         executed, result = False, verdict.reason
         if verdict.allowed and action is not None:
             try:
-                result = await self._execute(action)
+                result = await self._execute(action, manifest)
                 executed = True
             except ToolError as exc:
                 result = f"tool failed: {exc}"
@@ -250,7 +258,7 @@ class Agent:
         )
         block = decision.to_block()
         decision_cid = cid_of(block)
-        memory = Memory(batch, state.memory)
+        memory = Memory(batch, state.memory, self._memory_items)
         outcome = result if executed else f"{verdict.outcome.value}: {verdict.reason}"
         memory.append("turn", f"{request.sender} asked: {request.text[:MEMORY_EXCERPT_CHARS]} | "
                       f"outcome: {outcome[:MEMORY_EXCERPT_CHARS]}", request.sender, snapshot.time, decision_cid)
@@ -273,9 +281,23 @@ class Agent:
 
     def _store(self, blocks: list[bytes], decision_block: bytes, time_ms: int, state: AgentState,
                expected: CID) -> LogEntry:
-        self.registry.put_blocks(blocks)  # one write transaction
-        entry = append_to_log(self.log, self.key, decision_block, time_ms)
-        self.registry.update(state, expected, stored=True)
+        registry, log = self.registry, self.log
+        if log.env is not registry.env:  # separate environments: three commits, in order
+            registry.put_blocks(blocks)
+            entry = append_to_log(log, self.key, decision_block, time_ms)
+            registry.update(state, expected, stored=True)
+            return entry
+        # One write transaction, so one durable commit (an fsync with the node's settings)
+        # per turn: everything of the turn is written, or nothing is. LMDB's writer lock,
+        # held from here to the commit, orders it with every other append to the log.
+        # The entry (with the decision block) goes first: the state reaches the decision
+        # through memory, and the registry's periodic recursive re-pin walks it.
+        with registry.env.begin(write=True) as txn:
+            head = log.head_in(txn)
+            entry = log.append_in(txn, self.key, DECISION_ENTRY_TYPE, decision_block,
+                                  version=DECISION_VERSION, time=max(time_ms, head.time))
+            registry.commit_turn_in(txn, blocks, state, expected)
+        registry.after_commit()
         return entry
 
     def _count(self, decision: Decision, action: Action | None) -> None:
@@ -290,8 +312,9 @@ class Agent:
         if decision.executed and action is not None and action.spends:
             stats["spent"] += action.amount
 
-    async def _execute(self, action: Action) -> str:
-        manifest = self.registry.manifest(self.registry.get(self.agent).manifest)
+    async def _execute(self, action: Action, manifest: Manifest) -> str:
+        """Carry out an allowed action under the manifest version that decided it (payees
+        and contacts are that version's, even if another became active since)."""
         tools = self.tools
         if action.kind is Kind.REPLY:
             return action.text
@@ -371,6 +394,34 @@ def append_to_log(log: CanonLog, key: SigningKey, decision_block: bytes, time_ms
                 if attempt + 1 == LOG_APPEND_ATTEMPTS or log.head() == head:
                     raise  # not a race: the entry itself is wrong
     raise AssertionError("unreachable")
+
+
+class _PreparedTurn:
+    """Step 2 of a turn, run by the scheduler in its worker thread when the turn gets the
+    model: reads the active manifest version then (hot swap), screens the request under
+    it, recalls memory and builds the prompt. What it read is kept for the decision."""
+
+    def __init__(self, agent: Agent, request: Request) -> None:
+        self.agent = agent
+        self.request = request
+        self.manifest_cid: CID | None = None
+        self.manifest: Manifest | None = None
+        self.screened = Verdict(Outcome.ALLOW, Primitive.NONE, "")
+        self.prompt: PromptBlock | None = None
+
+    def prepare(self) -> GenerationRequest | None:
+        agent, request = self.agent, self.request
+        state = agent.registry.get(agent.agent)
+        self.manifest_cid = state.manifest
+        manifest = self.manifest = agent.registry.manifest(state.manifest)
+        self.screened = screen_request(manifest, request.texts())
+        if not self.screened.allowed:
+            return None  # the version now active refuses it: recorded without inference
+        memory = Memory(agent.store, state.memory, agent._memory_items).recall(
+            request.text, manifest.generation.memory_tokens, agent.count_tokens)
+        prompt = self.prompt = PromptBlock(build_prompt(manifest, request, memory), expected_schema(manifest),
+                                           manifest.generation.max_tokens)
+        return GenerationRequest(prompt.text, prompt.schema, prompt.max_tokens)
 
 
 class _Batch:

@@ -17,7 +17,11 @@ The scheduler, the audit re-run and the benchmark all call it, so they decode id
   stops at the next token; when the run loop itself is cancelled (node shutdown), the
   running job stops at the next token and queued ones fail with SchedulerClosedError;
 * streaming: generated text pieces go to a trio memory channel as they are produced
-  (posted to the trio loop with ``TrioToken.run_sync_soon``, which never waits).
+  (posted to the trio loop with ``TrioToken.run_sync_soon``, which never waits);
+* late-bound: :meth:`InferenceScheduler.generate_when_ready` takes a *prepare* function
+  instead of a request; it is called in the worker thread when the job gets the model, so
+  the caller builds the request from state read then (an agent's hot-swapped manifest
+  version, specs/imvu.md §2.3), or returns None to generate nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import codecs
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -164,10 +169,23 @@ def backend_info(model: Any, model_path: str | Path) -> BackendInfo:
                        int(model.n_ctx()), str(model_path), info.strip())
 
 
+# Builds a job's request when the job gets the model (worker thread); None: nothing to run.
+PrepareRequest = Callable[[], "GenerationRequest | None"]
+
+
+class _PrepareFailed(Exception):
+    """Carries the exception a prepare function raised out of the worker thread, so the
+    asker gets it as raised (it is the asker's error, not the scheduler's)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(eq=False)
 class _Job:
     agent: str
-    request: GenerationRequest
+    prepare: PrepareRequest
     sink: trio.MemorySendChannel[str] | None
     queued_at: float
     done: trio.Event = field(default_factory=trio.Event)
@@ -190,6 +208,7 @@ class InferenceScheduler:
         self._limiter = trio.CapacityLimiter(1)
         self._stopping = threading.Event()
         self._running = False
+        self._serving = 0  # jobs taken from the queues, not finished (0 or 1)
         self._closed = False
         self.counters = {"jobs": 0, "tokens": 0, "cancelled": 0, "rejected_busy": 0}
 
@@ -200,13 +219,22 @@ class InferenceScheduler:
         """Queue ``request`` for ``agent`` and wait for its result; pieces of text go to
         ``sink`` as they are generated (give it a buffer of at least ``max_tokens``; it is
         not closed here). Cancelling the caller cancels the job."""
+        result = await self.generate_when_ready(agent, lambda: request, sink)
+        assert result is not None  # the prepare function above never returns None
+        return result
+
+    async def generate_when_ready(self, agent: str, prepare: PrepareRequest,
+                                  sink: trio.MemorySendChannel[str] | None = None) -> GenerationResult | None:
+        """As :meth:`generate`, but the request is made by ``prepare()`` when the job gets
+        the model (in the worker thread, before generating; module doc). None from it ends
+        the job with None; an exception from it is raised here as it was raised."""
         if self._closed:
             raise SchedulerClosedError("the inference scheduler is stopped")
         queue = self._queues.get(agent)
         if queue is not None and len(queue) >= self.max_queued_per_agent:
             self.counters["rejected_busy"] += 1
             raise QueueFullError(f"agent {agent!r} already has {len(queue)} queued requests")
-        job = _Job(agent, request, sink, time.perf_counter())
+        job = _Job(agent, prepare, sink, time.perf_counter())
         if queue is None:
             queue = self._queues[agent] = deque()
             self._order.append(agent)
@@ -219,7 +247,6 @@ class InferenceScheduler:
             raise
         if job.error is not None:
             raise job.error
-        assert job.result is not None
         return job.result
 
     def _cancel(self, job: _Job) -> None:
@@ -236,7 +263,16 @@ class InferenceScheduler:
         return {agent: len(queue) for agent, queue in self._queues.items()}
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters, "queued": self.queued(), "running": self._running}
+        return {**self.counters, "queued": self.queued(), "running": self._running,
+                "serving": self._serving}
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Keep the model for the caller: no job starts generating while this is held
+        (a job being generated finishes first). Jobs queue meanwhile, up to the per-agent
+        limit: what an operator's maintenance, or a test of the busy path, needs."""
+        async with self._limiter:
+            yield
 
     # -- the worker ---------------------------------------------------------------------------
 
@@ -306,22 +342,41 @@ class InferenceScheduler:
         def should_stop() -> bool:
             return job.cancel.is_set() or self._stopping.is_set()
 
+        def work() -> GenerationResult | None:
+            try:
+                request = job.prepare()
+            except Exception as exc:  # delivered to the asker as raised (_PrepareFailed)
+                raise _PrepareFailed(exc) from exc
+            if request is None:
+                return None
+            return run_generation(self.model, request, grammars=self.grammars,
+                                  on_piece=on_piece if job.sink is not None else None,
+                                  should_stop=should_stop)
+
+        self._serving += 1
         try:
-            result = await trio.to_thread.run_sync(
-                lambda: run_generation(self.model, job.request, grammars=self.grammars,
-                                       on_piece=on_piece if job.sink is not None else None,
-                                       should_stop=should_stop),
-                limiter=self._limiter)
+            result = await trio.to_thread.run_sync(work, limiter=self._limiter)
+        except trio.Cancelled:
+            # The run loop stops while this job waits for the model (hold()): its asker
+            # must not wait forever.
+            job.error = SchedulerClosedError("the inference scheduler stopped")
+            job.done.set()
+            raise
+        except _PrepareFailed as failed:
+            job.error = failed.error
         except InferenceError as exc:
             job.error = exc
         except (RuntimeError, ValueError) as exc:  # llama.cpp decode failures surface as these
             job.error = InferenceError(f"generation failed: {exc}")
         else:
-            self.counters["jobs"] += 1
-            self.counters["tokens"] += result.output_tokens
-            if job.error is None:
-                job.result = GenerationResult(result.output, result.prompt_tokens, result.output_tokens,
-                                              result.finish, result.inference_us, queue_us)
+            if result is not None:  # None: prepare() found nothing to generate
+                self.counters["jobs"] += 1
+                self.counters["tokens"] += result.output_tokens
+                if job.error is None:
+                    job.result = GenerationResult(result.output, result.prompt_tokens, result.output_tokens,
+                                                  result.finish, result.inference_us, queue_us)
+        finally:
+            self._serving -= 1
         # Pieces posted with run_sync_soon are delivered before anything scheduled later,
         # so a waiter woken now has received every piece.
         token.run_sync_soon(job.done.set)

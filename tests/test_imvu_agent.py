@@ -23,10 +23,10 @@ from n3xus.imvu.errors import ApprovalError
 from n3xus.imvu.inference import ModelSettings, bundled_model_path, load_model
 from n3xus.imvu.memory import Memory
 from n3xus.imvu.policy import Outcome
-from n3xus.imvu.prompt import Request, decode_request
+from n3xus.imvu.prompt import Request, decode_prompt, decode_request
 from n3xus.imvu.registry import export_roots
 from n3xus.imvu.runtime import Agent, TurnResult
-from n3xus.imvu.scheduler import InferenceScheduler
+from n3xus.imvu.scheduler import GenerationRequest, InferenceScheduler
 
 LIMIT, THRESHOLD = 50, 20  # imvu_support.primitives(): 50 per hour, escalate above 20
 
@@ -210,3 +210,47 @@ async def test_memory_upgrade_rollback_and_offline_rerun(node: Node, scheduler: 
 
     lie = replace(records[1], verdict=Outcome.REFUSE, primitive="payees", executed=False, result="")
     assert not recheck_decision(lie, offline).ok
+
+
+async def test_a_turn_queued_before_an_upgrade_runs_under_the_new_version(
+        node: Node, scheduler: InferenceScheduler) -> None:
+    """Hot swap (specs/imvu.md §2.3): the manifest version is the one active when the turn
+    gets the model, not when it was asked."""
+    agent = host(node, scheduler, **PAYING)
+    v1 = node.registry.manifest(node.registry.get(agent.agent).manifest)
+    v2 = bundled_manifest(previous=v1, persona="You are Nova, brief and kind.", prims=v1.primitives,
+                          tools=list(v1.tools), max_tokens=32)
+    queued: list[TurnResult] = []
+    async with trio.open_nursery() as nursery:
+        # A slow generation of another agent holds the model (unconstrained, long).
+        blocker = trio.CancelScope()
+        send, receive = trio.open_memory_channel[str](1024)
+
+        async def slow() -> None:
+            with blocker:
+                await scheduler.generate("someone-else", GenerationRequest(
+                    "<|im_start|>user\nTell me a long story.<|im_end|>\n<|im_start|>assistant\n", "", 1000), send)
+
+        async def ask_queued() -> None:
+            queued.append(await ask(node, agent, "Hi there!"))
+
+        nursery.start_soon(slow)
+        await receive.receive()  # the slow one is generating
+        nursery.start_soon(ask_queued)
+        with trio.fail_after(30):
+            while scheduler.queued().get(agent.id) != 1:
+                await trio.sleep(0.005)
+        node.registry.upgrade(v2)  # while the ask waits in the queue
+        blocker.cancel()  # the slow one stops at its next token; the queued turn runs
+    (turn,) = queued
+    assert turn.decision.manifest == v2.cid != v1.cid
+    assert turn.decision.prompt is not None
+    prompt = decode_prompt(node.store.get(turn.decision.prompt)).text
+    assert "brief and kind" in prompt and "cheerful stage assistant" not in prompt
+    assert recheck_decision(turn.decision, node.store).ok  # re-checks against v2
+    # A turn's blocks, log entry and state pointer are one LMDB commit (a ledger tip, if
+    # the model proposes one, is the ledger's own commit).
+    committed, calls = node.env.info()["last_txnid"], len(node.tools.calls)
+    again = await ask(node, agent, "Hi again!")
+    assert again.decision.manifest == v2.cid
+    assert node.env.info()["last_txnid"] - committed == 1 + len(node.tools.calls[calls:])

@@ -110,3 +110,38 @@ async def test_a_queued_job_is_dropped_when_its_asker_leaves(model: Any) -> None
         result = await scheduler.generate("a", SHORT)
         nursery.cancel_scope.cancel()
     assert result.output_tokens == 6 and scheduler.counters["jobs"] == 1
+
+
+async def test_late_bound_requests_are_made_when_the_job_gets_the_model(model: Any) -> None:
+    scheduler = InferenceScheduler(model)
+    prepared: list[str] = []
+    results: list[Any] = []
+
+    def prepare() -> GenerationRequest:
+        prepared.append("now")
+        return SHORT
+
+    def broken() -> GenerationRequest:
+        raise KeyError("the asker's own error")
+
+    async def late() -> None:
+        results.append(await scheduler.generate_when_ready("a", prepare))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        async with scheduler.hold():  # the model is busy
+            nursery.start_soon(late)
+            with trio.fail_after(30):
+                while scheduler.stats()["serving"] != 1:
+                    await trio.sleep(0.005)
+            await trio.sleep(0.05)
+            assert prepared == [] and results == []  # waiting for the model: not prepared yet
+        with trio.fail_after(60):
+            while not results:
+                await trio.sleep(0.005)
+        assert prepared == ["now"] and results[0].output == run_generation(model, SHORT).output
+        assert await scheduler.generate_when_ready("a", lambda: None) is None  # nothing to run
+        with pytest.raises(KeyError, match="own error"):  # raised to the asker as raised
+            await scheduler.generate_when_ready("a", broken)
+        assert scheduler.stats()["serving"] == 0 and scheduler.counters["jobs"] == 1
+        nursery.cancel_scope.cancel()

@@ -38,6 +38,7 @@ from ..errors import ConfigError, NodeError
 from ..services.agents import (
     MAX_LISTED_DECISIONS,
     MAX_LISTED_MEMORY,
+    UNUSED_AGENT_KEY_TTL_S,
     AgentService,
     AgentStoppedError,
     UnknownAgentError,
@@ -288,7 +289,9 @@ def agent_routes(service: AgentService) -> list[ApiRoute]:
         route("POST", "/agents/keys", new_key, "Make a fresh agent key held by this node (sign "
               "a manifest naming it, then POST /agents)", body=EMPTY,
               response_schema=obj({"agent": HEX32, "model": MODEL}),
-              description="`model` is the node's model reference for the manifest."),
+              description="`model` is the node's model reference for the manifest. A key "
+                          f"no agent uses is removed at a node start once older than "
+                          f"{UNUSED_AGENT_KEY_TTL_S // 86400} days (specs/imvu.md §13)."),
         route("POST", "/agents", create, "Create an agent from its signed version-1 manifest",
               body=manifest_body, response_schema=AGENT, errors=(409,),
               description="400 if the manifest is invalid, names another model or an agent key "

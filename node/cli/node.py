@@ -177,7 +177,8 @@ def node_status(data_dir: str | None, as_json: bool) -> None:
             backend = agents["backend"]
             inference = (f"{backend['backend']} ({backend['threads']} threads, context "
                          f"{backend['context_tokens']})" if backend else
-                         "model not loaded yet (loads on the first agent start or ask)")
+                         f"{(agents.get('build_backend') or {}).get('backend', '?')} build, model not "
+                         "loaded yet (loads on the first agent start or ask)")
             echo(f"agents    {agents['agents']} ({agents['enabled']} enabled)")
             echo(f"inference {inference}")
 

@@ -21,8 +21,13 @@ It owns:
   turn latency) and the inference backend for ``node status``.
 
 Lifecycle changes of an agent (upgrade, rollback, start, stop) take the agent's turn lock,
-so they never interleave with a turn's compare-and-swap of the agent state: a turn queued
-before an upgrade completes (under the version it started with) and the upgrade follows.
+so they never interleave with a turn's compare-and-swap of the agent state. A turn queued
+before an upgrade is kept and runs under the version active when it gets the model (hot
+swap, specs/imvu.md §2.3; imvu/runtime.py reads the active version then).
+
+Agent keys made by ``POST /agents/keys`` that never became an agent (the creator never
+signed or sent the manifest) are removed when the service starts once they are older than
+UNUSED_AGENT_KEY_TTL_S: a key file is a secret, kept no longer than it can be of use.
 """
 
 from __future__ import annotations
@@ -81,6 +86,10 @@ ADDRESS_PATTERN: Final = re.compile(r"(?:(?P<peer>12D3Koo[1-9A-HJ-NP-Za-km-z]{40
                                     r"(?P<name>[a-z0-9][a-z0-9-]{0,63}|[0-9a-f]{64})")
 """A contact address (manifest ``contacts``): ``NAME`` (an agent of this node) or
 ``PEER_ID/NAME`` (an agent on the peer with that libp2p peer id); a name may be a key in hex."""
+UNUSED_AGENT_KEY_TTL_S: Final = 7 * 24 * 3600
+"""How long a key from ``POST /agents/keys`` may wait for its agent's manifest: a creator
+signs one within minutes (``n3xus agent create`` within a second); a week leaves room for
+a manifest signed offline, by hand, and then the key is removed at the next start."""
 LATENCY_BUCKETS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 """A turn is ~0.5-3 s on the bundled model on two cores; queued turns wait for others."""
 
@@ -136,6 +145,25 @@ def agent_key(dd: DataDir, agent: bytes) -> SigningKey:
     if bytes(key.verify_key) != agent:
         raise ConfigError(f"agent key {path} is not the key of {agent.hex()}")
     return key
+
+
+def prune_unused_agent_keys(dd: DataDir, registered: set[bytes], now_s: float,
+                            ttl_s: float = UNUSED_AGENT_KEY_TTL_S) -> list[bytes]:
+    """Remove agent key files older than ``ttl_s`` whose agent is not ``registered``
+    (module doc); the agents whose keys were removed. Other files are left alone."""
+    removed: list[bytes] = []
+    folder = dd.path / AGENT_KEY_DIR
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.glob("*.key")):
+        if not re.fullmatch(r"[0-9a-f]{64}", path.stem):
+            continue
+        agent = bytes.fromhex(path.stem)
+        if agent in registered or now_s - path.stat().st_mtime < ttl_s:
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(agent)
+    return removed
 
 
 # -- views --------------------------------------------------------------------------------
@@ -286,7 +314,8 @@ class AgentService:
 
     def __init__(self, data_dir: DataDir, env: Any, canon: CanonService, ledger: LedgerService,
                  *, model_path: Path | None = None, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
-                 threads: int | None = None, registry: CollectorRegistry | None = None) -> None:
+                 threads: int | None = None, registry: CollectorRegistry | None = None,
+                 max_queued_per_agent: int | None = None) -> None:
         self.data_dir = data_dir
         self.canon = canon
         self.ledger = ledger
@@ -294,7 +323,11 @@ class AgentService:
         self._model_path = model_path
         self.context_tokens = context_tokens
         self.threads = threads
+        # Queued turns per agent beyond which asks are refused as busy (None: the
+        # scheduler's default); read when the model loads.
+        self.max_queued_per_agent = max_queued_per_agent
         self.model: Any = None
+        self._build_backend: dict[str, Any] | None = None
         self.scheduler: InferenceScheduler | None = None
         self.backend: dict[str, Any] | None = None
         self.tools = NodeAgentTools(self)
@@ -311,8 +344,13 @@ class AgentService:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; then pin every agent, free the model."""
         try:
+            registered = {state.agent for state in self.registry}
+            removed = await trio.to_thread.run_sync(prune_unused_agent_keys, self.data_dir, registered, time.time())
+            if removed:
+                log.info("unused agent keys removed", count=len(removed), keys=[a.hex() for a in removed])
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._detect_build_backend)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -353,7 +391,8 @@ class AgentService:
             model = await trio.to_thread.run_sync(load_model, settings)
             self.model = model
             self.backend = backend_info(model, path).to_json()
-            scheduler = InferenceScheduler(model)
+            scheduler = InferenceScheduler(model, **({"max_queued_per_agent": self.max_queued_per_agent}
+                                                     if self.max_queued_per_agent else {}))
             await self._nursery.start(scheduler.run)
             self.scheduler = scheduler
             log.info("agent model loaded", path=str(path), backend=self.backend["backend"],
@@ -363,14 +402,26 @@ class AgentService:
     def queued(self) -> dict[str, int]:
         return {} if self.scheduler is None else self.scheduler.queued()
 
+    async def _detect_build_backend(self) -> None:
+        """What the llama.cpp build runs on (cpu or gpu), known without loading the model;
+        found once at start, in a worker thread (importing llama.cpp takes a moment)."""
+        from n3xus.imvu.inference import build_backend
+
+        try:
+            self._build_backend = await trio.to_thread.run_sync(build_backend)
+        except (ImportError, OSError) as exc:  # no usable llama.cpp: agents cannot run
+            self._build_backend = {"backend": "unavailable", "gpu_offload": False, "system_info": str(exc)}
+
     def status(self) -> dict[str, Any]:
-        """For ``node status``: the inference backend (once loaded) and the agents."""
+        """For ``node status``: the inference backend (the build's before the model is
+        loaded, then the loaded model's) and the agents."""
         agents = self.registry.agents()
         return {
             "agents": len(agents), "enabled": sum(a.enabled for a in agents),
             "model_path": str(self._model_path) if self._model_path else "bundled",
             "model_loaded": self.scheduler is not None,
             "backend": self.backend,
+            "build_backend": self._build_backend,  # None for the moment after start
             "scheduler": None if self.scheduler is None else self.scheduler.stats(),
             "peer_asks": None if self.server is None else
             {"answered": self.server.asks_answered, "refused": self.server.asks_refused},
