@@ -432,8 +432,9 @@ import { $, el, fmtBytes, fmtDuration, fmtNum, fmtTime, mono, short, sleep } fro
       if (!m || !ops.post || needsInput(ops.post) || needsQuery(ops.post)) continue;
       if ((ops.post.responses?.["200"]?.content || {})["text/event-stream"]) continue;
       const verb = m[1];
-      // An enabled item needs no Start, a disabled one no Stop.
+      // An enabled item needs no Start, a disabled one no Stop; an ended room no End.
       if ((verb === "start" && item.enabled === true) || (verb === "stop" && item.enabled === false)) continue;
+      if (verb === "end" && item.ended === true) continue;
       const label = verb.charAt(0).toUpperCase() + verb.slice(1);
       out.push(button(label, (e) => act(e.currentTarget, {
         confirm: DESTRUCTIVE.test(verb) ? label + " " + id + "?" : null,
@@ -487,7 +488,7 @@ import { $, el, fmtBytes, fmtDuration, fmtNum, fmtTime, mono, short, sleep } fro
   const MAX_COLUMNS = 8;
   // Columns an operator looks at first (agents: state and telemetry; rooms: who is on).
   const FIRST_COLUMNS = ["name", "room", "enabled", "status", "state", "turns", "queued", "stats",
-    "performers", "viewers", "relay", "verdict", "primitive", "reason", "executed", "index", "time"];
+    "live", "ended", "performers", "peers", "viewers", "relay", "verdict", "primitive", "reason", "executed", "index", "time"];
   function genericTable(items, what, actionsFor) {
     if (!items.length) return el("p", { class: "empty", text: "No " + what + " right now." });
     const keys = [];
@@ -498,7 +499,7 @@ import { $, el, fmtBytes, fmtDuration, fmtNum, fmtTime, mono, short, sleep } fro
     const table = el("table", {},
       el("thead", {}, el("tr", {}, ...shown.map((k) => el("th", { text: k })), el("th", { text: actionsFor ? "Actions" : "Details" }))),
       el("tbody", {}, ...items.map((it) => el("tr", { "data-item": id(it) },
-        ...shown.map((k) => el("td", { text: cell(it[k]), title: typeof it[k] === "string" ? it[k] : null })),
+        ...shown.map((k) => el("td", { "data-key": k, text: cell(it[k]), title: typeof it[k] === "string" ? it[k] : null })),
         el("td", {}, ...(actionsFor ? actionsFor(id(it), it) : []),
           el("details", {}, el("summary", { text: "all fields" }), el("pre", { class: "note", text: JSON.stringify(it, null, 2) })))))));
     return el("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": what }, table);
