@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
+import os
 import queue
 import resource
 import statistics
@@ -247,7 +248,8 @@ async def measure(variant: str, viewers: int) -> dict[str, Any]:
 
 #: Round trips timed in the browser (after 20 untimed ones).
 RTT_SAMPLES = 200
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
+CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
 _RTT_SCRIPT = """async (n) => {
   const live = await import('/live/static/live.js');
   const signal = await live.connectSignal('bench');

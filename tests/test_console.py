@@ -27,7 +27,8 @@ from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node.config import DataDir
 from n3xus.node.services.wallets import ensure_genesis
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
+CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

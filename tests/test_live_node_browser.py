@@ -16,6 +16,7 @@ the node resolves (aioice's mDNS client), except where noted."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,8 @@ from playwright.sync_api import Page, sync_playwright
 
 from conftest import CliNode, run_cli, start_cli_node
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
+CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox",
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",

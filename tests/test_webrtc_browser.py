@@ -5,6 +5,7 @@ reloads and goes live again), a chat line crosses from one room page to another.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,8 @@ from n3xus.webrtc.recording import RecordedSegment, Recorder, manifest_block, ma
 from n3xus.webrtc.rooms import Role
 from n3xus.webrtc.service import LiveService, open_live_service
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
+CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox",
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
