@@ -23,9 +23,13 @@ that wins over older writes like any other record.
 * **Writers.** The owner (who names the world with it) is always a writer. Others are
   writers while the owner's greatest record at ``~writers/<author hex>`` is not a delete.
   Only the owner's records count under ``~writers/``, so only the owner changes the writer
-  set. A record is valid iff its author is a writer *in the merged state*: removing a
-  writer disregards all of their records (re-adding restores them), which is what keeps
-  the rule a function of the record set alone.
+  set. A record counts iff its author is a writer *in the merged state*.
+* **Removal is final and discards.** Once the owner has a delete at ``~writers/<author>``
+  the author is *removed*: every record of theirs is dropped from the tree (on every
+  replica, their own included, as soon as it holds the removal), they write nothing more and
+  cannot be re-added (a new key can). Nodes refuse a removed writer's commits, so keeping
+  their records would leave them on some replicas only; dropping them, and "removed" only
+  ever growing with the record set, keeps the root a function of the records received.
 """
 
 from __future__ import annotations
@@ -129,18 +133,19 @@ class SharedWorld:
         return _parse_history(self.tree.store.get(link), key)
 
     def _with(self, key: str, records: list[Record]) -> World:
-        records.sort(key=lambda record: record.order)
-        kept = records[-MAX_RECORDS_PER_KEY:]
-        return self.tree.update(set={key: {"r": [record.to_map() for record in kept]}})
+        return self.tree.update(set={key: _history_block(records)})
 
     # --- writing -----------------------------------------------------------------------
 
     def write(self, signer: SigningKey, key: str, value: CID | None) -> SharedWorld:
         """Sign and add a record: ``value`` (a block's CID) at ``key``, or None to delete."""
         validate_key(key)
+        author = bytes(signer.verify_key)
+        if author in self.removed():
+            raise PermissionError(f"{author.hex()} was removed from world {self.name!r}: "
+                                  "its records are discarded")
         history = self.history(key)
         clock = 1 + max((record.clock for record in history), default=0)
-        author = bytes(signer.verify_key)
         signature = signer.sign(signing_bytes(self.owner, self.name, key, clock, value)).signature
         return self._derive(self._with(key, [*history, Record(author, clock, key, value, signature)]))
 
@@ -151,38 +156,88 @@ class SharedWorld:
     def set_writer(self, owner: SigningKey, writer: bytes, active: bool) -> SharedWorld:
         if bytes(owner.verify_key) != self.owner:
             raise PermissionError("only the world's owner changes its writer set")
-        marker = self.tree.store.put(encode({"writer": True})) if active else None
-        return self.write(owner, WRITERS_PREFIX + writer.hex(), marker)
+        if writer == self.owner:
+            raise ValueError("the owner is always a writer")
+        if active:
+            if writer in self.removed():
+                raise ValueError(f"{writer.hex()} was removed from world {self.name!r}; removal "
+                                 "is final (add a new key instead)")
+            return self.write(owner, WRITERS_PREFIX + writer.hex(),
+                              self.tree.store.put(encode({"writer": True})))
+        world = self.write(owner, WRITERS_PREFIX + writer.hex(), None)
+        return world._discard(world.removed(), list(world.tree.keys()))
 
     def merge(self, other: SharedWorld) -> SharedWorld:
         """The union of both replicas' records (verifying every record new to this one);
         the same root whichever replica merges which."""
         if (other.owner, other.name) != (self.owner, self.name):
             raise ValueError("replicas of different worlds do not merge")
-        tree = self.tree
-        for change in tree.diff(other.tree).changes:
+        unions: dict[str, list[Record]] = {}
+        for change in self.tree.diff(other.tree).changes:
             if change.new is None:
                 continue  # only here: the union keeps ours
             theirs = _parse_history(other.tree.store.get(change.new), change.key)
-            ours = [] if change.old is None else _parse_history(tree.store.get(change.old), change.key)
+            ours = [] if change.old is None else self.history(change.key)
             known = {record.order for record in ours}
             for record in theirs:
                 if record.order not in known:
                     self.verify(record)
-            union = {record.order: record for record in [*ours, *theirs]}
-            tree = self._derive(tree)._with(change.key, list(union.values()))
-        return self._derive(tree)
+            unions[change.key] = list({r.order: r for r in [*ours, *theirs]}.values())
+        # The writer set first: who is removed decides which records are kept. (Only the
+        # owner's records there count, and the owner is never removed.)
+        with_markers = self._derive(self.tree.update(set={
+            key: _history_block(records) for key, records in unions.items()
+            if key.startswith(WRITERS_PREFIX)}))
+        removed = with_markers.removed()
+        # Removed authors' records go before the cap: the kept 64 are the greatest valid ones.
+        kept = {key: [r for r in records if r.author not in removed]
+                for key, records in unions.items()}
+        merged = self._derive(self.tree.update(
+            set={key: _history_block(records) for key, records in kept.items() if records},
+            delete=[key for key, records in kept.items() if not records]))
+        if removed - self.removed():
+            # Someone was removed by this merge: our own keys still hold their records.
+            return merged._discard(removed, list(merged.tree.keys()))
+        return merged
+
+    def _discard(self, removed: frozenset[bytes], keys: list[str]) -> SharedWorld:
+        """This replica without the records of ``removed`` authors at ``keys``."""
+        if not removed:
+            return self
+        histories: dict[str, Any] = {}
+        emptied = []
+        for key in keys:
+            history = self.history(key)
+            kept = [record for record in history if record.author not in removed]
+            if len(kept) == len(history):
+                continue
+            if kept:
+                histories[key] = {"r": [record.to_map() for record in kept]}
+            else:
+                emptied.append(key)
+        if not histories and not emptied:
+            return self
+        return self._derive(self.tree.update(set=histories, delete=emptied))
 
     # --- reading ------------------------------------------------------------------------
 
-    def writers(self) -> list[bytes]:
-        """The writer set: the owner, then the active writers ascending."""
-        active = []
+    def _owner_markers(self) -> Iterator[tuple[bytes, list[Record]]]:
+        """(key, the owner's records at ``~writers/<key>``) for every key the owner named."""
         for key in self.tree.keys(prefix=WRITERS_PREFIX):
             owned = [r for r in self.history(key) if r.author == self.owner]
-            if owned and owned[-1].value is not None:
-                active.append(bytes.fromhex(key[len(WRITERS_PREFIX):]))
+            if owned:
+                yield bytes.fromhex(key[len(WRITERS_PREFIX):]), owned
+
+    def writers(self) -> list[bytes]:
+        """The writer set: the owner, then the added and never removed keys ascending."""
+        active = [author for author, owned in self._owner_markers()
+                  if all(record.value is not None for record in owned)]
         return [self.owner, *sorted(a for a in active if a != self.owner)]
+
+    def removed(self) -> frozenset[bytes]:
+        """The removed keys: a delete of the owner at ``~writers/<key>`` (final, §8.3)."""
+        return frozenset(author for author, owned in self._owner_markers()
+                         if author != self.owner and any(r.value is None for r in owned))
 
     def link(self, key: str, writers: frozenset[bytes] | None = None) -> CID | None:
         """The value CID of ``key`` (None: absent or deleted)."""
@@ -209,6 +264,12 @@ class SharedWorld:
     def view(self) -> World:
         """The plain world of the current values (keys to value CIDs), e.g. to publish."""
         return World(self.tree.store).update(links=dict(self.items()))
+
+
+def _history_block(records: list[Record]) -> dict[str, Any]:
+    """A key's history block: the greatest ``MAX_RECORDS_PER_KEY`` records, ascending."""
+    kept = sorted(records, key=lambda record: record.order)[-MAX_RECORDS_PER_KEY:]
+    return {"r": [record.to_map() for record in kept]}
 
 
 def _parse_history(data: bytes, key: str) -> list[Record]:

@@ -76,11 +76,19 @@ def test_only_the_owner_changes_the_writer_set() -> None:
     assert sneaky.writers() == [bytes(OWNER.verify_key)]
     by_mallory = sneaky.put(MALLORY, "room/a", "graffiti")
     assert by_mallory.get("room/a") is None
-    # Adding a writer makes their records count; removing disregards them all again.
+    # Adding a writer makes their records count; removing discards them all, for good.
     added = by_mallory.set_writer(OWNER, bytes(MALLORY.verify_key), True)
     assert added.get("room/a") == "graffiti"
     removed = added.set_writer(OWNER, bytes(MALLORY.verify_key), False)
     assert removed.get("room/a") is None and bytes(MALLORY.verify_key) not in removed.writers()
+    assert removed.history("room/a") == [] and bytes(MALLORY.verify_key) in removed.removed()
+    with pytest.raises(ValueError, match="final"):
+        removed.set_writer(OWNER, bytes(MALLORY.verify_key), True)
+    with pytest.raises(PermissionError):
+        removed.put(MALLORY, "room/a", "more")
+    # A replica that still holds Mallory's records drops them when it merges the removal,
+    # and ends with the very root of the owner's replica.
+    assert added.put(MALLORY, "room/z", "late").merge(removed).root == removed.root
 
 
 def test_forged_and_malformed_records_are_refused() -> None:
@@ -130,15 +138,23 @@ def test_replicas_converge_whatever_the_order(ops: list[tuple[str, int, str, int
     replicas = [shared_with_writers(store)] * len(writers)
     for kind, who, key, value in ops:
         replica = replicas[who]
-        if kind == "put":
+        removed = replica.removed()
+        if kind in ("put", "delete") and bytes(writers[who].verify_key) in removed:
+            with pytest.raises(PermissionError):
+                replica.put(writers[who], key, value)
+        elif kind == "put":
             replicas[who] = replica.put(writers[who], key, value)
         elif kind == "delete":
             replicas[who] = replica.write(writers[who], key, None)
         elif kind == "merge":
             replicas[who] = replica.merge(replicas[value % 3])
-        else:  # the owner adds or removes ann or ben
-            target = writers[1 + value % 2]
-            replicas[0] = replicas[0].set_writer(OWNER, bytes(target.verify_key), value % 3 != 0)
+        else:  # the owner adds or removes ann or ben; a removal is final
+            target = bytes(writers[1 + value % 2].verify_key)
+            if value % 3 != 0 and target in replicas[0].removed():
+                with pytest.raises(ValueError):
+                    replicas[0].set_writer(OWNER, target, True)
+            else:
+                replicas[0] = replicas[0].set_writer(OWNER, target, value % 3 != 0)
     rng = random.Random(seed)
     finals = []
     for _ in range(3):

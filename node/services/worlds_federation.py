@@ -12,6 +12,8 @@ Two kinds of *tracked* world, kept in LMDB (``federation/worlds``: name -> DAG-C
   our replica; a peer's head is merged in (``SharedWorld.merge``: union of signed records)
   when its commit verifies and its author is a writer of the merged state. Local writes are
   signed records (the writer check is the merged writer set); only the owner changes the set.
+  Removal is final: the merge drops the removed writer's records (ours too), so a removed
+  writer's commits, refused by every node, leave no record behind on any replica.
 
 Moving heads: the announce loop tells connected peers (``announce``) whenever a world's head
 here changes; announcements of tracked worlds queue a sync from the announcer. Gossip is best
@@ -307,7 +309,11 @@ class WorldsFederation:
                                       f"({tracked.owner.hex()}) changes its writers")
             if writer == me:
                 raise WorldFederationError("the owner is always a writer")
-            shared = self._shared(name, tracked).set_writer(self.canon.key, writer, active)
+            shared = self._shared(name, tracked)
+            if active and writer in shared.removed():
+                raise WorldFederationError(f"{writer.hex()} was removed from world {name!r}; "
+                                           "removal is final (add a new key instead)")
+            shared = shared.set_writer(self.canon.key, writer, active)
             self.canon.world_commit_root(name, shared.root)
         self._poke()
         return self.writers(name)
