@@ -179,10 +179,10 @@ def drive(a: dict[str, Any], b: dict[str, Any], fund: Callable[[str], None]) -> 
             probe.fill("#tip-amount", str(TIP))
             probe.get_by_role("button", name="Tip").click()
             probe.wait_for_function(
-                f"document.getElementById('status').textContent.includes('tip of {TIP} ')"
-                " && !document.getElementById('status').textContent.includes('signing')",
+                f"document.getElementById('tip-status').textContent.includes('tip of {TIP} ')"
+                " && !document.getElementById('tip-status').textContent.includes('signing')",
                 timeout=PLAY_TIMEOUT_MS)
-            out["tip_status"] = probe.inner_text("#status")
+            out["tip_status"] = probe.inner_text("#tip-status")
             out["viewer_account"] = account
 
             performer.get_by_role("button", name="End").click()

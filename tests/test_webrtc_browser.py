@@ -286,13 +286,11 @@ def tip_in_browser(base: str, token: str) -> list[str]:
             for amount in ("25", "7"):
                 page.fill("#tip-amount", amount)
                 page.get_by_role("button", name="Tip").click()
-                # The status line is shared with playback ("waiting for the performer"),
-                # so the tip's status is captured in the same evaluation that sees it.
-                settled = page.wait_for_function(
-                    "(() => { const t = document.getElementById('status').textContent;"
-                    f" return t.includes('tip of {amount} ') && !t.includes('signing') ? t : null; }})()",
+                page.wait_for_function(
+                    f"document.getElementById('tip-status').textContent.includes('tip of {amount} ')"
+                    " && !document.getElementById('tip-status').textContent.includes('signing')",
                     timeout=PLAY_TIMEOUT_MS)
-                statuses.append(str(settled.json_value()))
+                statuses.append(page.inner_text("#tip-status"))
             return statuses
         finally:
             browser.close()

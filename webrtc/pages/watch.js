@@ -16,19 +16,26 @@ unmute.addEventListener("click", () => {
   stage.play().catch(() => {});
 });
 
-// A tip is a ledger transaction signed here with the viewer's own key (tip.js).
+// A tip is a ledger transaction signed here with the viewer's own key (tip.js). Its
+// progress has a line of its own: the playback status line changes on its own schedule
+// and would hide the tip's outcome.
+const tipStatus = document.getElementById("tip-status");
+function showTip(text, isError = false) {
+  tipStatus.textContent = text;
+  tipStatus.classList.toggle("error", isError);
+}
 document.getElementById("tip").addEventListener("click", async () => {
   const amount = Number(document.getElementById("tip-amount").value);
   if (!Number.isSafeInteger(amount) || amount <= 0) {
-    status("a tip is a whole positive amount", true);
+    showTip("a tip is a whole positive amount", true);
     return;
   }
-  status(`signing a tip of ${amount}…`);
+  showTip(`signing a tip of ${amount}…`);
   try {
     const done = await tip(amount);
-    status(`tip of ${amount} sent (${done.id})`);
+    showTip(`tip of ${amount} sent (${done.id})`);
   } catch (err) {
-    status(`tip failed: ${err.message}`, true);
+    showTip(`tip failed: ${err.message}`, true);
   }
 });
 
