@@ -73,6 +73,9 @@ MAX_ENTRY_BYTES = 1024
 MAX_TYPE_CHARS = 64
 # Payloads are single blocks; the block store's own limit (1 MiB, what IPFS peers exchange).
 MAX_PAYLOAD_BYTES = 1 << 20
+# Appends by this node's own key re-sign on a head that another appender moved; each
+# concurrent appender can win at most once per round, so a few rounds always suffice.
+APPEND_RACE_RETRIES = 8
 # Block-store pin names protecting payloads from GC: one direct pin per entry index.
 PAYLOAD_PIN_PREFIX = "canon/log/payload/"
 # The log's tree hash: BLAKE3-256 with RFC 9162 framing.
@@ -259,9 +262,20 @@ class CanonLog:
             payload_block = payload.to_block()
         else:
             payload_block = payload if isinstance(payload, bytes) else encode(payload)
-        head = self.head()
-        entry = sign_entry(key, head, entry_type=entry_type, version=version, payload=cid_of(payload_block), time=time)
-        return self.append_entry(entry.to_block(), payload_block)
+        for attempt in range(APPEND_RACE_RETRIES):
+            head = self.head()
+            # Never before the head: another appender may have moved it (and its time).
+            entry = sign_entry(key, head, entry_type=entry_type, version=version,
+                               payload=cid_of(payload_block), time=max(time, head.time))
+            try:
+                return self.append_entry(entry.to_block(), payload_block)
+            except VerificationError:
+                # We hold the key, so losing the race to another appender (a handshake,
+                # a merge, an agent turn) is answered by signing again on the new head;
+                # any other failure, or a head that did not move, is the caller's.
+                if self.head() == head or attempt == APPEND_RACE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable: the loop returns or raises")
 
     def append_entry(self, entry_block: bytes, payload_block: bytes) -> LogEntry:
         """Verify a signed entry (from us or a peer) against the head and append it."""
