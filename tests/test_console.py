@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from browser_support import BASE_ARGS, CHROMIUM
 from nacl.signing import SigningKey
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
@@ -27,11 +28,8 @@ from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node.config import DataDir
 from n3xus.node.services.wallets import ensure_genesis
 
-# Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
-CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [*BASE_ARGS, "--disable-gpu", "--disable-component-update", "--disable-sync",
+                 "--no-first-run"]
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 # Live updates arrive with the next metrics sample (every 2 s); allow for a loaded machine.

@@ -16,28 +16,20 @@ the node resolves (aioice's mDNS client), except where noted."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from browser_support import BASE_ARGS, CHROMIUM, FAKE_MEDIA_ARGS
 from playwright.sync_api import Page, sync_playwright
 
 from conftest import CliNode, run_cli, start_cli_node
 
-# Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
-CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--disable-background-networking",
-    "--autoplay-policy=no-user-gesture-required",
-]
+CHROMIUM_ARGS = [*BASE_ARGS, *FAKE_MEDIA_ARGS]
 #: A viewer's browser: no fake media devices or permission prompt answers.
-PLAIN_ARGS = ["--headless=new", "--no-sandbox", "--disable-background-networking",
-              "--autoplay-policy=no-user-gesture-required"]
+PLAIN_ARGS = BASE_ARGS
 ROOM = "gig"
 #: Browser waits: ICE (mDNS resolution included) + DTLS + a keyframe; generous for a
 #: loaded two-core machine running two nodes and a browser.

@@ -5,7 +5,6 @@ reloads and goes live again), a chat line crosses from one room page to another.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 import trio
+from browser_support import BASE_ARGS, CHROMIUM, FAKE_MEDIA_ARGS
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from playwright.sync_api import Page, sync_playwright
@@ -30,15 +30,10 @@ from n3xus.webrtc.recording import RecordedSegment, Recorder, manifest_block, ma
 from n3xus.webrtc.rooms import Role
 from n3xus.webrtc.service import LiveService, open_live_service
 
-# Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
-CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--disable-background-networking",
+    *BASE_ARGS, *FAKE_MEDIA_ARGS,
     # Real host candidates instead of mDNS names (the node resolves no .local names).
     "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
 ]
 ROOM = "gig"
 #: Browser waits: the first frame needs ICE + DTLS + a keyframe (about a second here).
