@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from conftest import CliNode, n3xus_argv, run_cli, start_cli_node
+from conftest import CliNode, n3xus_argv, run_cli, start_cli_node, wait_for
 from n3xus.node.cli import app
 
 # Modules an API-backed command must not import (each costs 20-1400 ms to import).
@@ -178,6 +178,27 @@ def test_peers_connect_says_when_it_did_not_dial(tmp_path: Path, cli_nodes: list
     assert res.stdout.startswith(f"already connected to {a.peer_id} via /ip4/127.0.0.1/tcp/")
     assert f"{nowhere} was not dialled" in res.stdout
     _error("malformed multiaddr", "peers", "connect", "/ip4/1.2.3/tcp/1", *d)
+
+
+def test_peers_connect_dials_the_given_address_of_a_restarted_peer(
+        tmp_path: Path, cli_nodes: list[CliNode]) -> None:
+    """A peer that restarted on a new port is reached at the address the operator gives,
+    not at the stale one the peerstore still holds (libp2p dials one TCP address only)."""
+    a = start_cli_node(tmp_path / "a")
+    cli_nodes.append(a)
+    b = start_cli_node(tmp_path / "b", genesis=tmp_path / "a" / "genesis.cbor")
+    cli_nodes.append(b)
+    d = ("--data-dir", str(a.data_dir))
+    assert _ok("peers", "connect", b.listen_addr, *d)["already_connected"] is False
+    old_addr = b.listen_addr
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait()
+    wait_for(lambda: not _ok("peers", "list", *d)["peers"], 30, "a sees b gone")
+    b = start_cli_node(tmp_path / "b")
+    cli_nodes.append(b)
+    assert b.listen_addr != old_addr
+    again = _ok("peers", "connect", b.listen_addr, *d)
+    assert again["peer_id"] == b.peer_id and again["already_connected"] is False
 
 
 def test_node_start_json_prints_one_line_per_event(tmp_path: Path) -> None:

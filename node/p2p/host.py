@@ -482,6 +482,11 @@ async def connect(host: BasicHost, multiaddr_text: str | Multiaddr) -> str:
     # An explicit connect must really try again, even if an earlier dial to this
     # peer failed (0.8.1 otherwise refuses to re-dial it for 60 s).
     swarm.unblock_peer(peer_id)
+    # The operator's address is authoritative: libp2p 0.8.1 dials at most one address
+    # per transport class, the first the peerstore holds, so a stale TCP address of a
+    # peer that restarted on a new port would otherwise be dialled instead of this one.
+    if not swarm.get_connections(peer_id):
+        host.get_peerstore().clear_addrs(peer_id)
     with trio.move_on_after(CONNECT_TIMEOUT_SECONDS) as timeout:
         try:
             await host.connect(PeerInfo(peer_id, [transport_addr]))
