@@ -54,7 +54,6 @@ environment twice in one process); all stores built on one environment share it.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import threading
 import weakref
@@ -63,11 +62,22 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
-import blake3
 import lmdb
 
+from .blocks import CODEC_DAG_CBOR as CODEC_DAG_CBOR
+from .blocks import CODEC_DAG_PB as CODEC_DAG_PB
+from .blocks import CODEC_RAW as CODEC_RAW
+from .blocks import HASH_BLAKE3 as HASH_BLAKE3
+from .blocks import HASH_IDENTITY as HASH_IDENTITY
+from .blocks import HASH_SHA2_256 as HASH_SHA2_256
+from .blocks import MAX_BLOCK_SIZE as MAX_BLOCK_SIZE
+from .blocks import STORABLE_CODECS as STORABLE_CODECS
+from .blocks import STORED_DIGEST_BYTES as STORED_DIGEST_BYTES
+from .blocks import block_links as block_links
+from .blocks import check_block as check_block
+from .blocks import digest_matches as digest_matches
+from .blocks import iter_links as iter_links
 from .cid import CID, cid_of
-from .codec import MAX_BLOCK_SIZE as CODEC_MAX_BLOCK_SIZE
 from .codec import decode
 from .errors import (
     BlockNotFoundError,
@@ -76,11 +86,6 @@ from .errors import (
     CorruptBlockError,
     LimitExceededError,
 )
-
-# The largest block stored: the codec's own limit (1 MiB, what every IPFS peer exchanges
-# over bitswap, so anything here can be exported as a CAR and fetched elsewhere). It also
-# bounds what a single get, verify or CAR section can cost in memory.
-MAX_BLOCK_SIZE = CODEC_MAX_BLOCK_SIZE
 
 # Keys examined per sweep write transaction. LMDB has one writer at a time; at about
 # a microsecond per key examined this keeps a writer's wait for a running GC in the
@@ -97,17 +102,6 @@ MAX_PIN_NAME_BYTES = 255
 # Blocks read per read transaction when iterating, so that a slow consumer of
 # ``iter_cids`` does not keep an old snapshot (and its pages) alive indefinitely.
 ITERATION_BATCH = 1024
-
-CODEC_RAW = 0x55
-CODEC_DAG_CBOR = 0x71
-CODEC_DAG_PB = 0x70
-HASH_IDENTITY = 0x00  # the "block" is inline in the CID: never stored, never missing
-HASH_SHA2_256 = 0x12
-HASH_BLAKE3 = 0x1E
-
-# Codecs a block may have here: dag-pb is accepted as opaque bytes (from CARs made by
-# other tools); its links are not walked.
-STORABLE_CODECS = frozenset({CODEC_RAW, CODEC_DAG_CBOR, CODEC_DAG_PB})
 
 _DB_BLOCKS = b"canon/blocks"
 _DB_EPOCHS = b"canon/block-epochs"
@@ -173,60 +167,6 @@ class BlockWriter(Protocol):
     ) -> list[CID]: ...
 
     def get(self, cid: CID) -> bytes: ...
-
-
-# The only digest length the store accepts. Multihash allows truncated (even empty)
-# digests, and BLAKE3 is extendable-output: without this, the CID of an empty BLAKE3
-# digest "matches" any bytes, and a CAR could store anything under it.
-STORED_DIGEST_BYTES = 32
-
-
-def digest_matches(cid: CID, data: bytes | memoryview) -> bool:
-    """True if ``data`` hashes to the digest in ``cid`` (BLAKE3-256 or SHA2-256, full
-    32-byte digests only: a truncated digest never matches)."""
-    expected = cid.digest
-    if len(expected) != STORED_DIGEST_BYTES:
-        return False
-    if cid.hash_code == HASH_BLAKE3:
-        return bool(blake3.blake3(data).digest(len(expected)) == expected)
-    if cid.hash_code == HASH_SHA2_256:
-        return hashlib.sha256(data).digest() == expected
-    return False
-
-
-def check_block(cid: CID, data: bytes) -> None:
-    """Raise unless ``data`` may be stored under ``cid``: size limit, a supported codec
-    and hash, the digest, and for DAG-CBOR a strict decode."""
-    if len(data) > MAX_BLOCK_SIZE:
-        raise LimitExceededError(f"block {cid} is {len(data)} bytes; limit {MAX_BLOCK_SIZE}")
-    if cid.codec not in STORABLE_CODECS:
-        raise CanonDecodeError(f"block {cid}: codec 0x{cid.codec:x} is not storable here")
-    if cid.hash_code not in (HASH_BLAKE3, HASH_SHA2_256):
-        raise CanonDecodeError(f"block {cid}: hash 0x{cid.hash_code:x} is not supported")
-    if not digest_matches(cid, data):
-        raise CorruptBlockError(f"block {cid}: bytes do not hash to the CID")
-    if cid.codec == CODEC_DAG_CBOR:
-        decode(data)
-
-
-def iter_links(value: Any) -> Iterator[CID]:
-    """The CIDs inside a decoded DAG-CBOR value, in encoded order (depth-first)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, CID):
-            yield item
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-
-
-def block_links(cid: CID, data: bytes | memoryview) -> list[CID]:
-    """Links of one block: DAG-CBOR blocks are decoded, other codecs have none."""
-    if cid.codec != CODEC_DAG_CBOR:
-        return []
-    return list(iter_links(decode(bytes(data))))
 
 
 class _Coordinator:

@@ -27,30 +27,22 @@ from __future__ import annotations
 
 import math
 import operator
-import re
-import struct
 from collections.abc import Callable
 from typing import Any, Final
 
 import cbor2
 
+from ._codec_exact import ExactDecoder, scan
 from .cid import CID
+from .codec_limits import INT_MAX as INT_MAX
+from .codec_limits import INT_MIN as INT_MIN
+from .codec_limits import LINK_TAG
+from .codec_limits import MAX_BLOCK_SIZE as MAX_BLOCK_SIZE
+from .codec_limits import MAX_NESTING_DEPTH as MAX_NESTING_DEPTH
 from .errors import CanonDecodeError, CanonEncodeError, LimitExceededError
 
-# Largest block we encode or decode. Every IPFS implementation exchanges blocks up to 1 MiB
-# over Bitswap (kubo refuses to `block put` larger ones without --allow-big-block, as peers
-# would not fetch them); a canon block must be fetchable by any peer. It also bounds the work
-# one decode can cost.
-MAX_BLOCK_SIZE: Final = 1 << 20
-
-# Deepest nesting of arrays and maps (a top-level container is depth 1). Real documents are a
-# few levels deep and link to deeper structure by CID; 128 keeps the recursive Python walkers
-# far below the interpreter's recursion limit (1000) and cbor2's native stack (its encoder
-# crashes the process somewhere between 1,000 and 10,000 levels, so we check before it runs).
-MAX_NESTING_DEPTH: Final = 128
-
 # Blocks of at least this many bytes are validated by the allocation-free head scan
-# (:func:`_scan`) before cbor2 builds anything. The scan checks every rule the exact decoder
+# (:func:`n3xus.canon._codec_exact.scan`) before cbor2 builds anything. The scan checks every rule the exact decoder
 # checks, nesting depth first, so hostile input is refused without allocating a value:
 # measured on this machine, 1 MiB of ~1M empty arrays ending in one non-canonical byte
 # cost 1.8 s and 170 MB through the fast path and the exact fallback. Below this size a
@@ -66,14 +58,9 @@ MAX_KEY_ORDER_CACHE: Final = 4096
 # are data-keyed indexes, whose key sets rarely repeat and would be costly to keep).
 MAX_CACHED_MAP_KEYS: Final = 64
 
-INT_MIN: Final = -(1 << 64)
-INT_MAX: Final = (1 << 64) - 1
-
 # cbor2 counts a tag as a nesting level and is only a safety net here: the exact limit is
 # enforced by the re-encode walk and by decode_exact, which name the offset.
 _CBOR2_MAX_DEPTH: Final = 2 * MAX_NESTING_DEPTH + 2
-
-_LINK_TAG: Final = 42
 
 _isfinite = math.isfinite
 
@@ -292,7 +279,7 @@ _CBOR2_NATIVE_TAGS: Final = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 5
 _SEMANTIC_DECODERS: Final[dict[int, Callable[[Any, bool], Any]]] = {
     tag: _refuse_tag for tag in _CBOR2_NATIVE_TAGS
 }
-_SEMANTIC_DECODERS[_LINK_TAG] = _decode_link
+_SEMANTIC_DECODERS[LINK_TAG] = _decode_link
 
 # What cbor2 or the re-encode walk may raise on hostile input; all of it sends the input on to
 # the exact decoder, which either explains the fault or (having accepted) is cross-checked.
@@ -311,7 +298,7 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
         raise LimitExceededError(f"block of {len(data)} bytes is over {MAX_BLOCK_SIZE}")
     scanned = len(data) >= PRESCAN_MIN_BYTES
     if scanned:
-        _scan(data)  # depth and every other rule, before any allocation
+        scan(data)  # depth and every other rule, before any allocation
     try:
         value = _loads(
             data,
@@ -338,12 +325,7 @@ def _as_bytes(data: object) -> bytes:
     raise TypeError(f"decode() takes bytes, not {type(data).__name__}")
 
 
-# --- decoding: the exact pure-Python decoder ---------------------------------------------
-
-_unpack_double = struct.Struct(">d").unpack_from
-_MIN_ARGUMENT = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
-_MAJOR_NAMES = ("unsigned integer", "negative integer", "byte string", "text string", "array",
-                "map", "tag", "simple value/float")
+# --- decoding: the exact pure-Python decoder (the walkers live in _codec_exact) -----------
 
 
 def decode_exact(data: bytes | bytearray | memoryview) -> Any:
@@ -353,12 +335,8 @@ def decode_exact(data: bytes | bytearray | memoryview) -> Any:
         data = _as_bytes(data)
     if len(data) > MAX_BLOCK_SIZE:
         raise LimitExceededError(f"block of {len(data)} bytes is over {MAX_BLOCK_SIZE}")
-    _scan(data)  # refuses what the walk below would refuse, without building anything
-    value, end = _ExactDecoder(data).item(0, 0)
-    if end != len(data):
-        raise CanonDecodeError(
-            f"{len(data) - end} trailing bytes after the top-level item at offset {end}"
-        )
+    scan(data)  # refuses what the walk below would refuse, without building anything
+    value = ExactDecoder(data).decode()
     # Fail closed: the walker above should have refused anything non-canonical; confirm it.
     try:
         again = encode(value)
@@ -368,373 +346,3 @@ def decode_exact(data: bytes | bytearray | memoryview) -> Any:
         offset = next((i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b), len(again))
         raise CanonDecodeError(f"not canonical DAG-CBOR: re-encoding differs at offset {offset}")
     return value
-
-
-class _ExactDecoder:
-    """Recursive strict decoder over one buffer; positions are absolute offsets."""
-
-    __slots__ = ("data", "end")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.end = len(data)
-
-    def _need(self, start: int, count: int, what: str) -> None:
-        if start + count > self.end:
-            raise CanonDecodeError(
-                f"truncated {what} at offset {start}: needs {count} bytes, "
-                f"{self.end - start} left"
-            )
-
-    def head(self, offset: int) -> tuple[int, int, int, int]:
-        """Read an item head: (major type, additional info, argument, offset after head)."""
-        self._need(offset, 1, "item")
-        initial = self.data[offset]
-        major = initial >> 5
-        info = initial & 0x1F
-        if info < 24:
-            return major, info, info, offset + 1
-        if major == 7:
-            return major, info, 0, offset + 1  # interpreted by item(): floats, simple values
-        if info == 31:
-            raise CanonDecodeError(
-                f"indefinite-length {_MAJOR_NAMES[major]} at offset {offset} is not allowed"
-                if 2 <= major <= 5
-                else f"invalid item head 0x{initial:02x} at offset {offset}"
-            )
-        if info > 27:
-            raise CanonDecodeError(f"reserved additional info {info} at offset {offset}")
-        size = 1 << (info - 24)
-        self._need(offset + 1, size, f"{_MAJOR_NAMES[major]} head")
-        argument = int.from_bytes(self.data[offset + 1:offset + 1 + size], "big")
-        if argument < _MIN_ARGUMENT[info]:
-            raise CanonDecodeError(
-                f"non-minimal {_MAJOR_NAMES[major]} encoding at offset {offset}: "
-                f"{argument} written with {size} extra bytes"
-            )
-        return major, info, argument, offset + 1 + size
-
-    def item(self, offset: int, depth: int) -> tuple[Any, int]:
-        major, info, argument, position = self.head(offset)
-        if major == 0:
-            return argument, position
-        if major == 1:
-            return -1 - argument, position
-        if major == 2:
-            self._need(position, argument, "byte string")
-            return self.data[position:position + argument], position + argument
-        if major == 3:
-            return self.text(offset, position, argument)
-        if major == 4:
-            return self.array(offset, position, argument, depth + 1)
-        if major == 5:
-            return self.map(offset, position, argument, depth + 1)
-        if major == 6:
-            return self.link(offset, position, argument)
-        return self.simple(offset, info)
-
-    def text(self, offset: int, position: int, length: int) -> tuple[str, int]:
-        self._need(position, length, "text string")
-        raw = self.data[position:position + length]
-        try:
-            return raw.decode("utf-8"), position + length
-        except UnicodeDecodeError as exc:
-            raise CanonDecodeError(
-                f"invalid UTF-8 in text string at offset {position + exc.start} "
-                f"(string starts at {offset}): {exc.reason}"
-            ) from None
-
-    def _check_depth(self, offset: int, depth: int) -> None:
-        if depth > MAX_NESTING_DEPTH:
-            raise LimitExceededError(
-                f"nesting deeper than {MAX_NESTING_DEPTH} at offset {offset}"
-            )
-
-    def array(self, offset: int, position: int, count: int, depth: int) -> tuple[list[Any], int]:
-        self._check_depth(offset, depth)
-        if count > self.end - position:  # every item takes at least one byte
-            raise CanonDecodeError(
-                f"truncated array at offset {offset}: {count} items cannot fit in "
-                f"{self.end - position} bytes"
-            )
-        items: list[Any] = []
-        for _ in range(count):
-            item, position = self.item(position, depth)
-            items.append(item)
-        return items, position
-
-    def map(self, offset: int, position: int, count: int, depth: int) -> tuple[dict[str, Any], int]:
-        self._check_depth(offset, depth)
-        if 2 * count > self.end - position:
-            raise CanonDecodeError(
-                f"truncated map at offset {offset}: {count} entries cannot fit in "
-                f"{self.end - position} bytes"
-            )
-        result: dict[str, Any] = {}
-        previous = b""
-        for _ in range(count):
-            key_offset = position
-            major, _info, length, key_start = self.head(position)
-            if major != 3:
-                raise CanonDecodeError(
-                    f"map key at offset {key_offset} is a {_MAJOR_NAMES[major]}; "
-                    "DAG-CBOR map keys must be text strings"
-                )
-            key, position = self.text(key_offset, key_start, length)
-            encoded = self.data[key_offset:position]
-            if encoded <= previous:
-                if encoded == previous:
-                    raise CanonDecodeError(f"duplicate map key {key!r} at offset {key_offset}")
-                raise CanonDecodeError(
-                    f"map keys out of canonical order at offset {key_offset}: {key!r} must "
-                    "come before the previous key (keys sort by length, then bytes)"
-                )
-            previous = encoded
-            result[key], position = self.item(position, depth)
-        return result, position
-
-    def link(self, offset: int, position: int, tag: int) -> tuple[CID, int]:
-        if tag != _LINK_TAG:
-            raise CanonDecodeError(
-                f"tag {tag} at offset {offset} is not allowed (DAG-CBOR has only tag 42, links)"
-            )
-        major, _info, length, start = self.head(position)
-        if major != 2:
-            raise CanonDecodeError(
-                f"tag 42 at offset {offset} wraps a {_MAJOR_NAMES[major]}, not a byte string"
-            )
-        self._need(start, length, "link")
-        payload = self.data[start:start + length]
-        if payload[:1] != b"\x00":
-            raise CanonDecodeError(
-                f"link at offset {offset} lacks the 0x00 multibase prefix before the CID"
-            )
-        try:
-            cid = CID(payload[1:])
-        except CanonDecodeError as exc:
-            raise CanonDecodeError(f"invalid CID in link at offset {offset}: {exc}") from None
-        return cid, start + length
-
-    def simple(self, offset: int, info: int) -> tuple[Any, int]:
-        if info == 20:
-            return False, offset + 1
-        if info == 21:
-            return True, offset + 1
-        if info == 22:
-            return None, offset + 1
-        if info == 27:
-            self._need(offset + 1, 8, "float")
-            value = _unpack_double(self.data, offset + 1)[0]
-            if not _isfinite(value):
-                raise CanonDecodeError(
-                    f"float {value} at offset {offset} is not allowed (no NaN or Infinity)"
-                )
-            return value, offset + 9
-        if info == 23:
-            raise CanonDecodeError(f"undefined at offset {offset} is not in the data model")
-        if info in (25, 26):
-            bits = 16 if info == 25 else 32
-            raise CanonDecodeError(
-                f"{bits}-bit float at offset {offset}: DAG-CBOR floats are always 64-bit"
-            )
-        if info == 31:
-            raise CanonDecodeError(f"unexpected break (0xff) at offset {offset}")
-        if info in (28, 29, 30):
-            raise CanonDecodeError(f"reserved additional info {info} at offset {offset}")
-        raise CanonDecodeError(
-            f"simple value at offset {offset} is not allowed (only false, true, null)"
-        )
-
-
-# --- decoding: the allocation-free scan ---------------------------------------------------
-
-
-# Items that are exactly one byte: integers 0..23 and -1..-24, the empty byte and text
-# strings, false, true, null; and (when one more level of nesting is allowed) the empty
-# array and map.
-_ONE_BYTE_SCALARS: Final = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\xf4-\xf6]+")
-_ONE_BYTE_ITEMS: Final = re.compile(rb"[\x00-\x17\x20-\x37\x40\x60\x80\xa0\xf4-\xf6]+")
-
-
-def _truncated(what: str, start: int, count: int, end: int) -> CanonDecodeError:
-    return CanonDecodeError(
-        f"truncated {what} at offset {start}: needs {count} bytes, {end - start} left"
-    )
-
-
-def _check_utf8(data: bytes, offset: int, position: int, length: int) -> None:
-    try:
-        data[position:position + length].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CanonDecodeError(
-            f"invalid UTF-8 in text string at offset {position + exc.start} "
-            f"(string starts at {offset}): {exc.reason}"
-        ) from None
-
-
-def _scan(data: bytes) -> None:
-    """Check that ``data`` is one canonical DAG-CBOR item without building its value.
-
-    An iterative walk over the item heads with an explicit stack of open containers, so
-    its memory is bounded by MAX_NESTING_DEPTH whatever the input, and the depth limit is
-    enforced when a container opens, before anything is allocated for it. It applies
-    every rule of :class:`_ExactDecoder`, in the same order and with the same messages
-    and offsets, so the decoders refuse the same inputs the same way whether or not they
-    scanned first; text is decoded (to check UTF-8) and links parsed (to check the CID),
-    but nothing is kept.
-    """
-    end = len(data)
-    if not end:
-        raise CanonDecodeError("empty input at offset 0: expected one DAG-CBOR item")
-    # Items still to read in each open container (a map counts key and value) and, per
-    # container, the encoded bytes of the last map key (None for an array).
-    remaining: list[int] = []
-    last_keys: list[bytes | None] = []
-    position = 0
-    while True:
-        if last_keys and last_keys[-1] is None and remaining[-1] > 1:
-            # Inside an array: skip a run of one-byte items (small integers, empty strings,
-            # empty containers, false/true/null) with one regex match, leaving the last
-            # item to the walk below; dense arrays of them are the costliest valid shape.
-            atoms = _ONE_BYTE_ITEMS if len(remaining) < MAX_NESTING_DEPTH else _ONE_BYTE_SCALARS
-            run = atoms.match(data, position, position + remaining[-1] - 1)
-            if run is not None:
-                remaining[-1] -= run.end() - position
-                position = run.end()
-        offset = position
-        if offset >= end:
-            raise _truncated("item", offset, 1, end)
-        initial = data[offset]
-        major = initial >> 5
-        info = initial & 0x1F
-        if info < 24:
-            argument = info
-            position = offset + 1
-        elif major == 7:
-            argument = 0
-            position = offset + 1
-        elif info == 31:
-            raise CanonDecodeError(
-                f"indefinite-length {_MAJOR_NAMES[major]} at offset {offset} is not allowed"
-                if 2 <= major <= 5
-                else f"invalid item head 0x{initial:02x} at offset {offset}"
-            )
-        elif info > 27:
-            raise CanonDecodeError(f"reserved additional info {info} at offset {offset}")
-        else:
-            size = 1 << (info - 24)
-            if offset + 1 + size > end:
-                raise _truncated(f"{_MAJOR_NAMES[major]} head", offset + 1, size, end)
-            argument = int.from_bytes(data[offset + 1:offset + 1 + size], "big")
-            if argument < _MIN_ARGUMENT[info]:
-                raise CanonDecodeError(
-                    f"non-minimal {_MAJOR_NAMES[major]} encoding at offset {offset}: "
-                    f"{argument} written with {size} extra bytes"
-                )
-            position = offset + 1 + size
-
-        if last_keys and last_keys[-1] is not None and remaining[-1] % 2 == 0:
-            # A map key: a text string, after the previous key in canonical order.
-            if major != 3:
-                raise CanonDecodeError(
-                    f"map key at offset {offset} is a {_MAJOR_NAMES[major]}; "
-                    "DAG-CBOR map keys must be text strings"
-                )
-            if position + argument > end:
-                raise _truncated("text string", position, argument, end)
-            _check_utf8(data, offset, position, argument)
-            position += argument
-            encoded = data[offset:position]
-            previous = last_keys[-1]
-            if encoded <= previous:
-                key = encoded[position - argument - offset:].decode("utf-8")
-                if encoded == previous:
-                    raise CanonDecodeError(f"duplicate map key {key!r} at offset {offset}")
-                raise CanonDecodeError(
-                    f"map keys out of canonical order at offset {offset}: {key!r} must "
-                    "come before the previous key (keys sort by length, then bytes)"
-                )
-            last_keys[-1] = encoded
-        elif major <= 1:
-            pass
-        elif major == 2:
-            if position + argument > end:
-                raise _truncated("byte string", position, argument, end)
-            position += argument
-        elif major == 3:
-            if position + argument > end:
-                raise _truncated("text string", position, argument, end)
-            _check_utf8(data, offset, position, argument)
-            position += argument
-        elif major == 4 or major == 5:
-            if len(remaining) + 1 > MAX_NESTING_DEPTH:
-                raise LimitExceededError(
-                    f"nesting deeper than {MAX_NESTING_DEPTH} at offset {offset}"
-                )
-            items = argument if major == 4 else 2 * argument
-            if items > end - position:  # every item takes at least one byte
-                what = "array" if major == 4 else "map"
-                unit = "items" if major == 4 else "entries"
-                raise CanonDecodeError(
-                    f"truncated {what} at offset {offset}: {argument} {unit} cannot fit in "
-                    f"{end - position} bytes"
-                )
-            if items:
-                remaining.append(items)
-                last_keys.append(None if major == 4 else b"")
-                continue
-        elif major == 6:
-            position = _scan_link(data, offset, position, argument)
-        else:
-            position = _scan_simple(data, offset, info)
-
-        # One item is complete: count it, closing every container it completes.
-        while remaining:
-            remaining[-1] -= 1
-            if remaining[-1]:
-                break
-            remaining.pop()
-            last_keys.pop()
-        if not remaining:
-            break
-    if position != end:
-        raise CanonDecodeError(
-            f"{end - position} trailing bytes after the top-level item at offset {position}"
-        )
-
-
-def _scan_link(data: bytes, offset: int, position: int, tag: int) -> int:
-    """Check a tag at ``offset`` (its head ends at ``position``): only 42 around a byte
-    string holding 0x00 and a valid binary CID. Answers the offset after it."""
-    if tag != _LINK_TAG:
-        raise CanonDecodeError(
-            f"tag {tag} at offset {offset} is not allowed (DAG-CBOR has only tag 42, links)"
-        )
-    major, _info, length, start = _ExactDecoder(data).head(position)
-    if major != 2:
-        raise CanonDecodeError(
-            f"tag 42 at offset {offset} wraps a {_MAJOR_NAMES[major]}, not a byte string"
-        )
-    if start + length > len(data):
-        raise _truncated("link", start, length, len(data))
-    if data[start:start + 1] != b"\x00":
-        raise CanonDecodeError(
-            f"link at offset {offset} lacks the 0x00 multibase prefix before the CID"
-        )
-    try:
-        CID(data[start + 1:start + length])
-    except CanonDecodeError as exc:
-        raise CanonDecodeError(f"invalid CID in link at offset {offset}: {exc}") from None
-    return start + length
-
-
-def _scan_simple(data: bytes, offset: int, info: int) -> int:
-    """Check a major-type-7 item (the exact decoder's rules); answers the offset after it."""
-    if info in (20, 21, 22):
-        return offset + 1
-    if info == 27 and offset + 9 <= len(data):
-        value = _unpack_double(data, offset + 1)[0]
-        if _isfinite(value):
-            return offset + 9
-    _ExactDecoder(data).simple(offset, info)  # raises with the exact decoder's message
-    raise AssertionError("unreachable: simple() accepted what the scan refused")  # pragma: no cover
