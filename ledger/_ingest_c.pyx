@@ -90,7 +90,9 @@ __all__ = [
     "Pending",
     "Rejected",
     "admit",
+    "apply_step",
     "apply_tx",
+    "decode_envelope",
     "verify_signature",
 ]
 
@@ -121,6 +123,7 @@ cdef bytes _HEAD = HEAD
 cdef object _TRANSFER = Op.TRANSFER
 cdef object _pure_admit = _ingest_py.admit
 cdef object _pure_apply_tx = _ingest_py.apply_tx
+cdef object _pure_encode_undo = _ingest_py.encode_undo
 # Keeps the ctypes handle (and so the mapping of the function pointer) alive.
 cdef object _libsodium = None
 
@@ -563,6 +566,11 @@ def admit(genesis, entry, verify=True):
     return tx
 
 
+def decode_envelope(entry):
+    """:func:`tx.decode_tx`, through the C layouts when they apply."""
+    return _decode(entry)
+
+
 def verify_signature(tx):
     """The transaction's signature check alone (§4.2), through libsodium directly."""
     return bool(_signature_ok(tx))
@@ -571,6 +579,88 @@ def verify_signature(tx):
 def apply_tx(view, genesis, tx):
     """Run ``tx`` at its canonical position (§8.0): None if it took effect, else the reason
     it has none. Void results write nothing; failed ones write only the account's head."""
+    return _apply(view, genesis, tx)
+
+
+cdef class _Recorder:
+    """The state view of one positional step (``_ingest_py._Recorder``): writes go through
+    to the batch, and the first write of each key records its previous value for the undo
+    log. The value a step read before writing a key *is* that previous value (only this
+    step writes meanwhile), so it is kept instead of read again."""
+
+    cdef object _get
+    cdef object _put
+    cdef object _delete
+    cdef dict _read
+    cdef dict undo
+
+    def __cinit__(self, batch):
+        self._get = batch.get
+        self._put = batch.put
+        self._delete = batch.delete
+        self._read = {}
+        self.undo = {}
+
+    def get(self, key):
+        value = self._get(key)
+        self._read[key] = value
+        return value
+
+    cdef inline void _remember(self, object key) except *:
+        if key not in self.undo:
+            self.undo[key] = self._read[key] if key in self._read else self._get(key)
+
+    def put(self, key, value):
+        self._remember(key)
+        self._put(key, value)
+
+    def delete(self, key):
+        self._remember(key)
+        self._delete(key)
+
+
+cdef bytes _encode_undo(dict undo):
+    """``_ingest_py.encode_undo`` in one allocation (the pure one for any odd entry, so
+    its errors are the same)."""
+    cdef Py_ssize_t total = 0, size
+    cdef object key, value
+    for key, value in undo.items():
+        if not PyBytes_CheckExact(key) or PyBytes_GET_SIZE(key) > 255:
+            return _pure_encode_undo(undo)
+        total += 1 + PyBytes_GET_SIZE(key) + 2
+        if value is not None:
+            if not PyBytes_CheckExact(value) or PyBytes_GET_SIZE(value) >= 0xFFFF:
+                return _pure_encode_undo(undo)
+            total += PyBytes_GET_SIZE(value)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char *p = <unsigned char*>PyBytes_AS_STRING(out)
+    for key, value in undo.items():
+        size = PyBytes_GET_SIZE(key)
+        p[0] = <unsigned char>size
+        memcpy(p + 1, PyBytes_AS_STRING(key), size)
+        p += 1 + size
+        if value is None:
+            p[0] = 0
+            p[1] = 0
+            p += 2
+        else:
+            size = PyBytes_GET_SIZE(value)
+            p[0] = <unsigned char>((size + 1) >> 8)
+            p[1] = <unsigned char>((size + 1) & 0xFF)
+            memcpy(p + 2, PyBytes_AS_STRING(value), size)
+            p += 2 + size
+    return out
+
+
+def apply_step(batch, genesis, tx):
+    """:func:`apply_tx` on ``batch``, recording what it overwrote: (the result, the undo
+    record, b"" when nothing was written). The engine's processing step."""
+    cdef _Recorder recorder = _Recorder(batch)
+    result = _apply(recorder, genesis, tx)
+    return result, _encode_undo(recorder.undo)
+
+
+cdef object _apply(object view, object genesis, object tx):
     cdef Py_ssize_t head_size
     cdef uint64_t seq_value
     account = tx.account

@@ -39,11 +39,15 @@ __all__ = [
     "Pending",
     "Rejected",
     "admit",
+    "apply_step",
     "apply_tx",
+    "decode_envelope",
     "verify_signature",
 ]
 
 _FRAUD_PREFIX_LEN: Final = len(FRAUD_PROOF_PREFIX)
+# An undo record's absent-value marker (a u16 length field of 0 means "was absent").
+UNDO_ABSENT: Final = 0
 # Results of the positional step that leave the account's head where it was.
 VOID_REASONS: Final = frozenset({Reason.FROZEN, Reason.BAD_SEQ, Reason.BAD_PREV})
 
@@ -122,6 +126,11 @@ def admit(genesis: Genesis, entry: bytes, verify: bool = True) -> Tx | FraudProo
     return tx
 
 
+def decode_envelope(entry: bytes) -> Tx:
+    """:func:`tx.decode_tx` (the compiled twin matches the common layouts in C)."""
+    return decode_tx(entry)
+
+
 def verify_signature(tx: Tx) -> bool:
     """The transaction's signature check alone (§4.2)."""
     return verify_tx_signature(tx)
@@ -153,6 +162,53 @@ def apply_tx(view: StateView, genesis: Genesis, tx: Tx) -> TxRejected | None:
         result = exc
     view.put(HEAD + account, seq.to_bytes(8, "big") + tx.id)
     return result
+
+
+class _Recorder:
+    """The state view of one positional step: writes go through to ``batch``, and the
+    first write of each key records the key's previous value for the undo log."""
+
+    __slots__ = ("_batch", "get", "undo")
+
+    def __init__(self, batch: StateView) -> None:
+        self._batch = batch
+        self.get = batch.get
+        self.undo: dict[bytes, bytes | None] = {}
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.undo:
+            self.undo[key] = self._batch.get(key)
+        self._batch.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        if key not in self.undo:
+            self.undo[key] = self._batch.get(key)
+        self._batch.delete(key)
+
+    def encode(self) -> bytes:
+        return encode_undo(self.undo)
+
+
+def encode_undo(undo: dict[bytes, bytes | None]) -> bytes:
+    """The undo record of a step (this node's own, read back by ``engine._restore``): per
+    written key, in first-write order, ``len(key) u8 || key || u16 (0 = was absent, else
+    len(value) + 1) || value``; b"" when nothing was written."""
+    parts: list[bytes] = []
+    for key, value in undo.items():
+        parts.append(bytes((len(key),)) + key)
+        if value is None:
+            parts.append(UNDO_ABSENT.to_bytes(2, "big"))
+        else:
+            parts.append((len(value) + 1).to_bytes(2, "big") + value)
+    return b"".join(parts)
+
+
+def apply_step(batch: StateView, genesis: Genesis, tx: Tx) -> tuple[TxRejected | None, bytes]:
+    """:func:`apply_tx` on ``batch``, recording what it overwrote: (the result, the undo
+    record, b"" when nothing was written). The engine's processing step."""
+    recorder = _Recorder(batch)
+    result = apply_tx(recorder, genesis, tx)
+    return result, recorder.encode()
 
 
 class MemoryView:

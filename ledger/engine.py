@@ -27,10 +27,11 @@ from typing import Final, Protocol
 from n3xus.canon.cid import CID, cid_of
 from n3xus.canon.codec import decode, encode
 
+from ._ingest_py import UNDO_ABSENT
 from .errors import EquivocationError, FraudProofError, LedgerCorruptError, Reason, TxRejected
 from .fraud import FraudProof, make_fraud_proof
 from .genesis import Genesis
-from .ingest import Accepted, Held, Outcome, Pending, Rejected, admit, apply_tx, verify_signature
+from .ingest import Accepted, Held, Outcome, Pending, Rejected, admit, apply_step, verify_signature
 from .rules import FROZEN
 from .tx import Tx, decode_tx
 
@@ -52,8 +53,6 @@ TIME_BYTES: Final = 8
 ACCOUNT_BYTES: Final = 32
 # Offset of the transaction id in an order key: time || account || seq || id.
 ORDER_ID_OFFSET: Final = TIME_BYTES + ACCOUNT_BYTES + SEQ_BYTES
-# An undo record's absent-value marker (a u16 length field of 0 means "was absent").
-_ABSENT: Final = 0
 
 
 def order_key(time_ms: int, account: bytes, seq: int, tx_id: bytes) -> bytes:
@@ -108,38 +107,6 @@ def load_tx_bytes(batch: Batch, where: bytes) -> bytes:
     return encode(proof["txs"][where[8] - 1])
 
 
-class _Recorder:
-    """The state view of one positional step: writes go through, and the first write of
-    each key records its previous value for the undo log."""
-
-    __slots__ = ("_batch", "get", "undo")
-
-    def __init__(self, batch: Batch) -> None:
-        self._batch = batch
-        self.get = batch.get
-        self.undo: dict[bytes, bytes | None] = {}
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if key not in self.undo:
-            self.undo[key] = self._batch.get(key)
-        self._batch.put(key, value)
-
-    def delete(self, key: bytes) -> None:
-        if key not in self.undo:
-            self.undo[key] = self._batch.get(key)
-        self._batch.delete(key)
-
-    def encode(self) -> bytes:
-        parts: list[bytes] = []
-        for key, value in self.undo.items():
-            parts.append(bytes((len(key),)) + key)
-            if value is None:
-                parts.append(_ABSENT.to_bytes(2, "big"))
-            else:
-                parts.append((len(value) + 1).to_bytes(2, "big") + value)
-        return b"".join(parts)
-
-
 def _restore(batch: Batch, record: bytes) -> None:
     at = 0
     while at < len(record):
@@ -148,7 +115,7 @@ def _restore(batch: Batch, record: bytes) -> None:
         at += 1 + size
         length = int.from_bytes(record[at:at + 2], "big")
         at += 2
-        if length == _ABSENT:
+        if length == UNDO_ABSENT:
             batch.delete(key)
         else:
             batch.put(key, record[at:at + length - 1])
@@ -317,10 +284,9 @@ class Run:
             if tx is None:
                 tx = decode_tx(load_tx_bytes(batch, where))
                 self.replays += 1
-            recorder = _Recorder(batch)
-            results[tx_id] = apply_tx(recorder, genesis, tx)
-            if recorder.undo:
-                batch.undo_put(key, recorder.encode())
+            results[tx_id], undo = apply_step(batch, genesis, tx)
+            if undo:
+                batch.undo_put(key, undo)
 
     def finish(self, outcomes: list[Outcome]) -> list[Outcome]:
         """The outcomes with each new transaction's result after processing."""

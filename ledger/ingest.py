@@ -1,5 +1,6 @@
 """The per-entry steps of ledger v2: :func:`admit` (decode, network, signature: no state) and
-:func:`apply_tx` (one transaction at its canonical position), plus the outcome types.
+:func:`apply_tx` (one transaction at its canonical position; :func:`apply_step` also records
+what it overwrote, for the undo log), plus the outcome types.
 
 Two implementations with the same names and byte-identical results (the same outcomes and
 reason codes, the same state): the compiled ``_ingest_c`` (Cython; signatures checked by
@@ -28,7 +29,9 @@ __all__ = [
     "Pending",
     "Rejected",
     "admit",
+    "apply_step",
     "apply_tx",
+    "decode_envelope",
     "verify_signature",
 ]
 
@@ -47,7 +50,9 @@ if TYPE_CHECKING:
     from ._ingest_py import Pending as Pending
     from ._ingest_py import Rejected as Rejected
     from ._ingest_py import admit as admit
+    from ._ingest_py import apply_step as apply_step
     from ._ingest_py import apply_tx as apply_tx
+    from ._ingest_py import decode_envelope as decode_envelope
     from ._ingest_py import verify_signature as verify_signature
 else:
     globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})

@@ -48,7 +48,8 @@ from n3xus.ledger.tx import (
 
 IMPLEMENTATIONS = ["compiled", "pure"]
 PUBLIC_NAMES = {"VOID_REASONS", "Accepted", "Held", "MemoryView", "Outcome", "Pending",
-                "Rejected", "admit", "apply_tx", "verify_signature"}
+                "Rejected", "admit", "apply_step", "apply_tx", "decode_envelope",
+                "verify_signature"}
 TX_FIELDS = ("raw", "signed", "sig", "id", "network", "account", "seq", "prev", "time", "op",
              "args")
 # The group order of ed25519: S + L is the same scalar, encoded non-canonically.
@@ -80,13 +81,13 @@ def compiled() -> ModuleType:
 @contextlib.contextmanager
 def using(module: ModuleType) -> Iterator[None]:
     """Run the engine (memory and LMDB alike) on ``module``'s steps."""
-    saved = engine.admit, engine.apply_tx, engine.verify_signature
-    engine.admit, engine.apply_tx, engine.verify_signature = (  # type: ignore[attr-defined]
-        module.admit, module.apply_tx, module.verify_signature)
+    saved = engine.admit, engine.apply_step, engine.verify_signature
+    engine.admit, engine.apply_step, engine.verify_signature = (  # type: ignore[attr-defined]
+        module.admit, module.apply_step, module.verify_signature)
     try:
         yield
     finally:
-        engine.admit, engine.apply_tx, engine.verify_signature = saved  # type: ignore[attr-defined]
+        engine.admit, engine.apply_step, engine.verify_signature = saved  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------ comparison
@@ -293,6 +294,8 @@ def test_public_names_and_shared_types(compiled: ModuleType) -> None:
         assert getattr(compiled, name) is getattr(_ingest_py, name)
     assert compiled.admit is not _ingest_py.admit
     assert compiled.apply_tx is not _ingest_py.apply_tx
+    assert compiled.apply_step is not _ingest_py.apply_step
+    assert compiled.decode_envelope is not _ingest_py.decode_envelope
     assert compiled.verify_signature is not _ingest_py.verify_signature
 
 
