@@ -17,12 +17,15 @@ import structlog
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from node_api_support import api_node
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.testclient import TestClient
 
+from n3xus.node.api.schema_errors import MAX_SHOWN_CHARS, MAX_SHOWN_FIELDS, describe
+from n3xus.node.api.schemas import CID_TEXT, HEX, HEX32, STRING, arr, enum, integer, nullable, obj
 from n3xus.node.api.server import ApiRoute, build_app
 from n3xus.node.cli.client import path_of
 from n3xus.node.logs import configure_logging
@@ -76,6 +79,54 @@ async def test_deep_wrong_typed_and_huge_inputs_are_4xx(api: tuple[Node, httpx.A
     _is_error(await c.get("/worlds/%FF"), 400)  # not UTF-8 once decoded
     _is_error(await c.get("/no/such/route"), 404)
     _is_error(await c.delete("/canon/stats"), 405)
+
+
+async def test_refused_bodies_get_one_plain_line(api: tuple[Node, httpx.AsyncClient]) -> None:
+    """A body its schema refuses is answered with the field, what it must be and what was
+    sent, in words: no schema text (patterns, jsonschema phrasing), no huge echo."""
+    _, c = api
+    await c.post("/worlds/w", json={"set": {"k": 1}})
+    refusals = {
+        ("/worlds/w/writers", '{"key": "zz"}'):
+            "key: 'zz' is not 32 bytes as lowercase hex (an ed25519 public key / account)",
+        ("/worlds/w/writers", "{}"): "missing field 'key'",
+        ("/worlds/w/writers", '{"key": 7}'): "key must be a string, not an integer",
+        ("/peers/connect", '{"multiaddr": "x", "extra": 1, "more": 2}'):
+            "unknown fields 'extra', 'more'",
+        ("/canon/pins", "[1]"): "request body must be an object, not an array",
+        ("/worlds/w/writers", json.dumps({"key": "z" * 100_000})):
+            "key: '" + "z" * 59 + "… is not 32 bytes as lowercase hex (an ed25519 public key / account)",
+    }
+    for (path, body), message in refusals.items():
+        r = await c.post(path, content=body, headers={"Content-Type": "application/json"})
+        _is_error(r, 400)
+        assert r.json()["error"] == {"code": "bad_request", "message": message}, (path, body)
+
+
+@pytest.mark.parametrize(("schema", "body", "message"), [
+    (obj({"n": nullable(integer(0, 10))}), {"n": 11}, "n must be <= 10, not 11"),
+    (obj({"n": nullable(integer(0, 10))}), {"n": "x"}, "n must be an integer, not a string"),
+    (obj({"l": arr(STRING, max_items=2)}), {"l": ["a", "b", "c"]}, "l has more than 2 items"),
+    (obj({"m": enum("a", "b")}), {"m": "c"}, "m must be one of a, b, not 'c'"),
+    (obj({"s": HEX}), {"s": "zz"}, "s: 'zz' is not well-formed (expected ^[0-9a-f]*$)"),
+    (obj({"o": obj({"k": HEX32})}), {"o": {"k": "q"}},
+     "o/k: 'q' is not 32 bytes as lowercase hex (an ed25519 public key / account)"),
+    (obj({"o": obj({"k": HEX32})}), {"o": {}}, "o: missing field 'k'"),
+    (obj({"c": CID_TEXT}), {"c": ""}, "c must not be empty"),
+])
+def test_schema_refusals_read_as_one_line(schema: dict[str, Any], body: Any, message: str) -> None:
+    errors = sorted(Draft202012Validator(schema).iter_errors(body), key=lambda e: list(e.path))
+    assert describe(errors[0]) == message
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
+def test_any_refused_body_is_one_short_line(body: Any) -> None:
+    schema = obj({"key": HEX32, "n": nullable(integer(0, 10))}, {"tags": arr(STRING, max_items=2)})
+    for error in Draft202012Validator(schema).iter_errors(body):
+        line = describe(error)
+        assert "\n" not in line and len(line) < 100 + (MAX_SHOWN_FIELDS + 1) * MAX_SHOWN_CHARS, line
 
 
 async def test_encoded_segments_reach_the_handler_as_names(api: tuple[Node, httpx.AsyncClient]) -> None:

@@ -105,6 +105,11 @@ def test_three_cli_nodes_share_follow_reject_and_catch_up(tmp_path: Path,
     # Nor may a writer change the writer set: only the owner.
     refused = cli(b, "world", "writers", "add", "w", key_c, ok=False)
     assert refused.returncode != 0 and "owner" in refused.stderr
+    # A malformed key is refused in one plain line (not the API schema's text).
+    refused = cli(a, "world", "writers", "add", "w", "zz", ok=False)
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+    assert "key: 'zz' is not 32 bytes as lowercase hex" in refused.stderr, refused.stderr
+    assert "^" not in refused.stderr and "request body" not in refused.stderr
 
     # C follows A's plain world and sees its changes.
     cli(a, "world", "set", "plain", "x", "1")

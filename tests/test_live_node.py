@@ -107,7 +107,7 @@ def test_room_commands_and_routes_refuse_bad_input_clearly(node_a: CliNode) -> N
     created = cli(node_a, "room", "create", ROOM)
     assert created["creator"] == cli(node_a, "wallet", "balance", "node")["account"]
     assert "already exists" in cli(node_a, "room", "create", ROOM, ok=False)
-    assert "name: 'Bad_Name' does not match" in cli(node_a, "room", "create", "Bad_Name", ok=False)
+    assert "name: 'Bad_Name' is not a room name" in cli(node_a, "room", "create", "Bad_Name", ok=False)
     assert "no room named" in cli(node_a, "room", "show", "nope", ok=False)
     assert "no room named" in cli(node_a, "room", "end", "nope", ok=False)
     key = node_a.data_dir / "live.key"

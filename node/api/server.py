@@ -49,6 +49,7 @@ from starlette.routing import BaseRoute, Route
 
 from .metrics import api_metrics
 from .reasons import install_reason_phrases
+from .schema_errors import describe, not_matching
 from .schemas import ERROR, JSON, PROMETHEUS, Schema, obj
 
 log = structlog.get_logger("n3xus.api")
@@ -293,8 +294,7 @@ def _convert(param: Param, raw: Any) -> Any:
         raise ApiProblem(400, "bad_request",
                          f"{where} must be one of {', '.join(schema['enum'])}, not {raw[:40]!r}")
     if "pattern" in schema and not re.search(schema["pattern"], raw):
-        raise ApiProblem(400, "bad_request", f"{where}: {raw[:80]!r} is not "
-                                             f"{schema.get('description', 'well-formed')}")
+        raise ApiProblem(400, "bad_request", not_matching(where, raw, schema))
     if len(raw) < schema.get("minLength", 0):
         raise ApiProblem(400, "bad_request", f"{where} must not be empty")
     return raw
@@ -329,11 +329,6 @@ def _check_params(route: ApiRoute, params: tuple[Param, ...], request: Request) 
             decoded[param.name] = values[0]
         parsed[param.name] = values if param.repeated else values[-1]
     request.scope[_SCOPE_QUERY] = parsed
-
-
-def _json_error_path(error: Any) -> str:
-    where = "/".join(str(p) for p in error.absolute_path)
-    return f" at {where}" if where else ""
 
 
 class _TokenCheck:
@@ -374,9 +369,7 @@ def _wrap(route: ApiRoute, check: _TokenCheck, metrics: Any) -> Handler:
                 body = await _read_json_value(request)
                 errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
                 if errors:
-                    first = errors[0]
-                    raise ApiProblem(400, "bad_request",
-                                     f"request body{_json_error_path(first)}: {first.message}")
+                    raise ApiProblem(400, "bad_request", describe(errors[0]))
                 request.scope[_SCOPE_BODY] = body
             return await route.handler(request)
         except ApiProblem as problem:
