@@ -47,6 +47,7 @@ def spec_tables() -> dict[str, tuple[str, Callable[[], str]]]:
     from .codes import error_code_table
     from .framing_limits import FRAMING_LIMITS
     from .hello import HELLO_LIMITS, INITIATOR_TRANSITIONS, RESPONDER_TRANSITIONS
+    from .sync.session import LEDGER_SYNC_LIMITS, transition_rows
     from .witness_wire import (
         REQUESTER_TRANSITIONS,
         WITNESS_LIMITS,
@@ -67,6 +68,9 @@ def spec_tables() -> dict[str, tuple[str, Callable[[], str]]]:
         "witness-responder": ("protocol-witness.md", lambda: markdown_table(
             ["state", "input", "next state"], _quoted(witness_table(WITNESS_RESPONDER)))),
         "witness-limits": ("protocol-witness.md", lambda: limits_table(WITNESS_LIMITS)),
+        "ledger-sync-transitions": ("protocol-ledger-sync.md", lambda: markdown_table(
+            ["role", "state", "received", "next state"], transition_rows())),
+        "ledger-sync-limits": ("protocol-ledger-sync.md", lambda: limits_table(LEDGER_SYNC_LIMITS)),
     }
 
 

@@ -1,17 +1,22 @@
-"""``/n3xus/ledger-sync/1.0.0`` frames and session (specs/protocol-ledger-sync.md), the
+"""``/n3xus/ledger-sync/2.0.0`` frames and session (specs/protocol-ledger-sync.md), the
 gossip payload chunking, and the node's verify-ahead ingest against the ledger's own: the
 decoder's property tests (round trip, truncation, bit flips: a clean error, never a crash),
-the spec's vector and state table, and admission outcomes equal to ``LedgerStore.ingest``."""
+the spec's vectors (specs/vectors/protocol-ledger-sync.json), the session's answer matching
+and budgets, and admission outcomes equal to ``LedgerStore.ingest``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ledger_sync_vectors import FILE, FINGERPRINTED, index_of, render
 from nacl.signing import SigningKey
+from sync_support import stream_messages
 
+from n3xus.canon.codec import encode
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.ingest import Accepted, Rejected
 from n3xus.ledger.store import LedgerStore
@@ -19,7 +24,6 @@ from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node.p2p.ledger_sync import (
     EOF,
     MAX_FRAME_BYTES,
-    TRANSITIONS,
     Role,
     SyncSession,
     decode_sync,
@@ -36,20 +40,23 @@ from n3xus.node.storage import open_environment
 from n3xus.protocol.codes import ErrorCode
 from n3xus.protocol.errors import ProtocolError, RemoteProtocolError
 from n3xus.protocol.framing import FrameDecoder
-from n3xus.protocol.sync.messages import Chain, Digest, Gossip, Message, Pull, Summary, SummaryRow
+from n3xus.protocol.sync.messages import (
+    ROOT,
+    Chain,
+    Gossip,
+    Message,
+    Pull,
+    Query,
+    Range,
+    RangeFingerprint,
+    RangeRows,
+    Summary,
+    SummaryRow,
+)
+from n3xus.protocol.sync.session import MAX_PULLS_PER_EXCHANGE, MAX_RANGES_PER_EXCHANGE
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "protocol-ledger-sync.md"
-b32 = st.binary(min_size=32, max_size=32)
-seqs = st.integers(0, 2**63 - 1)
-entries = st.lists(st.binary(min_size=1, max_size=300), max_size=64).map(tuple)
-messages: st.SearchStrategy[Message] = st.one_of(
-    st.lists(b32, min_size=16, max_size=16).map(lambda b: Digest(tuple(b))),
-    st.builds(lambda buckets, rows: Summary(tuple(sorted(set(buckets))), tuple(rows)),
-              st.lists(st.integers(0, 15), min_size=1, max_size=16),
-              st.lists(st.builds(SummaryRow, b32, b32, seqs, st.none() | seqs), max_size=8)),
-    st.builds(Pull, b32, seqs),
-    st.builds(Chain, b32, entries),
-)
+VECTORS = Path(__file__).resolve().parents[1] / "specs" / "vectors" / FILE
 
 
 def body_of(frame: bytes) -> bytes:
@@ -60,14 +67,14 @@ def body_of(frame: bytes) -> bytes:
     return body
 
 
-@given(messages)
-@settings(max_examples=200, deadline=None)
+@given(stream_messages)
+@settings(max_examples=300, deadline=None)
 def test_every_message_round_trips(message: Message) -> None:
     assert decode_sync(body_of(encode_sync(message))) == message
 
 
-@given(messages, st.data())
-@settings(max_examples=200, deadline=None)
+@given(stream_messages, st.data())
+@settings(max_examples=300, deadline=None)
 def test_truncated_and_flipped_frames_fail_cleanly(message: Message, data: st.DataObject) -> None:
     body = body_of(encode_sync(message))
     cut = data.draw(st.integers(0, len(body) - 1))
@@ -78,9 +85,40 @@ def test_truncated_and_flipped_frames_fail_cleanly(message: Message, data: st.Da
     flipped[bit // 8] ^= 1 << (bit % 8)
     try:
         decoded = decode_sync(bytes(flipped))
-    except ProtocolError:
+    except ProtocolError as exc:
+        assert exc.code in (ErrorCode.MALFORMED, ErrorCode.UNSUPPORTED)
         return  # a clean refusal (MessageError/FrameError are ValueErrors too)
-    assert decoded != message or bytes(flipped) == body
+    assert decode_sync(body_of(encode_sync(decoded))) == decoded  # what decodes is valid
+
+
+def test_the_vector_file_is_what_the_code_makes() -> None:
+    assert VECTORS.read_text(encoding="utf-8") == render(), (
+        f"{FILE} is out of date: python tests/ledger_sync_vectors.py --write")
+    vectors = json.loads(VECTORS.read_text(encoding="utf-8"))
+    index = index_of()
+    # The fingerprints, recomputed from the rows the file lists (the §2.1 rule).
+    assert [(bytes.fromhex(b64hex(f["prefix"])), f["depth"]) for f in vectors["fingerprints"]] == \
+        [(r.prefix, r.depth) for r in FINGERPRINTED]
+    for item, where in zip(vectors["fingerprints"], FINGERPRINTED, strict=True):
+        assert bytes.fromhex(b64hex(item["fingerprint"])) == index.fingerprint(where)
+    root = vectors["valid"][0]
+    assert root["name"] == "query of the root" and root["hex"][:18] == "23a261728183400050"
+    assert f"root fingerprint `{root['hex'][18:50]}`" in SPEC.read_text()
+    assert root["hex"][18:50] == index.fingerprint(ROOT).hex()
+    for vector in vectors["valid"]:
+        frame = bytes.fromhex(vector["hex"])
+        assert encode_sync(decode_sync(body_of(frame))) == frame, vector["name"]
+    for vector in vectors["invalid"]:
+        with pytest.raises(ProtocolError) as refused:
+            decode_sync(body_of(bytes.fromhex(vector["hex"])))
+        assert refused.value.code.label == vector["code"], vector["name"]
+
+
+def b64hex(value: dict[str, dict[str, str]]) -> str:
+    import base64
+
+    encoded = value["/"]["bytes"]
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
 
 
 def test_the_spec_vector_and_unknown_fields() -> None:
@@ -88,29 +126,15 @@ def test_the_spec_vector_and_unknown_fields() -> None:
     assert frame.hex() == "32a3616158" + "20" + "00" * 32 + "6173" + "05" + "6474797065" + "6470756c6c"
     assert "32                                    varint(50)" in SPEC.read_text()
     # Unknown keys are ignored (a later minor version may add some); gossip is not a
-    # stream message; a missing key is malformed.
-    from n3xus.canon.codec import encode
-
+    # stream message, nor is 1.0.0's digest; a missing key is malformed.
     assert decode_sync(encode({"type": "pull", "a": bytes(32), "s": 5, "z": 1})) == Pull(bytes(32), 5)
-    with pytest.raises(RemoteProtocolError) as unknown:
-        decode_sync(encode({"type": "gossip", "e": [b"x"]}))
-    assert unknown.value.code == ErrorCode.UNSUPPORTED
+    for retired in ({"type": "gossip", "e": [b"x"]}, {"type": "digest", "b": [bytes(32)] * 16}):
+        with pytest.raises(RemoteProtocolError) as unknown:
+            decode_sync(encode(retired))
+        assert unknown.value.code == ErrorCode.UNSUPPORTED
     with pytest.raises(RemoteProtocolError) as missing:
         decode_sync(encode({"type": "pull", "a": bytes(32)}))
     assert missing.value.code == ErrorCode.MALFORMED
-
-
-def test_the_spec_state_table_is_the_code_table() -> None:
-    text = SPEC.read_text()
-    table = text.split("<!-- table: ledger-sync-transitions -->")[1].split("<!-- end table -->")[0]
-    rows = set()
-    for line in table.strip().splitlines()[2:]:
-        role, state, received, after = (c.strip() for c in line.strip("|").split("|"))
-        received = EOF if received == "end of stream" else received.strip("`")
-        rows.add((role, state, received, after))
-    code = {(role, state, event, after) for (role, state), events in TRANSITIONS.items()
-            for event, after in events.items()}
-    assert rows == code
 
 
 def feed(session: SyncSession, *frames: bytes, eof: bool = False) -> list[object]:
@@ -124,44 +148,76 @@ def feed(session: SyncSession, *frames: bytes, eof: bool = False) -> list[object
     return events
 
 
-def test_sessions_follow_the_table() -> None:
-    chain = Chain(bytes(32), (b"entry",))
-    summary = Summary((0,), ())
+def test_answers_match_requests_in_order() -> None:
+    account = bytes(32)
+    chain = Chain(account, (b"entry",))
+    root = Query((RangeFingerprint(ROOT, bytes(16)),))
+    summary = Summary((RangeRows(ROOT, ()),))
     initiator = SyncSession(Role.INITIATOR)
     with pytest.raises(RemoteProtocolError) as early:
-        feed(initiator, encode_sync(chain))  # a chain before the summary
+        feed(initiator, encode_sync(summary))  # answers nothing
     assert early.value.code == ErrorCode.UNEXPECTED_MESSAGE
     initiator = SyncSession(Role.INITIATOR)
-    assert feed(initiator, encode_sync(summary)) == [summary]
-    initiator.sent(Pull(bytes(32), 0))
-    assert feed(initiator, encode_sync(chain)) == [chain]
+    initiator.sent(root)
+    initiator.sent(Pull(account, 0))
+    assert feed(initiator, encode_sync(summary), encode_sync(chain)) == [summary, chain]
+    assert initiator.outstanding == 0
     with pytest.raises(RemoteProtocolError) as unasked:
         feed(initiator, encode_sync(chain))  # answers no pull
     assert unasked.value.code == ErrorCode.UNEXPECTED_MESSAGE
+    for wrong in (chain, Summary((RangeRows(Range(b"\x10", 1), ()),))):
+        crossed = SyncSession(Role.INITIATOR)
+        crossed.sent(root)  # a chain where a summary is due; a summary of another range
+        with pytest.raises(RemoteProtocolError) as mismatched:
+            feed(crossed, encode_sync(wrong))
+        assert mismatched.value.code == ErrorCode.UNEXPECTED_MESSAGE
+    other = SyncSession(Role.INITIATOR)
+    other.sent(Pull(b"\x01" * 32, 0))
+    with pytest.raises(RemoteProtocolError):
+        feed(other, encode_sync(chain))  # a chain of another account
     cut = SyncSession(Role.INITIATOR)
-    feed(cut, encode_sync(summary))
-    cut.sent(Pull(bytes(32), 0))
+    cut.sent(Pull(account, 0))
     with pytest.raises(RemoteProtocolError) as truncated:
         feed(cut, eof=True)
     assert truncated.value.code == ErrorCode.TRUNCATED
     responder = SyncSession(Role.RESPONDER)
-    with pytest.raises(RemoteProtocolError):
-        feed(responder, encode_sync(Pull(bytes(32), 0)))  # a pull before the digest
-    responder = SyncSession(Role.RESPONDER)
-    digest = Digest((bytes(32),) * 16)
-    assert feed(responder, encode_sync(digest), encode_sync(chain), eof=True) == [digest, chain, EOF]
+    assert feed(responder, encode_sync(root), encode_sync(Pull(account, 0)), encode_sync(chain),
+                eof=True) == [root, Pull(account, 0), chain, EOF]
     assert responder.state == "done"
+    with pytest.raises(RemoteProtocolError) as answer:
+        feed(SyncSession(Role.RESPONDER), encode_sync(summary))  # a responder is not asked
+    assert answer.value.code == ErrorCode.UNEXPECTED_MESSAGE
+
+
+def test_a_responder_holds_the_initiator_to_the_budgets() -> None:
+    full = Query(tuple(RangeFingerprint(Range(bytes([n // 16 << 4 | n % 16]), 2), bytes(16))
+                       for n in range(256)))
+    responder = SyncSession(Role.RESPONDER)
+    frame = encode_sync(full)
+    sent = 0
+    with pytest.raises(RemoteProtocolError) as over:
+        while True:
+            feed(responder, frame)
+            sent += 256
+    assert over.value.code == ErrorCode.UNEXPECTED_MESSAGE
+    assert sent == MAX_RANGES_PER_EXCHANGE
+    pulls = SyncSession(Role.RESPONDER)
+    pull = encode_sync(Pull(bytes(32), 0))
+    feed(pulls, pull * MAX_PULLS_PER_EXCHANGE)
+    with pytest.raises(RemoteProtocolError):
+        feed(pulls, pull)
 
 
 def test_pulls_of_a_long_chain_are_planned_in_chunks() -> None:
-    account = b"\x01" * 32
-    row = SummaryRow(account, bytes(32), 200, None)
-    frozen = SummaryRow(b"\x02" * 32, bytes(32), 500, 3)
-    push = Chain(b"\x03" * 32, (b"e",))
-    plan = plan_pulls([Pull(account, 10), Pull(frozen.account, 3), push],
-                      Summary((0,), (row, frozen)))
-    assert plan == [push, Pull(account, 10), Pull(account, 74), Pull(account, 138),
-                    Pull(frozen.account, 3)]
+    account, frozen = b"\x01" * 32, b"\x02" * 32
+    summary = Summary((RangeRows(ROOT, (SummaryRow(account, bytes(32), 200, None),
+                                        SummaryRow(frozen, bytes(32), 500, 3))),))
+    from n3xus.protocol.sync.session import peer_next_seqs
+
+    plan = plan_pulls([Pull(account, 10), Pull(frozen, 3)], peer_next_seqs(summary), 100)
+    assert plan == [Pull(account, 10), Pull(account, 74), Pull(account, 138), Pull(frozen, 3)]
+    assert plan_pulls([Pull(account, 10), Pull(frozen, 3)], peer_next_seqs(summary), 2) == \
+        [Pull(account, 10), Pull(account, 74)]
 
 
 def test_gossip_messages_respect_count_and_bytes() -> None:

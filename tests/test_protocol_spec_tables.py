@@ -50,6 +50,6 @@ def test_the_registry_lists_our_tag_protocols_and_formats() -> None:
     assert f"| `{tag}` | `{HELLO_SIGNATURE_TAG.hex()}` |" in registry
     for protocol_id in (HELLO_PROTOCOL_ID, BLOCKS_PROTOCOL_ID):
         assert f"| `{protocol_id}` |" in registry
-    for reserved in ("/n3xus/ledger-sync/1.0.0", "/n3xus/imvu/1.0.0", "/n3xus/live/1.0.0"):
+    for reserved in ("/n3xus/ledger-sync/2.0.0", "/n3xus/imvu/1.0.0", "/n3xus/live/1.0.0"):
         assert f"| `{reserved}` |" in registry
     assert f'`"{SPLIT_VIEW_TYPE}"`' in registry

@@ -13,24 +13,14 @@ import lmdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sync_support import all_messages
 
 from n3xus.ledger.store import LedgerStore
 from n3xus.protocol.errors import MessageError
 from n3xus.protocol.sim.__main__ import main as sim_main
 from n3xus.protocol.sim.ledger import SimConfig, Simulation, simulate
 from n3xus.protocol.sync import ledger as sync_ledger
-from n3xus.protocol.sync.messages import (
-    BUCKETS,
-    Chain,
-    Digest,
-    Gossip,
-    Message,
-    Pull,
-    Summary,
-    SummaryRow,
-    decode_message,
-    encode_message,
-)
+from n3xus.protocol.sync.messages import Message, decode_message, encode_message
 
 SMALL = {"nodes": 25, "users": 8, "transfers": 40, "double_spends": 2, "races": 1,
          "partitions": 1, "crashes": 3, "traffic_ms": 15_000, "settle_ms": 40_000}
@@ -100,19 +90,7 @@ def test_the_command_line_runs_a_seed(capsys: pytest.CaptureFixture[str]) -> Non
 
 # --- messages ----------------------------------------------------------------------------
 
-hashes = st.binary(min_size=32, max_size=32)
-accounts = st.binary(min_size=32, max_size=32)
-seqs = st.integers(0, 2**63 - 1)
-entries = st.lists(st.binary(min_size=1, max_size=200), max_size=5).map(tuple)
-messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(Gossip, entries),
-    st.builds(Digest, st.lists(hashes, min_size=BUCKETS, max_size=BUCKETS).map(tuple)),
-    st.builds(Summary, st.sets(st.integers(0, BUCKETS - 1), min_size=1).map(
-        lambda s: tuple(sorted(s))), st.lists(st.builds(
-            SummaryRow, accounts, hashes, seqs, st.none() | seqs), max_size=4).map(tuple)),
-    st.builds(Pull, accounts, seqs),
-    st.builds(Chain, accounts, entries),
-)
+messages = all_messages
 
 
 @given(messages)
@@ -140,13 +118,15 @@ def test_damaged_messages_fail_cleanly(message: Message, data: st.DataObject) ->
 
 def test_messages_refuse_what_the_limits_forbid() -> None:
     for bad in (
-        {"t": "digest", "b": [b"\x00" * 32] * (BUCKETS - 1)},
+        {"t": "digest", "b": [b"\x00" * 32] * 16},  # 1.0.0's, gone in 2.0.0
+        {"t": "query", "r": []},
+        {"t": "query", "r": [[b"\x01", 1, b"\x00" * 16]]},
         {"t": "pull", "a": b"\x01" * 31, "s": 0},
         {"t": "pull", "a": b"\x01" * 32, "s": -1},
         {"t": "gossip", "e": [b""]},
         {"t": "gossip", "e": [b"x"] * 65},
-        {"t": "summary", "b": [2, 1], "a": []},
-        {"t": "summary", "b": [1], "a": [[b"\x01" * 32, b"\x02" * 32, 0]]},
+        {"t": "summary", "r": [{"p": b"", "d": 0, "a": [[b"\x01" * 32, b"\x02" * 32, 0]]}]},
+        {"t": "summary", "r": [{"p": b"", "d": 0}]},
         {"t": "chain", "a": b"\x01" * 32, "e": [], "x": 1},
         {"t": "burn"},
         [1, 2],

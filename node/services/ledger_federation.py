@@ -13,7 +13,7 @@ Wiring (``Node.run``, after the hello and before discovery dials anyone)::
   message is ingested *while gossipsub validates it*: an entry the ledger refuses as
   malformed, badly signed, of another network (a fault of the message) makes it ``REJECT``
   (not forwarded, the forwarder penalized); otherwise it is ``ACCEPT``\\ ed and forwarded.
-* **Anti-entropy.** ``/n3xus/ledger-sync/1.0.0`` with a random peer every second
+* **Anti-entropy.** ``/n3xus/ledger-sync/2.0.0`` with a random peer every second
   (``node/p2p/ledger_sync.py``), answered from the sync core (``protocol/sync/ledger.py``).
   Pulled entries are ingested in large batches sorted by canonical order, so a catch-up
   does not make the ledger replay what it already processed.
@@ -53,10 +53,10 @@ from n3xus.protocol.sync.ledger import LedgerSync
 from n3xus.protocol.sync.messages import (
     MAX_ENTRIES,
     Chain,
-    Digest,
     Gossip,
     Message,
     Pull,
+    Query,
     Summary,
     decode_message,
     encode_message,
@@ -392,17 +392,18 @@ class LedgerFederation:
         return Verdict.ACCEPT, None
 
     # -- SyncBackend ---------------------------------------------------------------------
-    async def digest(self) -> Digest:
-        return await self._in_ledger(lambda: self._core().digest())
+    async def root_query(self) -> Query:
+        return await self._in_ledger(lambda: self._core().root_query())
 
-    async def on_digest(self, peer: str, message: Digest) -> Summary | None:
+    async def on_query(self, peer: str, message: Query) -> Summary:
         sends = await self._in_ledger(lambda: self._core().receive(peer, message))
-        found = [m for _, m in sends if isinstance(m, Summary)]
-        return found[0] if found else None
+        summary = sends[0][1]
+        assert isinstance(summary, Summary)
+        return summary
 
-    async def on_summary(self, peer: str, message: Summary) -> list[Message]:
-        sends = await self._in_ledger(lambda: self._core().receive(peer, message))
-        return [m for _, m in sends if isinstance(m, Pull | Chain)]
+    async def on_summary(self, peer: str, message: Summary, max_pushes: int) -> list[Message]:
+        sends = await self._in_ledger(lambda: self._core().on_summary(peer, message, max_pushes))
+        return [m for _, m in sends if isinstance(m, Query | Pull | Chain)]
 
     async def on_pull(self, peer: str, message: Pull) -> Chain:
         sends = await self._in_ledger(lambda: self._core().receive(peer, message))

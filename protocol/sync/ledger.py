@@ -8,17 +8,20 @@ Two mechanisms, because gossip is best effort:
 * **Gossip.** Every entry a node appends to its log (a transaction, a fraud proof, an
   entry released from pending or held) is sent to every peer except the one it came from.
   Receivers drop bytes they have seen before ingesting, so a flood costs one hash per copy.
-* **Anti-entropy.** On each tick the node sends a :class:`Digest` (16 bucket hashes over
-  its per-account summaries) to one peer chosen at random. A peer whose buckets differ
-  answers a :class:`Summary` of its accounts in those buckets; the first node then pulls
-  what the peer has beyond its own chains (:class:`Pull` -> :class:`Chain`) and pushes what
-  it has beyond the peer's (:class:`Chain`). A node that missed messages, or was down for an
-  hour, catches up this way without operator action.
+* **Anti-entropy.** On each tick the node sends a :class:`Query` of its fingerprint of the
+  whole account set to one peer chosen at random. Range-based set reconciliation
+  (``ranges.py``) narrows the difference one nibble of the account per round trip: the peer
+  answers a :class:`Summary` that lists the rows of small differing ranges and splits large
+  ones into 16 sub-range fingerprints, which the first node queries again where they
+  differ. For each listed account whose summary differs, the first node pulls what the peer
+  has beyond its own chain (:class:`Pull` -> :class:`Chain`) and pushes what it has beyond
+  the peer's (:class:`Chain`). A node that missed messages, or was down for an hour,
+  catches up this way without operator action, whatever the number of accounts.
 
 The per-account summary hashes exactly what decides the state (§10): the account's
 transactions below its freeze seq (an XOR of their hashes, so a new transaction costs O(1)
-whatever the chain's length), and that seq. Two nodes with equal digests have equal states;
-anti-entropy stops when they agree.
+whatever the chain's length), and that seq. Two nodes with equal root fingerprints have
+equal states; anti-entropy stops when they agree.
 """
 
 from __future__ import annotations
@@ -35,17 +38,18 @@ from n3xus.ledger.ingest import Outcome
 from n3xus.ledger.tx import decode_tx
 
 from .messages import (
-    BUCKETS,
     MAX_ENTRIES,
-    MAX_SUMMARY_ROWS,
+    MAX_PUSHES_PER_SUMMARY,
+    ROOT,
     Chain,
-    Digest,
     Gossip,
     Message,
     Pull,
+    Query,
     Summary,
     SummaryRow,
 )
+from .ranges import RangeIndex, answer, compare, item_of
 
 ACCOUNT_DIGEST_TAG: Final = b"n3xus/ledger-sync/account/v1\x00"
 _NO_FREEZE: Final = b"\xff" * 8
@@ -72,10 +76,6 @@ class SyncLedger(Protocol):
     def fraud_proof(self, account: bytes) -> bytes | None: ...
 
 
-def bucket_of(account: bytes) -> int:
-    return account[0] >> 4
-
-
 class LedgerSync:
     """The sync state of one node over its ledger."""
 
@@ -86,10 +86,10 @@ class LedgerSync:
         self._seen: dict[bytes, None] = {}
         self._rows: dict[bytes, SummaryRow] = {}
         self._accumulators: dict[bytes, int] = {}
-        self._buckets = [0] * BUCKETS
+        self.index = RangeIndex()
         self._announced = ledger.log_size()
         self.counters: dict[str, int] = {"gossip_in": 0, "gossip_dup": 0, "pulled": 0,
-                                         "pushed": 0, "digests": 0}
+                                         "pushed": 0, "queries": 0}
         for account in ledger.accounts():
             self._refresh(account)
 
@@ -117,13 +117,9 @@ class LedgerSync:
         return _row(account, accumulator, next_seq, freeze), accumulator
 
     def _set_row(self, account: bytes, row: SummaryRow, accumulator: int) -> None:
-        bucket = bucket_of(account)
-        old = self._rows.get(account)
-        if old is not None:
-            self._buckets[bucket] ^= _row_hash(old)
         self._rows[account] = row
         self._accumulators[account] = accumulator
-        self._buckets[bucket] ^= _row_hash(row)
+        self.index.put(account, item_of(account, row.digest))
 
     def _refresh(self, account: bytes) -> None:
         """Recompute an account's summary from its chain (start, fraud proofs)."""
@@ -146,8 +142,12 @@ class LedgerSync:
                     break
         self._set_row(account, _row(account, accumulator, next_seq, row.freeze), accumulator)
 
-    def digest(self) -> Digest:
-        return Digest(tuple(value.to_bytes(32, "big") for value in self._buckets))
+    def digest(self) -> bytes:
+        """This node's fingerprint of its whole account set (equal: in sync)."""
+        return self.index.fingerprint(ROOT)
+
+    def root_query(self) -> Query:
+        return self.index.root_query()
 
     def row(self, account: bytes) -> SummaryRow | None:
         return self._rows.get(account)
@@ -211,13 +211,13 @@ class LedgerSync:
     # --- the protocol ----------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> list[Send]:
-        """Periodic work: release held entries that are due; send a digest to one peer."""
+        """Periodic work: release held entries that are due; query one peer's root."""
         released = self.ledger.release(now_ms)
         sends = self.announce() if released else []
         if self.peers:
             peer = self.rng.choice(list(self.peers))
-            self.counters["digests"] += 1
-            sends.append((peer, self.digest()))
+            self.counters["queries"] += 1
+            sends.append((peer, self.root_query()))
         return sends
 
     def receive(self, peer: Peer, message: Message, now_ms: int | None = None) -> list[Send]:
@@ -225,57 +225,60 @@ class LedgerSync:
         if isinstance(message, Gossip):
             self.counters["gossip_in"] += len(message.entries)
             return self._ingest(message.entries, peer, now_ms, True)
-        if isinstance(message, Digest):
-            return self._on_digest(peer, message)
+        if isinstance(message, Query):
+            return [(peer, answer(self.index, self._rows.__getitem__, message))]
         if isinstance(message, Summary):
-            return self._on_summary(peer, message)
+            return self.on_summary(peer, message)
         if isinstance(message, Pull):
             return [(peer, self._chain(message.account, message.from_seq))]
         assert isinstance(message, Chain)
         self.counters["pulled"] += len(message.entries)
         return self._ingest(message.entries, peer, now_ms, False)
 
-    def _on_digest(self, peer: Peer, message: Digest) -> list[Send]:
-        mine = self.digest().buckets
-        differing = [n for n in range(BUCKETS) if mine[n] != message.buckets[n]]
-        if not differing:
-            return []
-        rows = [row for row in self._rows.values() if bucket_of(row.account) in differing]
-        rows.sort(key=lambda row: row.account)
-        return [(peer, Summary(tuple(differing), tuple(rows[:MAX_SUMMARY_ROWS])))]
-
-    def _on_summary(self, peer: Peer, message: Summary) -> list[Send]:
-        sends: list[Send] = []
-        theirs = {row.account: row for row in message.rows}
-        complete = len(message.rows) < MAX_SUMMARY_ROWS
-        accounts = dict.fromkeys(sorted(theirs))
-        if complete:  # accounts only we have in those buckets: theirs are all listed
-            for account in self._rows:
-                if bucket_of(account) in message.buckets:
-                    accounts[account] = None
-        for account in accounts:
-            ours = self._rows.get(account) or SummaryRow(account, b"", 0, None)
-            other = theirs.get(account) or SummaryRow(account, b"", 0, None)
-            if ours.digest == other.digest:
-                continue
-            sends += self._reconcile(peer, ours, other)
+    def on_summary(self, peer: Peer, message: Summary,
+                    max_pushes: int = MAX_PUSHES_PER_SUMMARY) -> list[Send]:
+        """Queries of the sub-ranges that still differ, then pulls and pushes (at most
+        ``max_pushes`` chains) for the accounts of listed ranges whose summaries differ."""
+        found = compare(self.index, message)
+        sends: list[Send] = [(peer, query) for query in found.query_messages()]
+        self.counters["queries"] += len(sends)
+        pushes = 0
+        for where, rows in found.listed:
+            theirs = {row.account: row for row in rows}
+            for account in sorted(theirs.keys() | set(self.index.accounts(where))):
+                ours = self._rows.get(account) or SummaryRow(account, b"", 0, None)
+                other = theirs.get(account) or SummaryRow(account, b"", 0, None)
+                if ours.digest == other.digest:
+                    continue
+                made = self._reconcile(peer, ours, other, pushes < max_pushes)
+                pushes += sum(isinstance(m, Chain) for _, m in made)
+                sends += made
         return sends
 
-    def _reconcile(self, peer: Peer, ours: SummaryRow, other: SummaryRow) -> list[Send]:
+    def _reconcile(self, peer: Peer, ours: SummaryRow, other: SummaryRow,
+                   push: bool = True) -> list[Send]:
+        """Pull what the peer has beyond ``ours`` and push (when ``push``: else we are over
+        the summary's push budget, a later exchange pushes) what we have beyond ``other``."""
         account = ours.account
-        sends: list[Send] = []
-        lower_freeze = other.freeze is not None and (ours.freeze is None or other.freeze < ours.freeze)
-        if lower_freeze:
-            sends.append((peer, Pull(account, other.freeze or 0)))
+        pull: int | None = None
+        if other.freeze is not None and (ours.freeze is None or other.freeze < ours.freeze):
+            pull = other.freeze
         elif other.next_seq > ours.next_seq:
-            sends.append((peer, Pull(account, ours.next_seq)))
+            pull = ours.next_seq
+        send_from: int | None = None
         if ours.freeze is not None and (other.freeze is None or ours.freeze < other.freeze):
-            sends.append((peer, self._chain(account, ours.freeze)))
+            send_from = ours.freeze
         elif ours.next_seq > other.next_seq:
-            sends.append((peer, self._chain(account, other.next_seq)))
-        if not sends:  # same lengths and freezes, different transactions: exchange all
-            sends += [(peer, Pull(account, 0)), (peer, self._chain(account, 0))]
-        self.counters["pushed"] += sum(len(m.entries) for _, m in sends if isinstance(m, Chain))
+            send_from = other.next_seq
+        if pull is None and send_from is None:
+            pull = send_from = 0  # same lengths and freezes, different transactions: all
+        sends: list[Send] = []
+        if pull is not None:
+            sends.append((peer, Pull(account, pull)))
+        if send_from is not None and push:
+            chain = self._chain(account, send_from)
+            self.counters["pushed"] += len(chain.entries)
+            sends.append((peer, chain))
         return sends
 
     def _chain(self, account: bytes, from_seq: int) -> Chain:
@@ -307,6 +310,3 @@ def _row(account: bytes, accumulator: int, next_seq: int, freeze: int | None) ->
                     + accumulator.to_bytes(32, "big")).digest()
     return SummaryRow(account, digest, next_seq, freeze)
 
-
-def _row_hash(row: SummaryRow) -> int:
-    return int.from_bytes(blake3(row.account + row.digest).digest(), "big")

@@ -1,17 +1,23 @@
-"""Messages of ledger sync (``specs/ledger.md`` §14): plain dataclasses with a strict
-DAG-CBOR form (``canon.codec``), so the node can frame them and the simulation can pass
-them as objects.
+"""Messages of ledger sync (``specs/ledger.md`` §14, version 2): plain dataclasses with a
+strict DAG-CBOR form (``canon.codec``), so the node can frame them and the simulation can
+pass them as objects.
 
 Each message is a map ``{"t": <type text>, ...fields}``; decoding is strict (exact keys,
-types, lengths and limits) and fails with :class:`MessageError` (a ValueError).
+types, lengths, orders and limits) and fails with :class:`MessageError` (a ValueError).
 
 | type | fields | meaning |
 |---|---|---|
 | ``gossip`` | ``e``: list of entry bytes | new entries (transactions, fraud proofs) |
-| ``digest`` | ``b``: list of ``BUCKETS`` 32-byte hashes | anti-entropy: my set, per bucket |
-| ``summary`` | ``b``: bucket numbers, ``a``: rows ``[account, digest, next, freeze]`` | my accounts in the buckets that differ |
+| ``query`` | ``r``: ranges ``[prefix, depth, fingerprint]`` | my fingerprints of these account ranges |
+| ``summary`` | ``r``: per range that differs, its rows or its 16 sub-range fingerprints | the answer to one query |
 | ``pull`` | ``a``: account, ``s``: first seq | send me this account's chain from seq ``s`` |
 | ``chain`` | ``a``: account, ``e``: list of entry bytes | an account's entries, by seq |
+
+An account *range* is the set of accounts whose first ``depth`` nibbles (4-bit halves of
+bytes, high half first) are those of ``prefix`` (``ceil(depth / 2)`` bytes, the unused low
+half of an odd depth's last byte zero). Range-based set reconciliation: a range whose
+fingerprints differ is answered with its rows when it is small, else split into its 16
+sub-ranges, one nibble deeper; see ``ranges.py``.
 """
 
 from __future__ import annotations
@@ -23,29 +29,40 @@ from n3xus.canon.codec import decode, encode
 from n3xus.canon.errors import CanonError
 from n3xus.protocol.errors import MessageError
 
-# Anti-entropy buckets (by the account's first four bits): a digest is 16 hashes, small
-# enough to send every round, fine enough that one differing account costs one bucket.
-BUCKETS: Final = 16
 ACCOUNT_BYTES: Final = 32
 DIGEST_BYTES: Final = 32
 # Entries per gossip or chain message: with 16 KiB envelopes and 32 KiB proofs this keeps a
 # message under the framing's limits; a longer chain comes over several pulls.
 MAX_ENTRIES: Final = 64
 MAX_ENTRY_BYTES: Final = 32_832  # the largest fraud proof (ledger MAX_FRAUD_PROOF_BYTES)
-# Summary rows per message: one bucket of a network with a million accounts holds ~62k;
-# a summary lists at most this many, the rest comes in later rounds.
-MAX_SUMMARY_ROWS: Final = 4096
 MAX_SEQ: Final = 2**63 - 1
+FANOUT: Final = 16
+"""Sub-ranges of a split range: one nibble of the account. 16 fingerprints (272 bytes) per
+split keep a split cheaper than listing even a handful of rows, and a million accounts need
+only 4-5 levels (round trips) of splitting."""
+MAX_DEPTH: Final = 2 * ACCOUNT_BYTES
+"""Nibbles of an account: a range this deep holds one account and is always listed, so a
+reconciliation ends after at most this many splits whatever the accounts (even ground ones
+that share long prefixes)."""
+MAX_RANGE_ROWS: Final = 16
+"""Rows in a listed range: a range holding more is split instead. 16 rows (~1.3 KiB) cost
+about as much as the split that would replace them plus the next round's answer, so larger
+lists waste bytes and smaller ones add a round trip (measured: bench/ledger_sync_ranges.py)."""
+MAX_QUERY_RANGES: Final = 256
+"""Ranges per query (and so items per summary): a summary then holds at most 4,096 rows
+(~330 KiB), well inside one frame, and answering one costs the responder a bounded amount."""
+MAX_PUSHES_PER_SUMMARY: Final = 4096
+"""Chains pushed for one summary: as many as a summary lists rows at most, so answering a
+summary costs the initiator about what making it cost the responder, even when the peer
+holds few accounts of a range where we hold many (the rest goes in later exchanges)."""
+FINGERPRINT_BYTES: Final = 16
+"""A range fingerprint: 128 bits make an accidental match of two different ranges
+negligible (the sum inside is 256 bits, ranges.py)."""
 
 
 @dataclass(frozen=True)
 class Gossip:
     entries: tuple[bytes, ...]
-
-
-@dataclass(frozen=True)
-class Digest:
-    buckets: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -56,10 +73,59 @@ class SummaryRow:
     freeze: int | None  # the account's freeze seq at this node
 
 
+@dataclass(frozen=True, order=True)
+class Range:
+    """The accounts whose first ``depth`` nibbles are those of ``prefix``."""
+
+    prefix: bytes
+    depth: int
+
+    def contains(self, account: bytes) -> bool:
+        whole = self.depth // 2
+        if account[:whole] != self.prefix[:whole]:
+            return False
+        return self.depth % 2 == 0 or account[whole] >> 4 == self.prefix[whole] >> 4
+
+    def child(self, nibble: int) -> Range:
+        """The sub-range one nibble deeper whose next nibble is ``nibble``."""
+        if self.depth % 2 == 0:
+            return Range(self.prefix + bytes((nibble << 4,)), self.depth + 1)
+        return Range(self.prefix[:-1] + bytes((self.prefix[-1] | nibble,)), self.depth + 1)
+
+
+ROOT: Final = Range(b"", 0)
+
+
+@dataclass(frozen=True)
+class RangeFingerprint:
+    range: Range
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
+class RangeRows:
+    """A range listed whole: every account the sender holds in it, ascending."""
+
+    range: Range
+    rows: tuple[SummaryRow, ...]
+
+
+@dataclass(frozen=True)
+class RangeSplit:
+    """A range too large to list: the sender's fingerprints of its 16 sub-ranges."""
+
+    range: Range
+    children: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Query:
+    ranges: tuple[RangeFingerprint, ...]
+
+
 @dataclass(frozen=True)
 class Summary:
-    buckets: tuple[int, ...]  # the buckets that differed, ascending
-    rows: tuple[SummaryRow, ...]  # this node's accounts in them, ascending
+    items: tuple[RangeRows | RangeSplit, ...]
 
 
 @dataclass(frozen=True)
@@ -74,7 +140,7 @@ class Chain:
     entries: tuple[bytes, ...]
 
 
-Message = Gossip | Digest | Summary | Pull | Chain
+Message = Gossip | Query | Summary | Pull | Chain
 
 
 def _fail(message: str) -> MessageError:
@@ -101,14 +167,66 @@ def _seq(value: Any) -> int:
     return value
 
 
+def _range(prefix: Any, depth: Any) -> Range:
+    if type(depth) is not int or not 0 <= depth <= MAX_DEPTH:
+        raise _fail(f"a range depth is an integer 0..{MAX_DEPTH}")
+    if type(prefix) is not bytes or len(prefix) != (depth + 1) // 2:
+        raise _fail("a range prefix is ceil(depth / 2) bytes")
+    if depth % 2 and prefix[-1] & 0x0F:
+        raise _fail("the unused low nibble of a range prefix is zero")
+    return Range(prefix, depth)
+
+
+def _fingerprint(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) != FINGERPRINT_BYTES:
+        raise _fail(f"a fingerprint is {FINGERPRINT_BYTES} bytes")
+    return value
+
+
+def _row(value: Any) -> SummaryRow:
+    if type(value) is not list or len(value) != 4:
+        raise _fail("a summary row is [account, digest, next, freeze]")
+    account, digest, next_seq, freeze = value
+    if type(digest) is not bytes or len(digest) != DIGEST_BYTES:
+        raise _fail("a summary digest is 32 bytes")
+    return SummaryRow(_account(account), digest, _seq(next_seq), None if freeze is None else _seq(freeze))
+
+
+def _item(value: Any) -> RangeRows | RangeSplit:
+    if type(value) is not dict or set(value) not in ({"p", "d", "a"}, {"p", "d", "c"}):
+        raise _fail("a summary item is {p, d, a} (rows) or {p, d, c} (sub-ranges)")
+    where = _range(value["p"], value["d"])
+    if "c" in value:
+        children = value["c"]
+        if type(children) is not list or len(children) != FANOUT or where.depth == MAX_DEPTH:
+            raise _fail(f"a split lists {FANOUT} fingerprints, above depth {MAX_DEPTH}")
+        return RangeSplit(where, tuple(_fingerprint(child) for child in children))
+    rows = value["a"]
+    if type(rows) is not list or len(rows) > MAX_RANGE_ROWS:
+        raise _fail(f"a listed range has at most {MAX_RANGE_ROWS} rows")
+    parsed = tuple(_row(row) for row in rows)
+    accounts = [row.account for row in parsed]
+    if accounts != sorted(set(accounts)) or not all(where.contains(a) for a in accounts):
+        raise _fail("listed rows are distinct accounts of the range, ascending")
+    return RangeRows(where, parsed)
+
+
 def to_value(message: Message) -> dict[str, Any]:
     if isinstance(message, Gossip):
         return {"t": "gossip", "e": list(message.entries)}
-    if isinstance(message, Digest):
-        return {"t": "digest", "b": list(message.buckets)}
+    if isinstance(message, Query):
+        return {"t": "query", "r": [[r.range.prefix, r.range.depth, r.fingerprint]
+                                    for r in message.ranges]}
     if isinstance(message, Summary):
-        return {"t": "summary", "b": list(message.buckets),
-                "a": [[row.account, row.digest, row.next_seq, row.freeze] for row in message.rows]}
+        items: list[dict[str, Any]] = []
+        for item in message.items:
+            if isinstance(item, RangeRows):
+                items.append({"p": item.range.prefix, "d": item.range.depth,
+                              "a": [[r.account, r.digest, r.next_seq, r.freeze] for r in item.rows]})
+            else:
+                items.append({"p": item.range.prefix, "d": item.range.depth,
+                              "c": list(item.children)})
+        return {"t": "summary", "r": items}
     if isinstance(message, Pull):
         return {"t": "pull", "a": message.account, "s": message.from_seq}
     return {"t": "chain", "a": message.account, "e": list(message.entries)}
@@ -123,6 +241,12 @@ def _keys(value: dict[str, Any], keys: set[str]) -> None:
         raise _fail(f"a {value.get('t')} message has exactly the keys {sorted(keys)}")
 
 
+def _list(value: Any, least: int, what: str) -> list[Any]:
+    if type(value) is not list or not least <= len(value) <= MAX_QUERY_RANGES:
+        raise _fail(f"a {what} holds {least}..{MAX_QUERY_RANGES} ranges")
+    return value
+
+
 def from_value(value: Any) -> Message:
     if type(value) is not dict or type(value.get("t")) is not str:
         raise _fail("a message is a map with a text 't'")
@@ -130,33 +254,17 @@ def from_value(value: Any) -> Message:
     if kind == "gossip":
         _keys(value, {"t", "e"})
         return Gossip(_entries(value["e"]))
-    if kind == "digest":
-        _keys(value, {"t", "b"})
-        buckets = value["b"]
-        if (type(buckets) is not list or len(buckets) != BUCKETS
-                or not all(type(b) is bytes and len(b) == DIGEST_BYTES for b in buckets)):
-            raise _fail(f"a digest is {BUCKETS} hashes of {DIGEST_BYTES} bytes")
-        return Digest(tuple(buckets))
+    if kind == "query":
+        _keys(value, {"t", "r"})
+        ranges = []
+        for item in _list(value["r"], 1, "query"):
+            if type(item) is not list or len(item) != 3:
+                raise _fail("a queried range is [prefix, depth, fingerprint]")
+            ranges.append(RangeFingerprint(_range(item[0], item[1]), _fingerprint(item[2])))
+        return Query(tuple(ranges))
     if kind == "summary":
-        _keys(value, {"t", "b", "a"})
-        buckets = value["b"]
-        if (type(buckets) is not list or not 1 <= len(buckets) <= BUCKETS
-                or not all(type(b) is int and 0 <= b < BUCKETS for b in buckets)
-                or buckets != sorted(set(buckets))):
-            raise _fail(f"summary buckets are 1..{BUCKETS} ascending numbers below {BUCKETS}")
-        rows = value["a"]
-        if type(rows) is not list or len(rows) > MAX_SUMMARY_ROWS:
-            raise _fail(f"a summary has at most {MAX_SUMMARY_ROWS} rows")
-        parsed = []
-        for row in rows:
-            if type(row) is not list or len(row) != 4:
-                raise _fail("a summary row is [account, digest, next, freeze]")
-            account, digest, next_seq, freeze = row
-            if type(digest) is not bytes or len(digest) != DIGEST_BYTES:
-                raise _fail("a summary digest is 32 bytes")
-            parsed.append(SummaryRow(_account(account), digest, _seq(next_seq),
-                                     None if freeze is None else _seq(freeze)))
-        return Summary(tuple(buckets), tuple(parsed))
+        _keys(value, {"t", "r"})
+        return Summary(tuple(_item(item) for item in _list(value["r"], 0, "summary")))
     if kind == "pull":
         _keys(value, {"t", "a", "s"})
         return Pull(_account(value["a"]), _seq(value["s"]))
