@@ -20,6 +20,7 @@ here once and shared by both twins, so ``isinstance`` checks hold whichever twin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, NamedTuple
 
 from n3xus.canon.cid import CID
@@ -43,6 +44,7 @@ __all__ = [
     "apply_tx",
     "decode_envelope",
     "verify_signature",
+    "verify_signatures",
 ]
 
 _FRAUD_PREFIX_LEN: Final = len(FRAUD_PROOF_PREFIX)
@@ -119,11 +121,17 @@ def admit(genesis: Genesis, entry: bytes, verify: bool = True) -> Tx | FraudProo
         except FraudProofError as exc:
             raise TxRejected(Reason.BAD_PROOF, str(exc)) from None
     tx = decode_tx(entry)
-    if tx.network != genesis.network_id:
-        raise TxRejected(Reason.WRONG_NETWORK, f"the transaction is for network {tx.network_cid}")
+    check_network(genesis, tx)
     if verify and not verify_tx_signature(tx):
         raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
     return tx
+
+
+def check_network(genesis: Genesis, tx: Tx) -> None:
+    """Raise ``wrong-network`` unless ``tx`` names ``genesis``'s network (part of
+    :func:`admit`, for a transaction decoded before)."""
+    if tx.network != genesis.network_id:
+        raise TxRejected(Reason.WRONG_NETWORK, f"the transaction is for network {tx.network_cid}")
 
 
 def decode_envelope(entry: bytes) -> Tx:
@@ -134,6 +142,12 @@ def decode_envelope(entry: bytes) -> Tx:
 def verify_signature(tx: Tx) -> bool:
     """The transaction's signature check alone (§4.2)."""
     return verify_tx_signature(tx)
+
+
+def verify_signatures(txs: Iterable[Tx]) -> list[bool]:
+    """:func:`verify_signature` of each transaction (the compiled twin releases the GIL
+    once for the whole list; here each PyNaCl call releases it)."""
+    return [verify_tx_signature(tx) for tx in txs]
 
 
 def apply_tx(view: StateView, genesis: Genesis, tx: Tx) -> TxRejected | None:

@@ -27,7 +27,7 @@ from typing import Final, Protocol
 from n3xus.canon.cid import CID, cid_of
 from n3xus.canon.codec import decode, encode
 
-from ._ingest_py import UNDO_ABSENT
+from ._ingest_py import UNDO_ABSENT, check_network
 from .errors import EquivocationError, FraudProofError, LedgerCorruptError, Reason, TxRejected
 from .fraud import FraudProof, make_fraud_proof
 from .genesis import Genesis
@@ -83,6 +83,11 @@ class Batch(Protocol):
     def append_log(self, entry: bytes) -> int: ...
     def log_entry(self, index: int) -> bytes: ...
     def chain_add(self, account: bytes, seq: int, tx_id: bytes, time_ms: int) -> None: ...
+    def index_tx(self, tx_id: bytes, account: bytes, seq: int, time_ms: int,
+                 where: bytes) -> bytes:
+        """A transaction joins the set: ``set_locator``, ``chain_add`` and ``order_add``
+        (under :func:`order_key`) in one call; returns the order key."""
+        ...
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]: ...
     def chain_pair(self, account: bytes, seq: int) -> tuple[bool, list[bytes]]:
         """Whether the set holds a transaction of ``account`` at ``seq - 1`` (False for
@@ -153,11 +158,18 @@ class Run:
 
     # --- admission ------------------------------------------------------------------------
 
-    def admit(self, entry: bytes) -> Outcome:
+    def admit(self, entry: bytes | Tx) -> Outcome:
+        """Admit one entry: its bytes, or a transaction decoded from them before (the
+        node's verify-ahead path; its network is checked here all the same)."""
         try:
             # Decode first and drop copies of known transactions before the signature
             # check, the expensive part (gossip and sync deliver many copies).
-            item = admit(self.genesis, entry, False)
+            if isinstance(entry, Tx):
+                item: Tx | FraudProof = entry
+                check_network(self.genesis, entry)
+                entry = entry.raw
+            else:
+                item = admit(self.genesis, entry, False)
             if isinstance(item, Tx):
                 if self.batch.locator(item.id) is not None:
                     return Rejected(TxRejected(Reason.REPLAY,
@@ -181,20 +193,18 @@ class Run:
                                            "and its hold is full"))
         if isinstance(item, FraudProof):
             return self._proof(item)
-        return self._tx(item, entry)
+        return self._place(item)  # its id was looked up above
 
     def _mark(self, key: bytes) -> None:
         if self.start is None or key < self.start:
             self.start = key
 
     def _store(self, tx: Tx, where: bytes) -> None:
-        batch = self.batch
-        batch.set_locator(tx.id, where)
-        batch.chain_add(tx.account, tx.seq, tx.id, tx.time)
-        key = tx_order_key(tx)
-        batch.order_add(key, where)
-        self.new_txs[tx.id] = tx
-        self._mark(key)
+        tx_id = tx.id
+        key = self.batch.index_tx(tx_id, tx.account, tx.seq, tx.time, where)
+        self.new_txs[tx_id] = tx
+        if self.start is None or key < self.start:
+            self.start = key
 
     def _freeze(self, account: bytes, seq: int) -> None:
         """Freeze from ``seq``: rolls back to the first transaction of the account there or
@@ -204,13 +214,21 @@ class Run:
             self._mark(order_key(time_ms, account, later_seq, tx_id))
 
     def _tx(self, tx: Tx, entry: bytes) -> Outcome:
-        batch = self.batch
-        if batch.locator(tx.id) is not None:
+        if self.batch.locator(tx.id) is not None:
             return Rejected(TxRejected(Reason.REPLAY, f"transaction {tx.cid} is already known"))
+        return self._place(tx)
+
+    def _place(self, tx: Tx) -> Outcome:
+        """A transaction not in the set joins it (or waits for its predecessor, or reveals
+        an equivocation)."""
+        batch = self.batch
         account, seq = tx.account, tx.seq
-        frozen = freeze_seq(batch, account)
-        if frozen is not None and seq >= frozen:
-            return Rejected(TxRejected(Reason.FROZEN, f"the account equivocated at seq {frozen}"))
+        raw_frozen = batch.get(FROZEN + account)
+        if raw_frozen is not None:
+            frozen = int.from_bytes(raw_frozen, "big")
+            if seq >= frozen:
+                return Rejected(TxRejected(Reason.FROZEN,
+                                           f"the account equivocated at seq {frozen}"))
         previous, others = batch.chain_pair(account, seq)
         if seq > 0 and not previous:
             if batch.pending_add(account, seq, tx.id, tx.raw):
@@ -291,15 +309,18 @@ class Run:
     def finish(self, outcomes: list[Outcome]) -> list[Outcome]:
         """The outcomes with each new transaction's result after processing."""
         done: list[Outcome] = []
+        result_of = self.results.get
         for outcome in outcomes:
-            if (isinstance(outcome, Accepted) and outcome.tx is not None
-                    and outcome.result is None):
-                outcome = outcome._replace(result=self.results.get(outcome.tx.id))
+            if isinstance(outcome, Accepted):
+                tx = outcome.tx
+                if tx is not None and outcome.result is None:
+                    outcome = Accepted(outcome.entry_id, outcome.log_index, tx,
+                                       result_of(tx.id), outcome.proof)
             done.append(outcome)
         return done
 
 
-def run_batch(batch: Batch, genesis: Genesis, entries: Iterable[bytes], *, verify: bool = True,
+def run_batch(batch: Batch, genesis: Genesis, entries: Iterable[bytes | Tx], *, verify: bool = True,
               now_ms: int | None = None) -> tuple[list[Outcome], Run]:
     """Admit ``entries`` in order, then process; the outcomes, one per entry, and the run."""
     run = Run(batch, genesis, verify, now_ms)

@@ -33,6 +33,7 @@ __all__ = [
     "apply_tx",
     "decode_envelope",
     "verify_signature",
+    "verify_signatures",
 ]
 
 _COMPILED_MODULE = "n3xus.ledger._ingest_c"
@@ -54,5 +55,6 @@ if TYPE_CHECKING:
     from ._ingest_py import apply_tx as apply_tx
     from ._ingest_py import decode_envelope as decode_envelope
     from ._ingest_py import verify_signature as verify_signature
+    from ._ingest_py import verify_signatures as verify_signatures
 else:
     globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})

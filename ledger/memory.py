@@ -16,7 +16,14 @@ from typing import Any
 
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
-from .engine import MAX_HELD_ENTRIES, MAX_PENDING_PER_ACCOUNT, Run, load_tx_bytes, run_batch
+from .engine import (
+    MAX_HELD_ENTRIES,
+    MAX_PENDING_PER_ACCOUNT,
+    Run,
+    load_tx_bytes,
+    order_key,
+    run_batch,
+)
 from .errors import EquivocationError, LedgerCorruptError, TxRejected
 from .fraud import make_fraud_proof
 from .genesis import Genesis
@@ -83,6 +90,14 @@ class _MemoryBatch:
 
     def chain_add(self, account: bytes, seq: int, tx_id: bytes, time_ms: int) -> None:
         self._set(self.ledger.chain, _chain_key(account, seq, tx_id), time_ms)
+
+    def index_tx(self, tx_id: bytes, account: bytes, seq: int, time_ms: int,
+                 where: bytes) -> bytes:
+        self.set_locator(tx_id, where)
+        self.chain_add(account, seq, tx_id, time_ms)
+        key = order_key(time_ms, account, seq, tx_id)
+        self.order_add(key, where)
+        return key
 
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]:
         prefix = _chain_key(account, seq)
@@ -164,13 +179,13 @@ class MemoryLedger:
         self.replays = 0  # entries re-processed because an arrival sorted before them
         self._root: tuple[int, bytes] | None = None
 
-    def ingest(self, entries: Iterable[bytes], *, verify: bool = True,
+    def ingest(self, entries: Iterable[bytes | Tx], *, verify: bool = True,
                now_ms: int | None = None) -> list[Outcome]:
         """Admit ``entries`` (arrival order) and bring the state to the canonical replay."""
         outcomes, _ = self._batch(entries, verify, now_ms, None)
         return outcomes
 
-    def _batch(self, entries: Iterable[bytes], verify: bool, now_ms: int | None,
+    def _batch(self, entries: Iterable[bytes | Tx], verify: bool, now_ms: int | None,
                check: Callable[[list[Outcome]], None] | None) -> tuple[list[Outcome], Run]:
         batch = _MemoryBatch(self)
         try:

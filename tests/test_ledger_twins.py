@@ -49,7 +49,7 @@ from n3xus.ledger.tx import (
 IMPLEMENTATIONS = ["compiled", "pure"]
 PUBLIC_NAMES = {"VOID_REASONS", "Accepted", "Held", "MemoryView", "Outcome", "Pending",
                 "Rejected", "admit", "apply_step", "apply_tx", "decode_envelope",
-                "verify_signature"}
+                "verify_signature", "verify_signatures"}
 TX_FIELDS = ("raw", "signed", "sig", "id", "network", "account", "seq", "prev", "time", "op",
              "args")
 # The group order of ed25519: S + L is the same scalar, encoded non-canonically.
@@ -296,6 +296,7 @@ def test_public_names_and_shared_types(compiled: ModuleType) -> None:
     assert compiled.apply_tx is not _ingest_py.apply_tx
     assert compiled.apply_step is not _ingest_py.apply_step
     assert compiled.decode_envelope is not _ingest_py.decode_envelope
+    assert compiled.verify_signatures is not _ingest_py.verify_signatures
     assert compiled.verify_signature is not _ingest_py.verify_signature
 
 

@@ -30,13 +30,14 @@ Every use of the sync core and every ingest runs in a worker thread, one at a ti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import trio
 from blake3 import blake3
@@ -46,9 +47,17 @@ from prometheus_client import CollectorRegistry, Counter
 from n3xus.ledger.engine import tx_order_key
 from n3xus.ledger.errors import Reason, TxRejected
 from n3xus.ledger.fraud import FRAUD_PROOF_PREFIX
-from n3xus.ledger.ingest import Accepted, Held, Outcome, Pending, Rejected, verify_signature
+from n3xus.ledger.ingest import (
+    Accepted,
+    Held,
+    Outcome,
+    Pending,
+    Rejected,
+    decode_envelope,
+    verify_signatures,
+)
 from n3xus.ledger.store import LedgerStore
-from n3xus.ledger.tx import decode_tx
+from n3xus.ledger.tx import Tx
 from n3xus.protocol.sync.ledger import LedgerSync
 from n3xus.protocol.sync.messages import (
     MAX_ENTRIES,
@@ -112,13 +121,32 @@ def penalty_for(reason: Reason) -> str:
     return "bad-signature" if reason in (Reason.BAD_SIGNATURE, Reason.BAD_PROOF) else "malformed"
 
 
+class Checked(NamedTuple):
+    """What :class:`ParallelVerifier` found out about one entry."""
+
+    key: bytes
+    """Its canonical order key (b"" for fraud proofs and undecodable bytes)."""
+    verdict: bool | None
+    """True/False for a transaction whose signature was checked; None when the ledger must
+    judge it itself (a fraud proof, which admission verifies in full; bytes that do not
+    decode or name another network; a transaction the ledger already holds, which
+    admission calls a replay)."""
+    tx: Tx | None
+    """The decoded transaction of this network (admission takes it instead of decoding the
+    bytes again), else None."""
+
+
 class ParallelVerifier:
     """Checks the signatures of a batch on every core, ahead of the ordered apply.
 
-    For each entry: its canonical order key (b"" for fraud proofs and undecodable bytes),
-    and True/False for a transaction whose signature was checked, None when the ledger must
-    judge it itself (a fraud proof, which admission verifies in full; bytes that do not
-    decode; a transaction the ledger already holds, which admission calls a replay)."""
+    :meth:`check_ahead` decodes the entries on the calling thread (the ledger's: the decode
+    holds the GIL wherever it runs, and admission reuses its result), then verifies the
+    signatures on the pool and returns at once, so the caller can apply the previous batch
+    while this one is verified: a pipeline, the ordered apply on one core and the checks,
+    which have no order, on the others. Each pool task verifies its whole part with the GIL
+    released once (``verify_signatures``): CPython gives a waiting thread the GIL only when
+    the holder blocks or its 5 ms switch interval runs out, so a thread that needed the GIL
+    between signatures would stall behind the apply."""
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
@@ -129,27 +157,60 @@ class ParallelVerifier:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def check(self, store: LedgerStore | None, entries: Sequence[bytes]) -> list[tuple[bytes, bool | None]]:
-        def run(part: Sequence[bytes]) -> list[tuple[bytes, bool | None]]:
-            return [self._one(store, entry) for entry in part]
+    def check(self, store: LedgerStore | None, entries: Sequence[bytes]) -> list[Checked]:
+        return self.check_ahead(store, entries)()
 
-        if self._pool is None or len(entries) < PARALLEL_MIN_ENTRIES:
-            return run(entries)
-        size = -(-len(entries) // self.workers)
-        parts = [entries[i:i + size] for i in range(0, len(entries), size)]
-        return [item for part in self._pool.map(run, parts) for item in part]
+    def check_ahead(self, store: LedgerStore | None,
+                    entries: Sequence[bytes]) -> Callable[[], list[Checked]]:
+        """Decode ``entries`` and start verifying them on the pool; the returned callable
+        waits for the result (what :meth:`check` returns). Entries the ledger gains
+        meanwhile are judged by admission all the same (replays are found first)."""
+        found = self._decode(store, entries)
+        txs = [tx for _, tx, verify in found if verify]
+        if self._pool is None or len(txs) < PARALLEL_MIN_ENTRIES:
+            futures = None
+            verdicts = verify_signatures(txs)
+        else:
+            size = -(-len(txs) // self.workers)
+            futures = [self._pool.submit(verify_signatures, txs[i:i + size])
+                       for i in range(0, len(txs), size)]
+            verdicts = []
+
+        def result() -> list[Checked]:
+            done = iter(verdicts if futures is None else
+                        [ok for future in futures for ok in future.result()])
+            return [Checked(key, next(done) if verify else None, tx)
+                    for key, tx, verify in found]
+        return result
 
     @staticmethod
-    def _one(store: LedgerStore | None, entry: bytes) -> tuple[bytes, bool | None]:
-        if entry[:len(FRAUD_PROOF_PREFIX)] == FRAUD_PROOF_PREFIX:
-            return b"", None
-        try:
-            tx = decode_tx(entry)
-        except (ValueError, TxRejected):
-            return b"", None
-        if store is not None and store.has(tx.id):
-            return tx_order_key(tx), None
-        return tx_order_key(tx), verify_signature(tx)
+    def _decode(store: LedgerStore | None,
+                entries: Sequence[bytes]) -> list[tuple[bytes, Any, bool]]:
+        """(order key, the Tx or None, whether its signature needs checking) per entry."""
+        network = None if store is None else store.genesis.network_id
+        found: list[tuple[bytes, Any, bool]] = []
+        with contextlib.ExitStack() as stack:
+            known = None
+            if store is not None:  # one read snapshot for the lookups, not one per entry
+                txn = stack.enter_context(store.env.begin())
+                known = partial(txn.get, db=store.dbs.ids)
+            for entry in entries:
+                if entry[:len(FRAUD_PROOF_PREFIX)] == FRAUD_PROOF_PREFIX:
+                    found.append((b"", None, False))
+                    continue
+                try:
+                    tx = decode_envelope(entry)
+                except (ValueError, TxRejected):
+                    found.append((b"", None, False))
+                    continue
+                key = tx_order_key(tx)
+                if network is not None and tx.network != network:
+                    found.append((key, None, False))  # admission refuses it (wrong-network)
+                elif known is not None and known(tx.id) is not None:
+                    found.append((key, tx, False))  # a replay, whatever its signature
+                else:
+                    found.append((key, tx, True))
+        return found
 
 
 @dataclass
@@ -162,21 +223,26 @@ class _Job:
     error: BaseException | None = None
 
 
-def admit_checked(store: LedgerStore, entries: Sequence[bytes], checked: Sequence[tuple[bytes, bool | None]],
+def admit_checked(store: LedgerStore, entries: Sequence[bytes], checked: Sequence[Checked],
                   *, sort: bool, now: int | None) -> list[Outcome]:
     """Admit ``entries`` whose signatures ``checked`` has judged, in one write transaction
-    without a second check (in canonical order when ``sort``). The badly signed ones are
-    admitted after it with the full check: refused all the same, as ``replay`` when a copy
-    with a good signature is known (§6.1 checks replays first), else ``bad-signature``.
-    One outcome per entry, in the order given."""
-    order = sorted(range(len(entries)), key=lambda i: checked[i][0]) if sort \
+    without a second check (in canonical order when ``sort``), handing admission the
+    decoded transactions. The badly signed ones are admitted after it with the full check:
+    refused all the same, as ``replay`` when a copy with a good signature is known (§6.1
+    checks replays first), else ``bad-signature``. One outcome per entry, in the order
+    given."""
+    order = sorted(range(len(entries)), key=lambda i: checked[i].key) if sort \
         else list(range(len(entries)))
     outcomes: list[Outcome | None] = [None] * len(entries)
-    admitted = [i for i in order if checked[i][1] is not False]
-    forged = [i for i in order if checked[i][1] is False]
+    admitted = [i for i in order if checked[i].verdict is not False]
+    forged = [i for i in order if checked[i].verdict is False]
     for indexes, verify in ((admitted, False), (forged, True)):
         if indexes:
-            results = store.ingest([entries[i] for i in indexes], verify=verify, now_ms=now)
+            items: list[bytes | Tx] = []
+            for i in indexes:
+                tx = checked[i].tx
+                items.append(entries[i] if tx is None else tx)
+            results = store.ingest(items, verify=verify, now_ms=now)
             for index, outcome in zip(indexes, results, strict=True):
                 outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
@@ -314,7 +380,7 @@ class LedgerFederation:
         checked = self.verifier.check(self.store, entries)
         at = 0
         gossip_entries: list[bytes] = []
-        gossip_checked: list[tuple[bytes, bool | None]] = []
+        gossip_checked: list[Checked] = []
         for job in jobs:
             part = checked[at:at + len(job.entries)]
             at += len(job.entries)
