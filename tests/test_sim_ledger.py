@@ -36,6 +36,16 @@ def test_small_networks_converge_despite_faults(seed: int) -> None:
     assert stats["to_down"] > 0 and stats["replays"] > 0  # crashes and late arrivals happened
 
 
+def test_networks_with_more_accounts_than_one_listing_converge() -> None:
+    """80 accounts: more than a listed range holds (16), so anti-entropy splits the root
+    and queries sub-ranges (range reconciliation, ledger.md §14.3) under the same faults."""
+    sim = Simulation(SimConfig(seed=7, **{**SMALL, "nodes": 16, "users": 80, "transfers": 120}))
+    result = sim.run()
+    assert result.converged, result.summary()
+    assert sum(sync.counters["descents"] for sync in sim.syncs) > 0
+    assert result.stats["lost"] > 0 and result.stats["to_down"] > 0
+
+
 def test_conflicts_resolve_the_same_everywhere() -> None:
     sim = Simulation(SimConfig(seed=5, **SMALL))
     result = sim.run()

@@ -88,7 +88,7 @@ class SyncBackend(Protocol):
 
 
 class LedgerSyncService:
-    """Serves ``/n3xus/ledger-sync/1.0.0`` and runs anti-entropy with random peers."""
+    """Serves ``/n3xus/ledger-sync/2.0.0`` and runs anti-entropy with random peers."""
 
     def __init__(self, host: BasicHost, backend: SyncBackend, peerbook: Any = None, *,
                  interval_s: float = ANTI_ENTROPY_INTERVAL_S) -> None:

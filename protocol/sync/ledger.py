@@ -89,7 +89,7 @@ class LedgerSync:
         self.index = RangeIndex()
         self._announced = ledger.log_size()
         self.counters: dict[str, int] = {"gossip_in": 0, "gossip_dup": 0, "pulled": 0,
-                                         "pushed": 0, "queries": 0}
+                                         "pushed": 0, "queries": 0, "descents": 0}
         for account in ledger.accounts():
             self._refresh(account)
 
@@ -241,9 +241,11 @@ class LedgerSync:
         ``max_pushes`` chains) for the accounts of listed ranges whose summaries differ."""
         found = compare(self.index, message)
         sends: list[Send] = [(peer, query) for query in found.query_messages()]
-        self.counters["queries"] += len(sends)
+        self.counters["descents"] += len(sends)  # queries of sub-ranges (the root was split)
         pushes = 0
         for where, rows in found.listed:
+            if not rows and pushes >= max_pushes:
+                continue  # the peer has none of these: only pushes, and none are left
             theirs = {row.account: row for row in rows}
             for account in sorted(theirs.keys() | set(self.index.accounts(where))):
                 ours = self._rows.get(account) or SummaryRow(account, b"", 0, None)
