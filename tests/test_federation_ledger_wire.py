@@ -270,6 +270,53 @@ def test_verify_ahead_ingest_equals_the_ledgers_own(tmp_path: Path) -> None:
     assert kinds[0] == kinds[1] == ["bad-signature", "malformed", "replay", "replay"]
 
 
+def test_pipelined_verify_ahead_equals_the_ledgers_own(tmp_path: Path) -> None:
+    """Batch i+1 checked (``check_ahead``) while batch i is admitted: the same outcomes and
+    state root as ``LedgerStore.ingest`` of the same batches, for copies that reach the
+    ledger only after their batch was checked (replays), forged copies, another network's
+    transaction and bytes that do not decode."""
+    issuer = SigningKey(b"\x21" * 32)
+    genesis = Genesis.create("pipe", [bytes(issuer.verify_key)], 10**12,
+                             bytes(SigningKey(b"\x22" * 32).verify_key))
+    other = Genesis.create("other", [bytes(issuer.verify_key)], 10**12,
+                           bytes(SigningKey(b"\x22" * 32).verify_key))
+    funding = AccountChain(issuer, genesis.cid)
+    users = [AccountChain(SigningKey(bytes([i + 40]) * 32), genesis.cid) for i in range(6)]
+    entries = [funding.sign(Op.ISSUE, {"to": u.account, "amount": 500}, time_ms=1) for u in users]
+    for n in range(300):
+        entries.append(users[n % 6].sign(Op.TRANSFER, {"to": users[(n + 1) % 6].account,
+                                                       "amount": 1 + n % 9}, time_ms=5 + n))
+    forged = bytearray(entries[100])
+    forged[-1] ^= 1
+    foreign = AccountChain(SigningKey(b"\x23" * 32), other.cid).sign(
+        Op.TRANSFER, {"to": users[0].account, "amount": 1}, time_ms=2)
+    batches = [entries[:100], entries[100:200] + entries[50:60] + [bytes(forged), foreign],
+               entries[200:] + entries[150:160] + [b"\xa0\x01"]]
+    results = []
+    for index, node_path in enumerate((True, False)):
+        env = open_environment(tmp_path / f"p{index}", 64)
+        store = LedgerStore(env, genesis)
+        outcomes = []
+        if node_path:
+            verifier = ParallelVerifier(2)
+            ahead = verifier.check_ahead(store, batches[0])
+            for at, batch in enumerate(batches):
+                checked = ahead()
+                if at + 1 < len(batches):
+                    ahead = verifier.check_ahead(store, batches[at + 1])
+                outcomes += admit_checked(store, batch, checked, sort=False, now=None)
+            verifier.close()
+        else:
+            for batch in batches:
+                outcomes += store.ingest(batch)
+        results.append(([(type(o).__name__, str(getattr(o, "reason", None))) for o in outcomes],
+                        store.state_root(), store.log_size()))
+        env.close()
+    assert results[0] == results[1]
+    rejected = sorted(reason for kind, reason in results[0][0] if kind == "Rejected")
+    assert rejected == ["malformed"] + ["replay"] * 21 + ["wrong-network"]
+
+
 def test_account_view_follows_the_head_through_failed_transactions(tmp_path: Path) -> None:
     """A peer's transaction that fails (an overdraft) still takes its seq: the account view
     continues after it, and ``head_time`` tells wallets not to sign before it."""

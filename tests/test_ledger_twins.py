@@ -587,3 +587,87 @@ def test_decoder_never_disagrees_on_mutations(op: Op, seed: int, flips: int, cut
     for _ in range(flips):
         data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
     assert_decoder_agrees(compiled, bytes(data[:len(data) - cut]))
+
+
+# ------------------------------------------------- batch verify, positional step, decoded
+
+
+def test_verify_signatures_matches_the_single_check(impl: ModuleType) -> None:
+    """The batch check (one GIL release for the list in the compiled twin) gives exactly
+    the single check's verdicts, forged and non-canonical signatures included."""
+    genesis, entries = scripted_history()
+    txs = []
+    for entry in entries:
+        try:
+            item = _ingest_py.admit(genesis, entry, False)
+        except TxRejected:
+            continue
+        if isinstance(item, Tx):
+            txs.append(item)
+    forged = decode_tx(with_signature(txs[0].raw, bytes(64)))
+    flipped = bytearray(txs[1].raw)
+    flipped[-1] ^= 1
+    txs += [forged, decode_tx(bytes(flipped))]
+    expected = [_ingest_py.verify_signature(tx) for tx in txs]
+    assert True in expected and False in expected
+    assert impl.verify_signatures(txs) == expected
+    assert impl.verify_signatures(iter(txs[::-1])) == expected[::-1]
+    assert impl.verify_signatures([]) == []
+
+
+def test_apply_step_records_the_same_undo(impl: ModuleType) -> None:
+    """Transfers that empty a balance (a delete), go to the sender itself, overdraw, or
+    carry a bad seq: the same result, undo record and state as the pure step."""
+    genesis = make_genesis()
+    alice = AccountChain(key("alice"), genesis.cid)
+    steps = [decode_tx(alice.sign(Op.TRANSFER, {"to": to, "amount": amount}, time_ms=n))
+             for n, (to, amount) in enumerate([(alice.account, 4), (account("bob"), 10),
+                                               (account("bob"), 1)])]
+    stale = decode_tx(AccountChain(key("alice"), genesis.cid).sign(
+        Op.TRANSFER, {"to": account("bob"), "amount": 1}, time_ms=9))
+    results = []
+    for module in (impl, _ingest_py):
+        view = _ingest_py.MemoryView()
+        view.state[b"B" + alice.account] = (10).to_bytes(8, "big")
+        view.state[b"B" + account("bob")] = (3).to_bytes(8, "big")
+        rows = []
+        for tx in [*steps, stale]:
+            result, undo = module.apply_step(view, genesis, tx)
+            rows.append((error_fields(result), undo, dict(view.state)))
+        results.append(rows)
+    assert results[0] == results[1]
+    rows = results[0]
+    assert rows[0][0] is None and rows[1][0] is None  # to self; then the whole balance
+    assert b"B" + alice.account not in rows[1][2]
+    assert rows[2][0] is not None and rows[2][0][1] == Reason.OVERDRAFT
+    assert rows[3][0] is not None and rows[3][0][1] == Reason.BAD_SEQ and rows[3][1] == b""
+
+
+def test_decoded_entries_are_admitted_like_their_bytes(impl: ModuleType, tmp_path: Path) -> None:
+    """A transaction handed to ingest decoded (the verify-ahead path) gives the outcomes
+    and state its bytes give; one of another network is refused all the same."""
+    genesis, entries = scripted_history()
+    other = Genesis.create("another", [account("issuer")], SUPPLY_CAP, account("platform"))
+    foreign = AccountChain(key("alice"), other.cid).sign(
+        Op.TRANSFER, {"to": account("bob"), "amount": 1}, time_ms=3)
+    entries = [*entries, foreign]
+    decoded: list[Any] = []
+    for entry in entries:
+        try:
+            decoded.append(impl.decode_envelope(entry))
+        except (ValueError, TxRejected):
+            decoded.append(entry)
+    assert sum(isinstance(item, Tx) for item in decoded) > len(entries) // 2
+    results = []
+    for items in (entries, decoded):
+        with using(impl):
+            memory = MemoryLedger(genesis)
+            outcomes = [summary(o) for o in memory.ingest(items)]
+            env = lmdb.open(str(tmp_path / f"s{len(results)}"), map_size=1 << 26, max_dbs=16)
+            store = LedgerStore(env, genesis)
+            stored = [summary(o) for o in store.ingest(items)]
+            results.append((outcomes, stored, memory.state, store.state_items(),
+                            memory.state_root(), store.state_root()))
+            env.close()
+    assert results[0] == results[1]
+    assert results[0][0][-1][:3] == ("rejected", "TxRejected", Reason.WRONG_NETWORK)
