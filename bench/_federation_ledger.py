@@ -9,7 +9,7 @@
   a message it has not seen to its other neighbours), no ledger work, same run.
   ratio = ceiling p99 / ours p99 (target >= 0.5, i.e. within twice the raw broadcast).
 * **catch-up**: a node N transactions behind syncs from one peer over
-  ``/n3xus/ledger-sync/1.0.0`` until the state roots are equal, against the same node's
+  ``/n3xus/ledger-sync/2.0.0`` until the state roots are equal, against the same node's
   local ingest of the same entries (``LedgerStore.ingest`` in batches of 1,000, fsync: the
   figure of ``bench/ledger.py``). ratio = local time / catch-up time (target >= 0.5).
 * **verify ahead of apply**: the node's ingest path (signatures on a pool of all cores, then
