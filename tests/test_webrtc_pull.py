@@ -89,16 +89,15 @@ def test_pull_decoder_checks_fields_and_ignores_unknown_ones() -> None:
     assert frame[0] == len(frame) - 1 and pull.decode(frame[1:]) == pull.End()
 
 
-async def test_a_malformed_pull_request_gets_the_common_error() -> None:
-    async with open_live_service(TOKEN_KEY) as origin, trio.open_nursery() as nursery:
-        (f_send, f_recv), (o_send, o_recv) = stream_pair()
-        nursery.start_soon(origin.serve_pull, o_send, o_recv)
+async def test_a_malformed_pull_request_is_a_breach() -> None:
+    """serve_pull raises it with the common code; the node sends the error and resets
+    (tests/test_live_pull_abuse.py checks that on the wire)."""
+    async with open_live_service(TOKEN_KEY) as origin:
+        (f_send, _), (o_send, o_recv) = stream_pair()
         await f_send(b"\xa1\x64type")  # truncated DAG-CBOR
-        reply = await f_recv()
-        assert reply is not None
-        error = pull.decode(reply)
-        assert isinstance(error, pull.PeerErrorMessage) and error.code == 1
-        nursery.cancel_scope.cancel()
+        with pytest.raises(PullProtocolError) as breach:
+            await origin.serve_pull(o_send, o_recv)
+        assert breach.value.wire_code == 1  # malformed
 
 
 def stream_pair() -> tuple[tuple[Callable[[bytes], Awaitable[None]],

@@ -375,8 +375,9 @@ class LiveService:
 
         ``send``/``receive`` carry message *bodies*; the node frames them
         (``protocol.framing``, limit ``pull.MAX_PULL_MESSAGE_BYTES``). A follower's
-        protocol breach is answered with the common ``error`` body, after which this
-        returns and the node resets the stream."""
+        protocol breach raises :class:`PullProtocolError` (as in :meth:`pull_into`): the
+        node sends the common ``error`` with its ``wire_code``, resets the stream and
+        counts the breach against the peer. A refusal is an answer: ``refuse``, return."""
         send_lock = trio.Lock()
 
         async def send_locked(message: pull.PullMessage) -> None:
@@ -386,25 +387,22 @@ class LiveService:
         first: bytes | None = None
         with trio.move_on_after(HELLO_TIMEOUT_S):
             first = await receive()
+        if first is None:
+            error = PullProtocolError("no pull request in time", code="timeout")
+            error.wire_code = int(ErrorCode.TIMEOUT)
+            raise error
+        request = pull.decode(first)
+        if isinstance(request, pull.PeerErrorMessage):
+            return
+        if not isinstance(request, pull.Pull):
+            error = PullProtocolError("the first message must be pull")
+            error.wire_code = int(ErrorCode.UNEXPECTED_MESSAGE)
+            raise error
         try:
-            if first is None:
-                error = PullProtocolError("no pull request in time", code="timeout")
-                error.wire_code = int(ErrorCode.TIMEOUT)
-                raise error
-            request = pull.decode(first)
-            if isinstance(request, pull.PeerErrorMessage):
-                return
-            if not isinstance(request, pull.Pull):
-                error = PullProtocolError("the first message must be pull")
-                error.wire_code = int(ErrorCode.UNEXPECTED_MESSAGE)
-                raise error
             grant = self.tokens.verify(request.token, room=request.room,
                                        now_ms=self._clock_ms())
             if not grant.allows(Permission.WATCH):
                 raise ForbiddenError(f"role {grant.role.value} may not watch")
-        except PullProtocolError as exc:
-            await send(pull.error_body(exc.wire_code, exc.message))
-            return
         except RemoteLiveError as exc:
             await send(pull.encode(pull.Refuse(exc.code, exc.message[:pull.MAX_TEXT_CHARS])))
             return
@@ -418,25 +416,28 @@ class LiveService:
             async for note in notes_receive:
                 await send_locked(note)
 
+        # A breach is carried out of the nursery by hand: raised inside it, trio would
+        # wrap it in an ExceptionGroup that the node's handler does not expect.
+        breach: PullProtocolError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward_notes)
                 for kind in request.kinds:
                     nursery.start_soon(self._pump_frames, room, kind, send_locked)
-                while (raw := await receive()) is not None:
-                    try:
+                try:
+                    while (raw := await receive()) is not None:
                         message = pull.decode(raw)
-                    except PullProtocolError as exc:
-                        async with send_lock:
-                            await send(pull.error_body(exc.wire_code, exc.message))
-                        break
-                    if isinstance(message, pull.KeyframeRequest):
-                        await self.request_keyframe(room)
-                    elif isinstance(message, pull.Bye | pull.PeerErrorMessage):
-                        break
+                        if isinstance(message, pull.KeyframeRequest):
+                            await self.request_keyframe(room)
+                        elif isinstance(message, pull.Bye | pull.PeerErrorMessage):
+                            break
+                except PullProtocolError as exc:
+                    breach = exc
                 nursery.cancel_scope.cancel()
         finally:
             pullers.discard(notes_send)
+        if breach is not None:
+            raise breach
 
     async def _pump_frames(self, room: str, kind: str,
                            send: Callable[[pull.PullMessage], Awaitable[None]]) -> None:
@@ -486,24 +487,30 @@ class LiveService:
                 await send_locked(pull.KeyframeRequest())
 
         await self.bridge.run(hook, True)
+        breach: PullProtocolError | None = None  # carried out of the nursery (see serve_pull)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward_keyframe_requests)
-                while (raw := await receive()) is not None:
-                    message = pull.decode(raw)
-                    if isinstance(message, pull.Frame):
-                        relay_frame = EncodedFrame(
-                            message.kind, message.data, message.pts,
-                            Fraction(1, VIDEO_CLOCK_RATE if message.kind == "video"
-                                     else AUDIO_CLOCK_RATE),
-                            message.keyframe, message.index)
-                        await self.publish_pulled(room, relay_frame)
-                    elif isinstance(message, pull.End | pull.PeerErrorMessage):
-                        break
+                try:
+                    while (raw := await receive()) is not None:
+                        message = pull.decode(raw)
+                        if isinstance(message, pull.Frame):
+                            relay_frame = EncodedFrame(
+                                message.kind, message.data, message.pts,
+                                Fraction(1, VIDEO_CLOCK_RATE if message.kind == "video"
+                                         else AUDIO_CLOCK_RATE),
+                                message.keyframe, message.index)
+                            await self.publish_pulled(room, relay_frame)
+                        elif isinstance(message, pull.End | pull.PeerErrorMessage):
+                            break
+                except PullProtocolError as exc:
+                    breach = exc
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self.bridge.run(hook, False)
+        if breach is not None:
+            raise breach
 
 
 class FrameSubscription:

@@ -4,9 +4,10 @@ origin node (specs/live.md §6).
 The exchange itself is :meth:`LiveService.serve_pull` (origin) and
 :meth:`LiveService.pull_into` (follower), over message bodies; here the libp2p stream is
 framed (:func:`n3xus.webrtc.pullstream.framed`) and run under the shared stream runner
-(:mod:`.streams`: the hello gate, per-peer stream rate, bounded writes, clean resets). A
-framing breach (an oversized or stalled frame) is answered with the common ``error``
-body (``pull.error_body``) and a reset, and counts against the peer.
+(:mod:`.streams`: the hello gate, per-peer stream rate, bounded writes, clean resets). Every
+breach -- of the framing (an oversized or stalled frame) or of a message (not DAG-CBOR, an
+unknown type, no ``pull`` first or in time) -- is answered with the common ``error``
+message and a reset, and counts against the peer (specs/live.md §6).
 
 A pull stream lives as long as the performance is watched, so reads here have no idle
 deadline: the origin may send nothing for minutes between performances. The origin's
@@ -22,6 +23,7 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 
 from n3xus.protocol.codes import ErrorCode
+from n3xus.protocol.errors import RemoteProtocolError
 from n3xus.webrtc import pull
 from n3xus.webrtc.errors import PullProtocolError, RemoteLiveError
 from n3xus.webrtc.pullstream import framed
@@ -56,13 +58,10 @@ def _framed(channel: CoreStream) -> tuple[SendMessage, ReceiveMessage]:
     return framed(read, channel.send)
 
 
-async def _breach(channel: CoreStream, send: SendMessage, exc: PullProtocolError) -> None:
-    """The common error body, then a reset; the breach counts against the peer."""
-    with trio.move_on_after(1.0):
-        await send(pull.error_body(exc.wire_code, exc.message[:pull.MAX_TEXT_CHARS]))
-    if channel.peerbook is not None:
-        channel.peerbook.penalize(channel.peer_id, ErrorCode(exc.wire_code))
-    await channel.reset()
+async def _breach(channel: CoreStream, exc: PullProtocolError) -> None:
+    """The common ``error`` message with the breach's code, then (after the runner's linger,
+    so the message is not lost) a reset; the breach counts against the peer."""
+    await channel.fail(RemoteProtocolError(exc.message, ErrorCode(exc.wire_code)))
 
 
 class LivePullServer:
@@ -87,7 +86,7 @@ class LivePullServer:
         try:
             await self.live.serve_pull(send, receive)
         except PullProtocolError as exc:
-            await _breach(channel, send, exc)
+            await _breach(channel, exc)
 
 
 async def pull_room(node: Node, live: LiveService, room: str, peer_id: str, token: str,
@@ -109,7 +108,7 @@ async def pull_room(node: Node, live: LiveService, room: str, peer_id: str, toke
             await live.pull_into(room, token, send, receive, remote_room=remote_room,
                                  kinds=("video", "audio"))
         except PullProtocolError as exc:
-            await _breach(channel, send, exc)
+            await _breach(channel, exc)
             refusal = exc
         except RemoteLiveError as exc:
             refusal = exc
