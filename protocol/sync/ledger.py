@@ -252,15 +252,16 @@ class LedgerSync:
                 other = theirs.get(account) or SummaryRow(account, b"", 0, None)
                 if ours.digest == other.digest:
                     continue
-                made = self._reconcile(peer, ours, other, pushes < max_pushes)
+                made = self._reconcile(peer, ours, other, max_pushes - pushes)
                 pushes += sum(isinstance(m, Chain) for _, m in made)
                 sends += made
         return sends
 
     def _reconcile(self, peer: Peer, ours: SummaryRow, other: SummaryRow,
-                   push: bool = True) -> list[Send]:
-        """Pull what the peer has beyond ``ours`` and push (when ``push``: else we are over
-        the summary's push budget, a later exchange pushes) what we have beyond ``other``."""
+                   max_pushes: int = MAX_PUSHES_PER_SUMMARY) -> list[Send]:
+        """Pull what the peer has beyond ``ours``, and push what we have beyond ``other``:
+        at most ``max_pushes`` chains (the summary's budget; a later exchange pushes the
+        rest), a chain longer than one message in successive chunks."""
         account = ours.account
         pull: int | None = None
         if other.freeze is not None and (ours.freeze is None or other.freeze < ours.freeze):
@@ -277,10 +278,16 @@ class LedgerSync:
         sends: list[Send] = []
         if pull is not None:
             sends.append((peer, Pull(account, pull)))
-        if send_from is not None and push:
-            chain = self._chain(account, send_from)
-            self.counters["pushed"] += len(chain.entries)
-            sends.append((peer, chain))
+        if send_from is not None and max_pushes > 0:
+            chains = [self._chain(account, send_from)]
+            start = send_from + MAX_ENTRIES
+            # Below no freeze we hold one transaction per seq up to our next: chunk k of
+            # the push starts at send_from + 64k (a frozen chain goes whole: its proof).
+            while ours.freeze is None and start < ours.next_seq and len(chains) < max_pushes:
+                chains.append(self._chain(account, start))
+                start += MAX_ENTRIES
+            self.counters["pushed"] += sum(len(chain.entries) for chain in chains)
+            sends += [(peer, chain) for chain in chains]
         return sends
 
     def _chain(self, account: bytes, from_seq: int) -> Chain:
