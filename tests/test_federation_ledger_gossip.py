@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from libp2p.pubsub.pb import rpc_pb2
 from nacl.signing import SigningKey
 
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node import __version__
 from n3xus.node.p2p import host as p2p
-from n3xus.node.p2p.gossip import GossipService
+from n3xus.node.p2p.gossip import GossipService, Verdict
 from n3xus.node.p2p.hello import HelloService
 from n3xus.node.services.ledger import LedgerService
 from n3xus.node.services.ledger_federation import LedgerFederation, gossip_messages
@@ -109,3 +110,48 @@ def test_invalid_gossip_is_not_forwarded_and_costs_the_forwarder(tmp_path: Path)
             peer.env.close()
 
     trio.run(main)
+
+
+
+def test_copies_under_validation_share_the_first_verdict() -> None:
+    """Copies of a message that arrive from other peers while it is being validated are not
+    handed to the handler again (no second ingest): a valid message's copies are ignored
+    (it is forwarded once), an invalid one's are rejected like it."""
+    hosts = [p2p.make_host(p2p.keypair_from_seed(secrets.token_bytes(32))) for _ in range(4)]
+    service = GossipService(hosts[0])
+    forwarders = [h.get_id() for h in hosts[1:]]
+    calls: list[bytes] = []
+
+    async def main() -> dict[bytes, list[bool]]:
+        verdicts: dict[bytes, list[bool]] = {}
+        for data in (b"good", b"bad"):
+            release = trio.Event()
+
+            async def handler(_peer: str, payload: bytes,
+                              release: trio.Event = release) -> tuple[Verdict, str | None]:
+                calls.append(payload)
+                await release.wait()
+                return (Verdict.ACCEPT, None) if payload == b"good" \
+                    else (Verdict.REJECT, "malformed")
+
+            msg = rpc_pb2.Message(data=data, topicIDs=["/t"])
+            results = verdicts[data] = []
+
+            async def one(forwarder: Any, msg: Any = msg, handler: Any = handler,
+                          results: list[bool] = results) -> None:
+                results.append(await service._validate(handler, forwarder, msg))
+
+            async with trio.open_nursery() as nursery:
+                for forwarder in forwarders:
+                    nursery.start_soon(one, forwarder)
+                    await trio.sleep(0.01)  # the first copy is under validation
+                release.set()
+        return verdicts
+
+    verdicts = trio.run(main)
+    assert calls == [b"good", b"bad"]
+    assert sorted(verdicts[b"good"]) == [False, False, True]
+    assert verdicts[b"bad"] == [False, False, False]
+    snapshot = service.counters.snapshot()
+    assert snapshot["duplicates"] == 2
+    assert snapshot["received"] == {"accept": 1, "ignore": 2, "reject": 3}
