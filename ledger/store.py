@@ -12,7 +12,7 @@ Named databases of the node's LMDB environment::
     ledger/order    time u64 || account || seq u64 || tx id -> locator (canonical order)
     ledger/undo     order key -> previous values of the state keys that entry wrote
     ledger/state    the state entries of rules.py (balances, heads, supply, assets, ...)
-    ledger/smt      the sparse Merkle tree of the state (smt.py positions)
+    ledger/smt      the state tree's committed root (smt.py; the tree itself is in memory)
     ledger/dirty    state keys changed since the tree was last brought up to date
     ledger/pending  account || seq u64 || tx id -> envelope waiting for its predecessor
     ledger/held     release time u64 || entry id -> entry dated ahead of the clock
@@ -64,7 +64,7 @@ from .rules import (
     parse_head,
     u64,
 )
-from .smt import SparseMerkleTree
+from .smt import StateTree, TreeView
 from .tx import Tx, decode_tx
 
 LOG_DB: Final = b"ledger/log"
@@ -301,6 +301,7 @@ class LedgerStore:
             pending=env.open_db(PENDING_DB), held=env.open_db(HELD_DB),
         )
         self._hooks: list[CommitHook] = []
+        self._state_tree = StateTree()  # the state tree in memory, checked per transaction
         self.replays = 0  # entries re-processed because an arrival sorted before them
         with env.begin(write=True) as txn:
             stored = txn.get(_index_key(0), db=self.dbs.log)
@@ -409,21 +410,21 @@ class LedgerStore:
 
     # --- the state tree --------------------------------------------------------------------
 
-    def _tree(self, txn: lmdb.Transaction) -> SparseMerkleTree:
-        db = self.dbs.smt
-        return SparseMerkleTree(cast(Callable[[bytes], bytes | None], partial(txn.get, db=db)),
-                                partial(txn.put, db=db), partial(txn.delete, db=db))
+    def _tree(self, txn: lmdb.Transaction) -> TreeView:
+        return self._state_tree.view(txn, self.dbs.state, self.dbs.smt)
 
     def update_tree(self, txn: lmdb.Transaction) -> tuple[int, bytes]:
         """Bring the state tree up to date inside a write transaction: (leaves, root)."""
         dbs = self.dbs
-        tree = self._tree(txn)
-        keys = list(txn.cursor(db=dbs.dirty).iternext(values=False))
+        keys = cast(list[bytes], list(txn.cursor(db=dbs.dirty).iternext(values=False)))
+        changes: list[tuple[bytes, bytes | None]] = []
         if keys:
             get = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state))
-            tree.update([(cast(bytes, key), get(cast(bytes, key))) for key in keys])
+            changes = [(key, get(key)) for key in keys]
             txn.drop(dbs.dirty, delete=False)
-        return txn.stat(dbs.state)["entries"], tree.root()
+        # Called with no change too: that records the root where none is yet (a store of
+        # an earlier tree layout), so reads find it instead of rebuilding the tree.
+        return txn.stat(dbs.state)["entries"], self._tree(txn).update(changes)
 
     def tree_is_current(self, txn: lmdb.Transaction) -> bool:
         return txn.stat(self.dbs.dirty)["entries"] == 0

@@ -1,5 +1,6 @@
 """The implementation switch every compiled/pure twin shares (canon/twins.py), checked
-in fresh interpreters for each twin: the Merkle tree and the ledger ingest loop."""
+in fresh interpreters for each twin: the Merkle tree, the ledger ingest loop and the state
+tree."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 TWINS = [
     pytest.param("n3xus.canon.merkle", "n3xus.canon._merkle_c", id="merkle"),
     pytest.param("n3xus.ledger.ingest", "n3xus.ledger._ingest_c", id="ingest"),
+    pytest.param("n3xus.ledger.smt", "n3xus.ledger._smt_c", id="smt"),
 ]
 
 
