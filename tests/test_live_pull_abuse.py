@@ -1,4 +1,4 @@
-"""``/n3xus/live/1.0.0`` against a running CLI node, byte by byte (specs/live.md §6): a raw
+"""``/n3xus/live/1.0.0`` against a running CLI node, byte by byte (specs/protocol-live.md): a raw
 py-libp2p host completes a hello by hand, then breaks the pull protocol -- an oversized
 length prefix, bytes that are not DAG-CBOR, an unknown message type, a first message that
 is not ``pull``, breaches after the pull was accepted, an idle stream and a frame that

@@ -1,5 +1,5 @@
-"""specs/live.md and specs/vectors/live.json agree with the code: schemas, the role
-and state tables, the limits quoted, token and /n3xus/live/1.0.0 vectors."""
+"""specs/live.md, specs/protocol-live.md and specs/vectors/live.json agree with the code:
+schemas, the role and state tables, the limits quoted, token and /n3xus/live/1.0.0 vectors."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from n3xus.webrtc.schemas import (
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TEXT = (SPECS / "live.md").read_text()
+PULL_TEXT = (SPECS / "protocol-live.md").read_text()  # /n3xus/live/1.0.0, split from live.md
 VECTORS = json.loads((SPECS / "vectors" / "live.json").read_text())
 
 
@@ -73,18 +74,29 @@ def test_the_state_table_is_the_codes() -> None:
     ("MAX_DATA_MESSAGE_BYTES", MAX_DATA_MESSAGE_BYTES),
     ("DATA_BURST", DATA_BURST),
     ("DATA_RATE_PER_S", int(DATA_RATE_PER_S)),
-    ("MAX_PULL_MESSAGE_BYTES", pull.MAX_PULL_MESSAGE_BYTES),
-    ("KEYFRAME_REQUEST_INTERVAL_S", relay.KEYFRAME_REQUEST_INTERVAL_S),
-    ("PULL_QUEUE_FRAMES", service.PULL_QUEUE_FRAMES),
     ("SUBSCRIBER_QUEUE_FRAMES", relay.SUBSCRIBER_QUEUE_FRAMES),
     ("SEGMENT_TARGET_MS", recording.SEGMENT_TARGET_MS),
     ("MAX_TIP_ENVELOPE_BYTES", asgi.MAX_TIP_ENVELOPE_BYTES),
     ("MAX_MESH_PEERS", MAX_MESH_PEERS),
 ])
 def test_the_limits_quoted_are_the_codes(name: str, value: float) -> None:
-    quoted = re.search(rf"`{name}` =\s+([0-9,.]+)", TEXT)
+    assert quoted_limit(TEXT, name) == value
+
+
+@pytest.mark.parametrize("name, value", [
+    ("MAX_PULL_MESSAGE_BYTES", pull.MAX_PULL_MESSAGE_BYTES),
+    ("PULL_REQUEST_TIMEOUT_S", pull.PULL_REQUEST_TIMEOUT_S),
+    ("KEYFRAME_REQUEST_INTERVAL_S", relay.KEYFRAME_REQUEST_INTERVAL_S),
+    ("PULL_QUEUE_FRAMES", service.PULL_QUEUE_FRAMES),
+])
+def test_the_pull_limits_quoted_are_the_codes(name: str, value: float) -> None:
+    assert quoted_limit(PULL_TEXT, name) == value
+
+
+def quoted_limit(text: str, name: str) -> float:
+    quoted = re.search(rf"`{name}` =\s+([0-9,.]+)", text)
     assert quoted is not None, name
-    assert float(quoted.group(1).rstrip(".").replace(",", "")) == value
+    return float(quoted.group(1).rstrip(".").replace(",", ""))
 
 
 def test_room_token_vectors() -> None:
@@ -142,7 +154,7 @@ def test_pull_message_vectors() -> None:
 
 def test_the_protocol_id_is_registered() -> None:
     registry = (SPECS / "README.md").read_text()
-    assert pull.PROTOCOL_ID in registry and "live.md" in registry
+    assert f"| `{pull.PROTOCOL_ID}` |" in registry and "(protocol-live.md)" in registry
     assert recording.RECORDING_TYPE in registry
     assert "n3xus/room-token/v1" in registry
 

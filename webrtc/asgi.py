@@ -28,7 +28,7 @@ PAGES_DIR = Path(__file__).resolve().parent / "pages"
 SIGNAL_PATH = "/api/v1/rooms/{name}/signal"
 #: Static assets the pages load (absolute, so every page path finds them).
 STATIC_PREFIX = "/live/static"
-#: A recording's replay description (specs/live.md §7.1), read by the audience page.
+#: A recording's replay description (specs/live.md §6.1), read by the audience page.
 RECORDING_PATH = "/api/v1/rooms/{name}/recordings/{cid}"
 #: Tips from the audience page (specs/live.md §5.1).
 TIP_INFO_PATH = "/api/v1/rooms/{name}/tip-info"

@@ -5,7 +5,7 @@ length-prefixed frames, each one strict DAG-CBOR map with a text ``type``; requi
 fields are checked and unknown fields ignored; a breach ends the stream with the
 common ``error`` message (code ``malformed``, ``unsupported``, ...). Framing and the
 common checks are ``n3xus.protocol.framing``'s; this module adds the messages of this
-protocol (specs/live.md §6; the dataclasses mirror its CDDL one to one).
+protocol (specs/protocol-live.md; the dataclasses mirror its CDDL one to one).
 
 The follower opens a stream and sends :class:`Pull`; the origin answers
 :class:`Accept` (or :class:`Refuse` and closes), then streams :class:`Frame`
@@ -35,6 +35,10 @@ PROTOCOL_ID = "/n3xus/live/1.0.0"
 MAX_PULL_MESSAGE_BYTES = MAX_ENCODED_FRAME_BYTES + 256
 #: Error codes and refusal messages are short text.
 MAX_TEXT_CHARS = 256
+#: Seconds the origin waits for the ``pull`` that opens a stream: as long as a browser gets
+#: for its signaling ``hello`` (a live viewer waits on either); a silent stream is a
+#: ``timeout`` breach, so idle streams cannot pile up at the origin.
+PULL_REQUEST_TIMEOUT_S = 10.0
 KIND_CODES = {"video": "v", "audio": "a"}
 KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
 MAX_U63 = (1 << 63) - 1

@@ -371,7 +371,7 @@ class LiveService:
 
     async def serve_pull(self, send: SendMessage, receive: ReceiveMessage) -> None:
         """Origin side of one pull stream: check the request, then stream frames
-        until the follower says bye or goes away (specs/live.md §6).
+        until the follower says bye or goes away (specs/protocol-live.md).
 
         ``send``/``receive`` carry message *bodies*; the node frames them
         (``protocol.framing``, limit ``pull.MAX_PULL_MESSAGE_BYTES``). A follower's
@@ -385,7 +385,7 @@ class LiveService:
                 await send(pull.encode(message))
 
         first: bytes | None = None
-        with trio.move_on_after(HELLO_TIMEOUT_S):
+        with trio.move_on_after(pull.PULL_REQUEST_TIMEOUT_S):
             first = await receive()
         if first is None:
             error = PullProtocolError("no pull request in time", code="timeout")

@@ -181,7 +181,7 @@ def room_routes(node: Node, live: LiveNode) -> list[ApiRoute]:
                  tag=tag, params=(_name,), body=Body(OCTETS, BINARY),
                  response_schema=obj({"id": STRING}, extra=True), errors=(404, 413, 422)),
         ApiRoute("GET", "/rooms/{name}/recordings/{cid}", recording,
-                 "A recording's replay description (live.md §7.1)", auth=False, tag=tag,
+                 "A recording's replay description (live.md §6.1)", auth=False, tag=tag,
                  params=(_name, _cid), errors=(404,)),
         ApiRoute("GET", "/rooms/{name}/recordings/{cid}/segments/{segment}", segment,
                  "A recording segment's WebM bytes (Range supported)", auth=False, tag=tag,

@@ -1,5 +1,5 @@
 """``/n3xus/live/1.0.0`` on the node: pulling one copy of a room's encoded stream from its
-origin node (specs/live.md §6).
+origin node (specs/protocol-live.md).
 
 The exchange itself is :meth:`LiveService.serve_pull` (origin) and
 :meth:`LiveService.pull_into` (follower), over message bodies; here the libp2p stream is
@@ -7,7 +7,7 @@ framed (:func:`n3xus.webrtc.pullstream.framed`) and run under the shared stream 
 (:mod:`.streams`: the hello gate, per-peer stream rate, bounded writes, clean resets). Every
 breach -- of the framing (an oversized or stalled frame) or of a message (not DAG-CBOR, an
 unknown type, no ``pull`` first or in time) -- is answered with the common ``error``
-message and a reset, and counts against the peer (specs/live.md §6).
+message and a reset, and counts against the peer (specs/protocol-live.md).
 
 A pull stream lives as long as the performance is watched, so reads here have no idle
 deadline: the origin may send nothing for minutes between performances. The origin's
