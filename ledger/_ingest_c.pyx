@@ -40,7 +40,7 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
-from cpython.long cimport PyLong_FromUnsignedLongLong
+from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_FromUnsignedLongLong
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
@@ -91,9 +91,11 @@ __all__ = [
     "Pending",
     "Rejected",
     "admit",
+    "apply_in_order",
     "apply_step",
     "apply_tx",
     "decode_envelope",
+    "prepare_entries",
     "verify_signature",
     "verify_signatures",
 ]
@@ -721,6 +723,66 @@ cdef bytes _encode_undo(dict undo):
             memcpy(p + 2, PyBytes_AS_STRING(value), size)
             p += 2 + size
     return out
+
+
+def apply_in_order(batch, genesis, order, Py_ssize_t id_offset, dict known, dict results, load):
+    """The engine's replay loop (``_ingest_py.apply_in_order``), each step in C."""
+    cdef Py_ssize_t loaded = 0
+    cdef _Recorder recorder
+    cdef bytes undo
+    undo_put = batch.undo_put
+    for key, where in order:
+        tx_id = key[id_offset:]
+        tx = known.get(tx_id)
+        if tx is None:
+            tx = load(where)
+            loaded += 1
+        recorder = _Recorder(batch)
+        results[tx_id] = _apply(recorder, genesis, tx)
+        undo = _encode_undo(recorder.undo)
+        if PyBytes_GET_SIZE(undo):
+            undo_put(key, undo)
+    return loaded
+
+
+def prepare_entries(entries, network_id, known):
+    """``_ingest_py.prepare_entries``: decode (C layouts), order key in one allocation,
+    network and replay triage."""
+    cdef list found = []
+    cdef Py_ssize_t prefix = PyBytes_GET_SIZE(_FRAUD_PREFIX), size
+    cdef bytes key, account, tx_id
+    cdef unsigned char *p
+    cdef uint64_t time_value, seq_value
+    for entry in entries:
+        if (PyBytes_CheckExact(entry) and PyBytes_GET_SIZE(entry) >= prefix
+                and memcmp(PyBytes_AS_STRING(entry), PyBytes_AS_STRING(_FRAUD_PREFIX),
+                           prefix) == 0) or (not PyBytes_CheckExact(entry)
+                                              and entry[:prefix] == _FRAUD_PREFIX):
+            found.append((b"", None, False))
+            continue
+        try:
+            tx = _decode(entry)
+        except (ValueError, TxRejected):
+            found.append((b"", None, False))
+            continue
+        account, tx_id = tx.account, tx.id
+        time_value = PyLong_AsUnsignedLongLong(tx.time)
+        seq_value = PyLong_AsUnsignedLongLong(tx.seq)
+        size = PyBytes_GET_SIZE(account) + PyBytes_GET_SIZE(tx_id)
+        key = PyBytes_FromStringAndSize(NULL, 16 + size)
+        p = <unsigned char*>PyBytes_AS_STRING(key)
+        _put_be64(p, time_value)
+        memcpy(p + 8, PyBytes_AS_STRING(account), PyBytes_GET_SIZE(account))
+        _put_be64(p + 8 + PyBytes_GET_SIZE(account), seq_value)
+        memcpy(p + 16 + PyBytes_GET_SIZE(account), PyBytes_AS_STRING(tx_id),
+               PyBytes_GET_SIZE(tx_id))
+        if network_id is not None and tx.network != network_id:
+            found.append((key, None, False))
+        elif known is not None and known(tx_id) is not None:
+            found.append((key, tx, False))
+        else:
+            found.append((key, tx, True))
+    return found
 
 
 def apply_step(batch, genesis, tx):

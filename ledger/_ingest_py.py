@@ -20,8 +20,8 @@ here once and shared by both twins, so ``isinstance`` checks hold whichever twin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Final, NamedTuple, Protocol
 
 from n3xus.canon.cid import CID
 
@@ -40,9 +40,11 @@ __all__ = [
     "Pending",
     "Rejected",
     "admit",
+    "apply_in_order",
     "apply_step",
     "apply_tx",
     "decode_envelope",
+    "prepare_entries",
     "verify_signature",
     "verify_signatures",
 ]
@@ -134,6 +136,33 @@ def check_network(genesis: Genesis, tx: Tx) -> None:
         raise TxRejected(Reason.WRONG_NETWORK, f"the transaction is for network {tx.network_cid}")
 
 
+def prepare_entries(entries: Iterable[bytes], network_id: bytes | None,
+                    known: Callable[[bytes], object] | None) -> list[tuple[bytes, Tx | None, bool]]:
+    """What the ledger's verify-ahead path needs of each entry, before any signature check:
+    ``(order key, the Tx, whether its signature needs checking)``. Fraud proofs and bytes
+    that do not decode: ``(b"", None, False)`` (admission judges them); a transaction of
+    another network than ``network_id`` (None: any): ``(key, None, False)``; one that
+    ``known(id)`` finds: ``(key, tx, False)`` (a replay, whatever its signature)."""
+    found: list[tuple[bytes, Tx | None, bool]] = []
+    for entry in entries:
+        if entry[:_FRAUD_PREFIX_LEN] == FRAUD_PROOF_PREFIX:
+            found.append((b"", None, False))
+            continue
+        try:
+            tx = decode_tx(entry)
+        except (ValueError, TxRejected):
+            found.append((b"", None, False))
+            continue
+        key = (tx.time.to_bytes(8, "big") + tx.account + tx.seq.to_bytes(8, "big") + tx.id)
+        if network_id is not None and tx.network != network_id:
+            found.append((key, None, False))
+        elif known is not None and known(tx.id) is not None:
+            found.append((key, tx, False))
+        else:
+            found.append((key, tx, True))
+    return found
+
+
 def decode_envelope(entry: bytes) -> Tx:
     """:func:`tx.decode_tx` (the compiled twin matches the common layouts in C)."""
     return decode_tx(entry)
@@ -215,6 +244,34 @@ def encode_undo(undo: dict[bytes, bytes | None]) -> bytes:
         else:
             parts.append((len(value) + 1).to_bytes(2, "big") + value)
     return b"".join(parts)
+
+
+class UndoLog(StateView, Protocol):
+    """A state view that also keeps undo records (the engine's Batch)."""
+
+    def undo_put(self, key: bytes, record: bytes) -> None: ...
+
+
+def apply_in_order(batch: UndoLog, genesis: Genesis, order: Iterable[tuple[bytes, bytes]],
+                   id_offset: int, known: dict[bytes, Tx],
+                   results: dict[bytes, TxRejected | None],
+                   load: Callable[[bytes], Tx]) -> int:
+    """The engine's replay loop: :func:`apply_step` each ``(order key, locator)`` of
+    ``order`` (the transaction id is the key from ``id_offset``), taking the transaction
+    from ``known`` (this batch's new ones) or ``load(locator)``; stores each result in
+    ``results`` and each non-empty undo record under its order key. Returns how many
+    transactions were loaded (processed before, replayed now)."""
+    loaded = 0
+    for key, where in order:
+        tx_id = key[id_offset:]
+        tx = known.get(tx_id)
+        if tx is None:
+            tx = load(where)
+            loaded += 1
+        results[tx_id], undo = apply_step(batch, genesis, tx)
+        if undo:
+            batch.undo_put(key, undo)
+    return loaded
 
 
 def apply_step(batch: StateView, genesis: Genesis, tx: Tx) -> tuple[TxRejected | None, bytes]:

@@ -31,7 +31,16 @@ from ._ingest_py import UNDO_ABSENT, check_network
 from .errors import EquivocationError, FraudProofError, LedgerCorruptError, Reason, TxRejected
 from .fraud import FraudProof, make_fraud_proof
 from .genesis import Genesis
-from .ingest import Accepted, Held, Outcome, Pending, Rejected, admit, apply_step, verify_signature
+from .ingest import (
+    Accepted,
+    Held,
+    Outcome,
+    Pending,
+    Rejected,
+    admit,
+    apply_in_order,
+    verify_signature,
+)
 from .rules import FROZEN
 from .tx import Tx, decode_tx
 
@@ -296,15 +305,9 @@ class Run:
         batch, genesis, new_txs, results = self.batch, self.genesis, self.new_txs, self.results
         for record in batch.undo_pop_from(self.start):
             _restore(batch, record)
-        for key, where in batch.order_from(self.start):
-            tx_id = key[ORDER_ID_OFFSET:]
-            tx = new_txs.get(tx_id)
-            if tx is None:
-                tx = decode_tx(load_tx_bytes(batch, where))
-                self.replays += 1
-            results[tx_id], undo = apply_step(batch, genesis, tx)
-            if undo:
-                batch.undo_put(key, undo)
+        self.replays += apply_in_order(batch, genesis, batch.order_from(self.start),
+                                       ORDER_ID_OFFSET, new_txs, results,
+                                       lambda where: decode_tx(load_tx_bytes(batch, where)))
 
     def finish(self, outcomes: list[Outcome]) -> list[Outcome]:
         """The outcomes with each new transaction's result after processing."""

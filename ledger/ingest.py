@@ -29,9 +29,11 @@ __all__ = [
     "Pending",
     "Rejected",
     "admit",
+    "apply_in_order",
     "apply_step",
     "apply_tx",
     "decode_envelope",
+    "prepare_entries",
     "verify_signature",
     "verify_signatures",
 ]
@@ -51,9 +53,11 @@ if TYPE_CHECKING:
     from ._ingest_py import Pending as Pending
     from ._ingest_py import Rejected as Rejected
     from ._ingest_py import admit as admit
+    from ._ingest_py import apply_in_order as apply_in_order
     from ._ingest_py import apply_step as apply_step
     from ._ingest_py import apply_tx as apply_tx
     from ._ingest_py import decode_envelope as decode_envelope
+    from ._ingest_py import prepare_entries as prepare_entries
     from ._ingest_py import verify_signature as verify_signature
     from ._ingest_py import verify_signatures as verify_signatures
 else:

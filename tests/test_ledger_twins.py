@@ -48,8 +48,8 @@ from n3xus.ledger.tx import (
 
 IMPLEMENTATIONS = ["compiled", "pure"]
 PUBLIC_NAMES = {"VOID_REASONS", "Accepted", "Held", "MemoryView", "Outcome", "Pending",
-                "Rejected", "admit", "apply_step", "apply_tx", "decode_envelope",
-                "verify_signature", "verify_signatures"}
+                "Rejected", "admit", "apply_in_order", "apply_step", "apply_tx",
+                "decode_envelope", "prepare_entries", "verify_signature", "verify_signatures"}
 TX_FIELDS = ("raw", "signed", "sig", "id", "network", "account", "seq", "prev", "time", "op",
              "args")
 # The group order of ed25519: S + L is the same scalar, encoded non-canonically.
@@ -81,13 +81,13 @@ def compiled() -> ModuleType:
 @contextlib.contextmanager
 def using(module: ModuleType) -> Iterator[None]:
     """Run the engine (memory and LMDB alike) on ``module``'s steps."""
-    saved = engine.admit, engine.apply_step, engine.verify_signature
-    engine.admit, engine.apply_step, engine.verify_signature = (  # type: ignore[attr-defined]
-        module.admit, module.apply_step, module.verify_signature)
+    saved = engine.admit, engine.apply_in_order, engine.verify_signature
+    engine.admit, engine.apply_in_order, engine.verify_signature = (  # type: ignore[attr-defined]
+        module.admit, module.apply_in_order, module.verify_signature)
     try:
         yield
     finally:
-        engine.admit, engine.apply_step, engine.verify_signature = saved  # type: ignore[attr-defined]
+        engine.admit, engine.apply_in_order, engine.verify_signature = saved  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------ comparison
@@ -297,6 +297,8 @@ def test_public_names_and_shared_types(compiled: ModuleType) -> None:
     assert compiled.apply_step is not _ingest_py.apply_step
     assert compiled.decode_envelope is not _ingest_py.decode_envelope
     assert compiled.verify_signatures is not _ingest_py.verify_signatures
+    assert compiled.apply_in_order is not _ingest_py.apply_in_order
+    assert compiled.prepare_entries is not _ingest_py.prepare_entries
     assert compiled.verify_signature is not _ingest_py.verify_signature
 
 
@@ -671,3 +673,30 @@ def test_decoded_entries_are_admitted_like_their_bytes(impl: ModuleType, tmp_pat
             env.close()
     assert results[0] == results[1]
     assert results[0][0][-1][:3] == ("rejected", "TxRejected", Reason.WRONG_NETWORK)
+
+
+def test_prepare_entries_is_identical(compiled: ModuleType) -> None:
+    """The verify-ahead triage: order keys, decoded transactions, what needs a signature
+    check; fraud proofs, undecodable bytes, another network and known ids included."""
+    genesis, entries = scripted_history()
+    alice = AccountChain(key("alice"), genesis.cid)
+    first = alice.sign(Op.TRANSFER, {"to": account("bob"), "amount": 1}, time_ms=2**40)
+    twin_chain = AccountChain(key("alice"), genesis.cid)
+    proof = make_fraud_proof(first, twin_chain.sign(Op.TRANSFER, {"to": account("bob"),
+                                                                  "amount": 2}, time_ms=5))
+    known_id = decode_tx(entries[3]).id
+    mixed: list[Any] = [*entries, first, proof, b"", b"\xa0", bytearray(entries[4])]
+    for network, known in ((genesis.network_id, {known_id: b"x"}.get), (None, None)):
+        results = []
+        for module in (compiled, _ingest_py):
+            found = module.prepare_entries(mixed, network, known)
+            results.append([(key, tx_fields(tx), verify) for key, tx, verify in found])
+        assert results[0] == results[1]
+        if known is not None:  # the known id needs no check; another network is not handed on
+            assert results[0][3][1:] == (tx_fields(decode_tx(entries[3])), False)
+            assert any(key and tx is None for key, tx, _ in results[0])
+    rows = results[0]
+    assert all(row[2] for row in rows if row[1] is not None)  # nothing known without a lookup
+    decoded = [decode_tx(first)]
+    assert rows[len(entries)][0] == engine.tx_order_key(decoded[0])
+    assert rows[len(entries) + 1] == (b"", None, False)

@@ -30,7 +30,6 @@ Every use of the sync core and every ingest runs in a worker thread, one at a ti
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -44,16 +43,14 @@ from blake3 import blake3
 from libp2p.host.basic_host import BasicHost
 from prometheus_client import CollectorRegistry, Counter
 
-from n3xus.ledger.engine import tx_order_key
-from n3xus.ledger.errors import Reason, TxRejected
-from n3xus.ledger.fraud import FRAUD_PROOF_PREFIX
+from n3xus.ledger.errors import Reason
 from n3xus.ledger.ingest import (
     Accepted,
     Held,
     Outcome,
     Pending,
     Rejected,
-    decode_envelope,
+    prepare_entries,
     verify_signatures,
 )
 from n3xus.ledger.store import LedgerStore
@@ -166,7 +163,7 @@ class ParallelVerifier:
         waits for the result (what :meth:`check` returns). Entries the ledger gains
         meanwhile are judged by admission all the same (replays are found first)."""
         found = self._decode(store, entries)
-        txs = [tx for _, tx, verify in found if verify]
+        txs = [tx for _, tx, verify in found if verify and tx is not None]
         if self._pool is None or len(txs) < PARALLEL_MIN_ENTRIES:
             futures = None
             verdicts = verify_signatures(txs)
@@ -185,32 +182,13 @@ class ParallelVerifier:
 
     @staticmethod
     def _decode(store: LedgerStore | None,
-                entries: Sequence[bytes]) -> list[tuple[bytes, Any, bool]]:
+                entries: Sequence[bytes]) -> list[tuple[bytes, Tx | None, bool]]:
         """(order key, the Tx or None, whether its signature needs checking) per entry."""
-        network = None if store is None else store.genesis.network_id
-        found: list[tuple[bytes, Any, bool]] = []
-        with contextlib.ExitStack() as stack:
-            known = None
-            if store is not None:  # one read snapshot for the lookups, not one per entry
-                txn = stack.enter_context(store.env.begin())
-                known = partial(txn.get, db=store.dbs.ids)
-            for entry in entries:
-                if entry[:len(FRAUD_PROOF_PREFIX)] == FRAUD_PROOF_PREFIX:
-                    found.append((b"", None, False))
-                    continue
-                try:
-                    tx = decode_envelope(entry)
-                except (ValueError, TxRejected):
-                    found.append((b"", None, False))
-                    continue
-                key = tx_order_key(tx)
-                if network is not None and tx.network != network:
-                    found.append((key, None, False))  # admission refuses it (wrong-network)
-                elif known is not None and known(tx.id) is not None:
-                    found.append((key, tx, False))  # a replay, whatever its signature
-                else:
-                    found.append((key, tx, True))
-        return found
+        if store is None:
+            return prepare_entries(entries, None, None)
+        with store.env.begin() as txn:  # one read snapshot for the lookups
+            return prepare_entries(entries, store.genesis.network_id,
+                                   partial(txn.get, db=store.dbs.ids))
 
 
 @dataclass
