@@ -337,3 +337,21 @@ def test_account_view_follows_the_head_through_failed_transactions(tmp_path: Pat
     assert view["next_seq"] == 1 and view["head_time"] == 7_000 and view["balance"] == 10
     assert view["prev"] == str(outcomes[1].cid)
     env.close()
+
+
+@given(st.lists(stream_messages, max_size=6), st.sampled_from([Role.INITIATOR, Role.RESPONDER]),
+       st.lists(stream_messages.filter(lambda m: isinstance(m, Query | Pull)), max_size=3),
+       st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_any_frame_sequence_gives_events_or_a_clean_protocol_error(
+        received: list[Message], role: str, requests: list[Message], eof: bool) -> None:
+    session = SyncSession(role)
+    if role == Role.INITIATOR:
+        for request in requests:
+            session.sent(request)
+    try:
+        events = feed(session, *(encode_sync(m) for m in received), eof=eof)
+    except RemoteProtocolError as exc:
+        assert exc.code in (ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.TRUNCATED)
+        return
+    assert [e for e in events if e != EOF] == received

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -182,3 +183,39 @@ def test_two_ledgers_with_many_accounts_converge_through_queries_pulls_and_pushe
     assert ledgers[0].state_root() == ledgers[1].state_root()
     assert splits >= 1  # the root was split: more accounts than one listing holds
     assert exchanges <= 2  # one exchange each way at most (the second has pending pulls)
+
+
+def test_budgeted_exchanges_strictly_shrink_the_difference() -> None:
+    """An initiator over its push budget (5 chains per summary here) leaves the rest for
+    later exchanges; each exchange still fixes some accounts, so the set of accounts whose
+    summaries differ shrinks strictly until the ledgers agree."""
+    genesis = make_genesis()
+    issuer = AccountChain(key("issuer"), genesis.cid)
+    users = [AccountChain(key(f"budget{n}"), genesis.cid) for n in range(40)]
+    issues = [issuer.sign(Op.ISSUE, {"to": u.account, "amount": 10}, time_ms=1 + n)
+              for n, u in enumerate(users)]
+    ahead, behind = MemoryLedger(genesis), MemoryLedger(genesis)
+    ahead.ingest(issues + [u.sign(Op.TRANSFER, {"to": issuer.account, "amount": 1},
+                                  time_ms=1_000 + n) for n, u in enumerate(users)])
+    behind.ingest(issues)
+    syncs = [LedgerSync(ahead, random.Random(1)), LedgerSync(behind, random.Random(2))]
+
+    def differing() -> int:
+        rows = [{a: s.row(a) for a in s.index.accounts(ROOT)} for s in syncs]
+        return sum(rows[0].get(a) != rows[1].get(a) for a in rows[0].keys() | rows[1].keys())
+
+    history = [differing()]
+    while history[-1]:
+        queue: list[tuple[int, Any]] = [(1, syncs[0].root_query())]
+        while queue:
+            target, message = queue.pop(0)
+            message = decode_message(encode_message(message))
+            if isinstance(message, Summary):
+                replies = syncs[0].on_summary(1, message, max_pushes=5)
+            else:
+                replies = syncs[target].receive(1 - target, message)
+            queue += [(1 - target, reply) for _, reply in replies]
+        history.append(differing())
+        assert history[-1] < history[-2], history
+    assert history[0] == 40 and len(history) == 9  # 5 accounts per exchange
+    assert ahead.state_root() == behind.state_root()
