@@ -90,6 +90,7 @@ __all__ = [
     "Outcome",
     "Pending",
     "Rejected",
+    "StateCache",
     "admit",
     "apply_in_order",
     "apply_step",
@@ -653,6 +654,44 @@ def apply_tx(view, genesis, tx):
     """Run ``tx`` at its canonical position (§8.0): None if it took effect, else the reason
     it has none. Void results write nothing; failed ones write only the account's head."""
     return _apply(view, genesis, tx)
+
+
+cdef class StateCache:
+    """``_ingest_py.StateCache`` (the state of one write transaction behind a read cache,
+    writes through, written keys in ``dirty``) with its methods in C."""
+
+    cdef object _get
+    cdef object _put
+    cdef object _delete
+    cdef dict _cache
+    cdef readonly set dirty
+
+    def __cinit__(self, get, put, delete):
+        self._get = get
+        self._put = put
+        self._delete = delete
+        self._cache = {}
+        self.dirty = set()
+
+    def get(self, key):
+        value = self._cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._get(key)
+            self._cache[key] = value
+        return value
+
+    def put(self, key, value):
+        self._put(key, value)
+        self._cache[key] = value
+        self.dirty.add(key)
+
+    def delete(self, key):
+        self._delete(key)
+        self._cache[key] = None
+        self.dirty.add(key)
+
+
+cdef object _MISSING = object()
 
 
 cdef class _Recorder:

@@ -39,6 +39,7 @@ __all__ = [
     "Outcome",
     "Pending",
     "Rejected",
+    "StateCache",
     "admit",
     "apply_in_order",
     "apply_step",
@@ -280,6 +281,40 @@ def apply_step(batch: StateView, genesis: Genesis, tx: Tx) -> tuple[TxRejected |
     recorder = _Recorder(batch)
     result = apply_tx(recorder, genesis, tx)
     return result, recorder.encode()
+
+
+class StateCache:
+    """The state of one write transaction behind a read cache (the engine reads the same
+    few keys of an account many times in a batch: its freeze, head and balance). Writes go
+    through at once and update the cache, and every written key is added to ``dirty``;
+    every state write of the transaction must come through here."""
+
+    __slots__ = ("_cache", "_delete", "_get", "_put", "dirty")
+
+    def __init__(self, get: Callable[[bytes], bytes | None], put: Callable[[bytes, bytes], object],
+                 delete: Callable[[bytes], object]) -> None:
+        self._get = get
+        self._put = put
+        self._delete = delete
+        self._cache: dict[bytes, bytes | None] = {}
+        self.dirty: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = self._get(key)
+            return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._put(key, value)
+        self._cache[key] = value
+        self.dirty.add(key)
+
+    def delete(self, key: bytes) -> None:
+        self._delete(key)
+        self._cache[key] = None
+        self.dirty.add(key)
 
 
 class MemoryView:

@@ -28,6 +28,7 @@ __all__ = [
     "Outcome",
     "Pending",
     "Rejected",
+    "StateCache",
     "admit",
     "apply_in_order",
     "apply_step",
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from ._ingest_py import Outcome as Outcome
     from ._ingest_py import Pending as Pending
     from ._ingest_py import Rejected as Rejected
+    from ._ingest_py import StateCache as StateCache
     from ._ingest_py import admit as admit
     from ._ingest_py import apply_in_order as apply_in_order
     from ._ingest_py import apply_step as apply_step

@@ -48,7 +48,7 @@ from .engine import (
 from .errors import EquivocationError, LedgerCorruptError
 from .fraud import FRAUD_PROOF_PREFIX, make_fraud_proof
 from .genesis import Genesis
-from .ingest import Accepted, Outcome
+from .ingest import Accepted, Outcome, StateCache
 from .memory import refuse_unless_applied
 from .rules import (
     ASSET,
@@ -133,25 +133,21 @@ class _LmdbBatch:
         self.first_index = next_index
         self.next_index = next_index
         self._replay = replay
-        self.dirty: set[bytes] = set()
         self._chain_cursor = txn.cursor(db=dbs.chain)
         # Most batches find the waiting room empty: skip its scans then.
         self._pending = txn.stat(dbs.pending)["entries"] > 0
-        self.get = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state))
-        self._put = partial(txn.put, db=dbs.state)
-        self._delete = partial(txn.delete, db=dbs.state)
+        # Every state read and write of the batch goes through one cache (the twins'
+        # StateCache), which also collects the keys the tree must hash again.
+        state = StateCache(cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state)),
+                           partial(txn.put, db=dbs.state), partial(txn.delete, db=dbs.state))
+        self.get = state.get
+        self.put = state.put
+        self.delete = state.delete
+        self.dirty = state.dirty
         self.locator = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.ids))
         self._put_ids = partial(txn.put, db=dbs.ids)
         self._put_chain = partial(txn.put, db=dbs.chain)
         self._put_order = partial(txn.put, db=dbs.order)
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self._put(key, value)
-        self.dirty.add(key)
-
-    def delete(self, key: bytes) -> None:
-        self._delete(key)
-        self.dirty.add(key)
 
     def set_locator(self, entry_id: bytes, where: bytes) -> None:
         self._txn.put(entry_id, where, db=self._dbs.ids)

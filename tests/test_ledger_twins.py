@@ -48,7 +48,7 @@ from n3xus.ledger.tx import (
 
 IMPLEMENTATIONS = ["compiled", "pure"]
 PUBLIC_NAMES = {"VOID_REASONS", "Accepted", "Held", "MemoryView", "Outcome", "Pending",
-                "Rejected", "admit", "apply_in_order", "apply_step", "apply_tx",
+                "Rejected", "StateCache", "admit", "apply_in_order", "apply_step", "apply_tx",
                 "decode_envelope", "prepare_entries", "verify_signature", "verify_signatures"}
 TX_FIELDS = ("raw", "signed", "sig", "id", "network", "account", "seq", "prev", "time", "op",
              "args")
@@ -700,3 +700,30 @@ def test_prepare_entries_is_identical(compiled: ModuleType) -> None:
     decoded = [decode_tx(first)]
     assert rows[len(entries)][0] == engine.tx_order_key(decoded[0])
     assert rows[len(entries) + 1] == (b"", None, False)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["get", "put", "delete"]),
+                          st.sampled_from([b"a", b"b", b"c"]), st.binary(max_size=3)),
+                max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_state_cache_reads_what_the_store_holds(ops: list[tuple[str, bytes, bytes]]) -> None:
+    """The batch's cached state view answers every read as the store underneath would,
+    writes through at once, and collects the written keys, in both twins."""
+    compiled_module = load_impl("compiled")
+    results = []
+    for module in (compiled_module, _ingest_py):
+        store: dict[bytes, bytes] = {b"b": b"\x01"}
+        cache = module.StateCache(store.get, store.__setitem__,
+                                  lambda key, store=store: store.pop(key, None))
+        reads = []
+        for op, key_, value in ops:
+            if op == "get":
+                reads.append(cache.get(key_))
+                assert reads[-1] == store.get(key_)
+            elif op == "put":
+                cache.put(key_, value)
+            else:
+                cache.delete(key_)
+        results.append((reads, dict(store), set(cache.dirty)))
+    assert results[0] == results[1]
+    assert results[0][2] == {key_ for op, key_, _ in ops if op != "get"}
