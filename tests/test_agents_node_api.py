@@ -17,10 +17,11 @@ import pytest
 import trio
 from blake3 import blake3
 from nacl.signing import SigningKey
+from node_api_support import api_node
 
 from n3xus.imvu.inference import bundled_model_path
 from n3xus.imvu.manifest import Generation, make_primitives, model_ref_of_file, sign_manifest
-from n3xus.node.config import DataDir, NodeConfig
+from n3xus.node.config import DataDir
 from n3xus.node.runtime import Node
 from n3xus.node.services.agents import (
     AGENT_KEY_DIR,
@@ -35,16 +36,8 @@ TURN_TIMEOUT_S = 300.0  # the machine is shared: a turn may wait for other work
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
-    dd = DataDir(tmp_path / "n")
-    dd.init()
-    node = Node(dd, NodeConfig(listen=("/ip4/127.0.0.1/tcp/0",), api_port=0, map_size_mib=128))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        headers = {"Authorization": f"Bearer {dd.read_token()}"}
-        async with httpx.AsyncClient(base_url=node.api_url + "/api/v1", headers=headers,
-                                     timeout=TURN_TIMEOUT_S) as client:
-            yield node, client
-        nursery.cancel_scope.cancel()
+    async with api_node(tmp_path, timeout=TURN_TIMEOUT_S) as pair:
+        yield pair
 
 
 async def create_agent(client: httpx.AsyncClient, name: str) -> str:

@@ -24,12 +24,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.testclient import TestClient
 
+from n3xus.canon.codec import MAX_BLOCK_SIZE
+from n3xus.ledger.tx import MAX_TX_BYTES
 from n3xus.node.api.schema_errors import MAX_SHOWN_CHARS, MAX_SHOWN_FIELDS, describe
 from n3xus.node.api.schemas import CID_TEXT, HEX, HEX32, STRING, arr, enum, integer, nullable, obj
 from n3xus.node.api.server import ApiRoute, build_app
 from n3xus.node.cli.client import path_of
 from n3xus.node.logs import configure_logging
 from n3xus.node.runtime import Node
+from n3xus.webrtc.asgi import MAX_TIP_ENVELOPE_BYTES
 
 DEEP = 100_000
 
@@ -178,6 +181,27 @@ async def test_413_closes_the_connection_and_the_client_recovers(
                            headers={"Content-Type": "application/json"})
         _is_error(big, 413)
         assert (await c.get("/canon/stats")).status_code == 200
+
+
+async def test_raw_bodies_are_bounded_alike(api: tuple[Node, httpx.AsyncClient]) -> None:
+    """Every route that takes a raw body (a block, a transaction, a tip envelope) refuses
+    one declared over its limit from the head alone, closing the connection; a body read
+    to its end and then refused keeps the connection alive."""
+    node, c = api
+    port = int(node.api_url.rsplit(":", 1)[1])
+    token = node.data_dir.read_token()
+    for path, limit in (("/api/v1/canon/blocks", MAX_BLOCK_SIZE), ("/api/v1/ledger/txs", MAX_TX_BYTES),
+                        ("/api/v1/rooms/r/tips", MAX_TIP_ENVELOPE_BYTES)):
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                f"Content-Length: {limit + 1}\r\n\r\n").encode()
+        answer = await trio.to_thread.run_sync(_raw, port, head)  # no body is ever sent
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.startswith(b"HTTP/1.1 413 "), (path, answer[:200])
+        assert b"connection: close" in rest.lower(), path
+    refused = await c.post("/ledger/txs", content=b"not a transaction")
+    assert 400 <= refused.status_code < 500 and refused.status_code != 413, refused.text
+    assert refused.headers.get("connection", "").lower() != "close"
 
 
 async def test_bearer_scheme_is_case_insensitive_and_reasons_are_sent(

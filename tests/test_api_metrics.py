@@ -12,12 +12,12 @@ import httpx
 import pytest
 import trio
 from nacl.signing import SigningKey
+from node_api_support import api_node
 from prometheus_client.parser import text_string_to_metric_families
 
 from n3xus.canon.blockstore import StoreStats
 from n3xus.canon.cid import CID
 from n3xus.ledger.tx import AccountChain, Op
-from n3xus.node.config import DataDir, NodeConfig
 from n3xus.node.runtime import Node
 from n3xus.node.services import metrics as service_metrics
 from n3xus.node.services.wallets import ensure_genesis
@@ -27,15 +27,8 @@ from n3xus.node.services.wallets import ensure_genesis
 async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Node, httpx.AsyncClient]]:
     # Every scrape sees the store as it is now (the node reuses a scan for 15 s).
     monkeypatch.setattr(service_metrics, "STORE_SCAN_INTERVAL_S", 0.0)
-    dd = DataDir(tmp_path / "n")
-    dd.init()
-    node = Node(dd, NodeConfig(listen=("/ip4/127.0.0.1/tcp/0",), api_port=0, map_size_mib=128))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        headers = {"Authorization": f"Bearer {dd.read_token()}"}
-        async with httpx.AsyncClient(base_url=node.api_url, headers=headers, timeout=30) as client:
-            yield node, client
-        nursery.cancel_scope.cancel()
+    async with api_node(tmp_path, base_path="") as pair:
+        yield pair
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

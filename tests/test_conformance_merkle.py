@@ -11,7 +11,6 @@ for arbitrary subtrees, which this module does not implement.)
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import os
 from pathlib import Path
@@ -19,8 +18,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from test_canon_merkle import REFERENCE_ENTRIES, load_impl
 
-from n3xus.canon import _merkle_py
 from n3xus.canon.errors import VerificationError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,20 +28,8 @@ CONFORMANCE = Path(
 )
 VECTORS = CONFORMANCE / "merkle"
 
-# The RFC 6962 test tree the vectors were generated from (transparency-dev/merkle).
-REFERENCE_ENTRIES = [
-    bytes.fromhex(h)
-    for h in [
-        "",
-        "00",
-        "10",
-        "2021",
-        "3031",
-        "40414243",
-        "5051525354555657",
-        "606162636465666768696a6b6c6d6e6f",
-    ]
-]
+# The vectors were generated from the RFC 6962 test tree of transparency-dev/merkle,
+# REFERENCE_ENTRIES (imported above).
 
 
 def _vector_params(kind: str) -> list[Any]:
@@ -64,14 +51,7 @@ def _vector_params(kind: str) -> list[Any]:
 
 @pytest.fixture(params=["compiled", "pure"])
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "pure":
-        return _merkle_py
-    try:
-        return importlib.import_module("n3xus.canon._merkle_c")
-    except ImportError as exc:
-        if os.environ.get("N3XUS_REQUIRE_COMPILED") == "1":
-            pytest.fail(f"N3XUS_REQUIRE_COMPILED=1 but the compiled twin is missing: {exc}")
-        pytest.skip(f"compiled Merkle twin not built ({exc}); run setup.py build_ext --inplace")
+    return load_impl(request.param)
 
 
 def _b64(value: str | None) -> bytes:

@@ -57,6 +57,7 @@ from .server import (
     error_response,
     problems,
     query,
+    read_body,
     read_json,
 )
 
@@ -142,15 +143,6 @@ class _BodyReader:
         return out
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiProblem(413, "too_large", f"body over {limit} bytes")
-    return bytes(body)
-
-
 def stream_from_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     async def gen() -> AsyncIterator[bytes]:
         while True:
@@ -200,7 +192,8 @@ def canon_routes(service: CanonService) -> list[ApiRoute]:
     async def put_block(request: Request) -> Response:
         q = query(request)
         pin = q.get("pin", True)
-        data = await _read_body(request, MAX_BLOCK_SIZE)
+        data = await read_body(request, MAX_BLOCK_SIZE, ApiProblem(
+            413, "too_large", f"body over {MAX_BLOCK_SIZE} bytes"))
         cid = await run(service.put_block, data, q.get("codec", "raw"), q.get("hash", "blake3"), pin)
         return JSONResponse({"cid": str(cid), "size": len(data), "pinned": pin})
 

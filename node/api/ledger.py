@@ -41,7 +41,7 @@ from .schemas import (
     nullable,
     obj,
 )
-from .server import ApiProblem, ApiRoute, Body, Param, Problem, problems, query
+from .server import ApiProblem, ApiRoute, Body, Param, Problem, problems, query, read_body
 
 # Log listings return at most this many entries per call.
 MAX_LOG_LIMIT = 10_000
@@ -123,12 +123,9 @@ def ledger_routes(service: LedgerService) -> list[ApiRoute]:
 
     @_ledger_problems
     async def submit(request: Request) -> Response:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_TX_BYTES:
-                raise ApiProblem(413, "too_large", f"a transaction is at most {MAX_TX_BYTES} bytes")
-        accepted = await run(service.submit, bytes(body))
+        body = await read_body(request, MAX_TX_BYTES, ApiProblem(
+            413, "too_large", f"a transaction is at most {MAX_TX_BYTES} bytes"))
+        accepted = await run(service.submit, body)
         return JSONResponse({"id": str(accepted.cid), "log_index": accepted.log_index})
 
     async def view_by_cid(request: Request, lookup: Callable[[CID], dict[str, Any] | None],

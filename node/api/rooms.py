@@ -35,7 +35,7 @@ from n3xus.webrtc.rooms import DEFAULT_TOKEN_TTL_MS, Grant, Role
 
 from ..services.live import LiveNode, RoomError, RoomRecord
 from .schemas import BINARY, CID_TEXT, HEX32, OCTETS, STRING, arr, nullable, obj
-from .server import ApiProblem, ApiRoute, Body, Param, read_json
+from .server import ApiProblem, ApiRoute, Body, Param, read_body, read_json
 
 if TYPE_CHECKING:
     from ..runtime import Node
@@ -119,15 +119,10 @@ def room_routes(node: Node, live: LiveNode) -> list[ApiRoute]:
         return JSONResponse(info, headers={"Cache-Control": "no-store"})
 
     async def submit_tip(request: Request) -> Response:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_TIP_ENVELOPE_BYTES:
-                raise ApiProblem(413, "too-large",
-                                 f"a tip envelope is at most {MAX_TIP_ENVELOPE_BYTES} bytes")
-        request.scope["n3xus.body_read"] = True
+        body = await read_body(request, MAX_TIP_ENVELOPE_BYTES, ApiProblem(
+            413, "too-large", f"a tip envelope is at most {MAX_TIP_ENVELOPE_BYTES} bytes"))
         try:
-            answer = await live.submit_tip(request.path_params["name"], bytes(body))
+            answer = await live.submit_tip(request.path_params["name"], body)
         except TipRefusedError as exc:
             raise ApiProblem(422, exc.code, exc.message) from None
         return JSONResponse(answer)

@@ -234,19 +234,28 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-async def _read_json_value(request: Request) -> Any:
-    too_large = ApiProblem(413, "too_large", f"JSON body over {MAX_JSON_BODY_BYTES} bytes")
+async def read_body(request: Request, limit: int, too_large: ApiProblem) -> bytes:
+    """The whole request body, at most ``limit`` bytes: ``too_large`` is raised as soon as
+    the declared length or the bytes read pass it (the rest is never read, and the answer
+    closes the connection). A body read to its end is marked so, so that an error answer
+    after it keeps the connection alive."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON_BODY_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_JSON_BODY_BYTES:
+        if len(body) > limit:
             raise too_large
     request.scope["n3xus.body_read"] = True
+    return bytes(body)
+
+
+async def _read_json_value(request: Request) -> Any:
+    body = await read_body(request, MAX_JSON_BODY_BYTES, ApiProblem(
+        413, "too_large", f"JSON body over {MAX_JSON_BODY_BYTES} bytes"))
     try:
-        value = json.loads(bytes(body) or b"{}", parse_constant=_reject_constant)
+        value = json.loads(body or b"{}", parse_constant=_reject_constant)
     except RecursionError:
         raise ApiProblem(400, "bad_json", f"request body nests deeper than {MAX_JSON_DEPTH} "
                                           "levels") from None
