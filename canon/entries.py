@@ -358,7 +358,7 @@ def _check_agent_decision_v2(data: bytes) -> Value:
     return raw
 
 
-# recording v1 (specs/live.md §6): a live performance's manifest, logged by the node for
+# recording v1 (specs/live.md §4): a live performance's manifest, logged by the node for
 # the performer. The manifest block itself is the payload.
 RECORDING_TYPE = "n3xus/recording/v1"
 _RECORDING_FIELDS = {"type", "room", "started", "codec", "container", "segments"}

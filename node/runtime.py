@@ -75,7 +75,7 @@ log = get_logger("n3xus.node")
 # node must be gone within 5 s of SIGTERM, so keep well under that.
 API_GRACEFUL_TIMEOUT_S = 1.0
 # Hypercorn's WebSocket message limit, 64 KiB: above the signaling limit (an SDP of at
-# most 32 KiB plus its envelope, specs/live.md §4), so the node's own check answers an
+# most 32 KiB plus its envelope, specs/live-signaling.md §1), so the node's own check answers an
 # oversized message with a clear error; far bigger ones are cut off by the server.
 LIVE_WS_MAX_MESSAGE_BYTES = 64 * 1024
 

@@ -1,5 +1,6 @@
-"""specs/live.md, specs/protocol-live.md and specs/vectors/live.json agree with the code:
-schemas, the role and state tables, the limits quoted, token and /n3xus/live/1.0.0 vectors."""
+"""specs/live.md, specs/live-signaling.md, specs/protocol-live.md and specs/vectors/live.json
+agree with the code: schemas, the role and state tables, the limits each document quotes,
+token and /n3xus/live/1.0.0 vectors."""
 
 from __future__ import annotations
 
@@ -23,19 +24,20 @@ from n3xus.webrtc.schemas import (
 )
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-TEXT = (SPECS / "live.md").read_text()
-PULL_TEXT = (SPECS / "protocol-live.md").read_text()  # /n3xus/live/1.0.0, split from live.md
+TEXT = (SPECS / "live.md").read_text()  # rooms, roles, tokens, pages, recordings, relay
+SIGNALING_TEXT = (SPECS / "live-signaling.md").read_text()  # browser <-> node
+PULL_TEXT = (SPECS / "protocol-live.md").read_text()  # /n3xus/live/1.0.0
 VECTORS = json.loads((SPECS / "vectors" / "live.json").read_text())
 
 
-def json_blocks() -> list[Any]:
-    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", TEXT, re.S)]
+def json_blocks(text: str) -> list[Any]:
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, re.S)]
 
 
-def table_rows(header: str) -> list[list[str]]:
-    start = TEXT.index(header)
+def table_rows(text: str, header: str) -> list[list[str]]:
+    start = text.index(header)
     rows = []
-    for line in TEXT[start:].splitlines()[2:]:
+    for line in text[start:].splitlines()[2:]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
@@ -43,20 +45,21 @@ def table_rows(header: str) -> list[list[str]]:
 
 
 def test_the_spec_embeds_the_code_schemas() -> None:
-    assert json_blocks() == [CLIENT_SIGNAL_SCHEMA, SERVER_SIGNAL_SCHEMA, DATA_MESSAGE_SCHEMA,
-                             MESH_MESSAGE_SCHEMA]
+    assert json_blocks(SIGNALING_TEXT) == [CLIENT_SIGNAL_SCHEMA, SERVER_SIGNAL_SCHEMA,
+                                           DATA_MESSAGE_SCHEMA, MESH_MESSAGE_SCHEMA]
+    assert json_blocks(TEXT) == []
 
 
 def test_the_role_table_is_the_codes() -> None:
     header = "| role | " + " | ".join(p.value for p in Permission) + " |"
-    rows = table_rows(header)
+    rows = table_rows(TEXT, header)
     table = {Role(r[0]): frozenset(p for p, cell in zip(Permission, r[1:], strict=True)
                                    if cell == "yes") for r in rows}
     assert table == ROLE_PERMISSIONS
 
 
 def test_the_state_table_is_the_codes() -> None:
-    rows = table_rows("| state | message | next state |")
+    rows = table_rows(SIGNALING_TEXT, "| state | message | next state |")
     assert {(signaling.State(s), m): signaling.State(n) for s, m, n in rows} == \
         signaling.TRANSITIONS
 
@@ -65,6 +68,14 @@ def test_the_state_table_is_the_codes() -> None:
     ("MAX_TOKEN_CHARS", rooms.MAX_TOKEN_CHARS),
     ("MAX_TOKEN_TTL_MS", rooms.MAX_TOKEN_TTL_MS),
     ("DEFAULT_TOKEN_TTL_MS", rooms.DEFAULT_TOKEN_TTL_MS),
+    ("SUBSCRIBER_QUEUE_FRAMES", relay.SUBSCRIBER_QUEUE_FRAMES),
+    ("SEGMENT_TARGET_MS", recording.SEGMENT_TARGET_MS),
+])
+def test_the_limits_quoted_are_the_codes(name: str, value: float) -> None:
+    assert quoted_limit(TEXT, name) == value
+
+
+@pytest.mark.parametrize("name, value", [
     ("SIGNAL_BURST", signaling.SIGNAL_BURST),
     ("SIGNAL_RATE_PER_S", int(signaling.SIGNAL_RATE_PER_S)),
     ("MAX_SIGNAL_MESSAGE_BYTES", signaling.MAX_SIGNAL_MESSAGE_BYTES),
@@ -74,13 +85,11 @@ def test_the_state_table_is_the_codes() -> None:
     ("MAX_DATA_MESSAGE_BYTES", MAX_DATA_MESSAGE_BYTES),
     ("DATA_BURST", DATA_BURST),
     ("DATA_RATE_PER_S", int(DATA_RATE_PER_S)),
-    ("SUBSCRIBER_QUEUE_FRAMES", relay.SUBSCRIBER_QUEUE_FRAMES),
-    ("SEGMENT_TARGET_MS", recording.SEGMENT_TARGET_MS),
     ("MAX_TIP_ENVELOPE_BYTES", asgi.MAX_TIP_ENVELOPE_BYTES),
     ("MAX_MESH_PEERS", MAX_MESH_PEERS),
 ])
-def test_the_limits_quoted_are_the_codes(name: str, value: float) -> None:
-    assert quoted_limit(TEXT, name) == value
+def test_the_signaling_limits_quoted_are_the_codes(name: str, value: float) -> None:
+    assert quoted_limit(SIGNALING_TEXT, name) == value
 
 
 @pytest.mark.parametrize("name, value", [

@@ -15,5 +15,6 @@ with its own asyncio loop behind :mod:`.bridge`, the only crossing point. Layout
   replay, tips), :mod:`.pullstream` (framing for the pull protocol);
 * ``pages/``: the room, performer and audience pages (static, no build step).
 
-specs/live.md is the normative description.
+The normative description: specs/live.md (rooms, tokens, pages, recordings, the relay),
+specs/live-signaling.md (what a page speaks to its node), specs/protocol-live.md (pull).
 """

@@ -24,13 +24,13 @@ from .rooms import ROOM_NAME_RE
 from .service import LiveService
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
-#: The signaling WebSocket (specs/live.md §4).
+#: The signaling WebSocket (specs/live-signaling.md §1).
 SIGNAL_PATH = "/api/v1/rooms/{name}/signal"
 #: Static assets the pages load (absolute, so every page path finds them).
 STATIC_PREFIX = "/live/static"
-#: A recording's replay description (specs/live.md §6.1), read by the audience page.
+#: A recording's replay description (specs/live.md §4.1), read by the audience page.
 RECORDING_PATH = "/api/v1/rooms/{name}/recordings/{cid}"
-#: Tips from the audience page (specs/live.md §5.1).
+#: Tips from the audience page (specs/live-signaling.md §2.1).
 TIP_INFO_PATH = "/api/v1/rooms/{name}/tip-info"
 TIPS_PATH = "/api/v1/rooms/{name}/tips"
 #: A tip envelope is ~250 bytes (a transaction map with two links and a signature);

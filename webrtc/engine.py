@@ -11,7 +11,7 @@ the node is the hub that stamps the sender, checks the role, and forwards chat,
 presence and reactions to the room's other members; world edits go to the node
 (``PeerEvent(kind="world-edit")``), which applies and then broadcasts them. Room
 pages send chat and presence to each other directly over their browser mesh
-(specs/live.md §4.5) and use this hub only above MAX_MESH_PEERS or while their
+(specs/live-signaling.md §1.5) and use this hub only above MAX_MESH_PEERS or while their
 mesh is incomplete; ``hub_messages`` in :meth:`LiveEngine.stats` counts what the
 hub carried.
 """
@@ -55,7 +55,7 @@ AIORTC_SDP_ERRORS = (
     ValueError, AssertionError, RuntimeError, AttributeError, KeyError, IndexError, TypeError,
     InternalError, InvalidAccessError, InvalidStateError, OperationError,
 )
-#: The one data-channel label a room page opens (specs/live.md §5).
+#: The one data-channel label a room page opens (specs/live-signaling.md §2).
 DATA_CHANNEL_LABEL = "room"
 
 
@@ -78,7 +78,7 @@ def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
 @dataclass(frozen=True, slots=True)
 class PeerEvent:
     """Something the node should know: ``kind`` is ``state``, ``world-edit``,
-    ``live`` or ``closed`` (specs/live.md §4.3 for what the browser is told)."""
+    ``live`` or ``closed`` (specs/live-signaling.md §1.3 for what the browser is told)."""
 
     room: str
     peer: str

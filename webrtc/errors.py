@@ -4,7 +4,7 @@ Local errors are things this node did wrong or cannot do (a closed bridge, a roo
 that does not exist); remote errors are things a peer sent that we refuse (a bad
 signaling message, a forged or expired token, an SDP without VP8). Every remote
 error carries a stable ``code`` (the ``error.code`` of the signaling ``error``
-message, specs/live.md §4.4) so a browser can act on it without parsing text.
+message, specs/live-signaling.md §1.4) so a browser can act on it without parsing text.
 Decoder errors also subclass :class:`ValueError`, as everywhere in n3xus.
 """
 

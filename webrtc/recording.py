@@ -7,7 +7,7 @@ clusters, cues), so each one plays and seeks alone and the node can store each o
 in the canon as soon as it is cut (``canon.files.add_bytes``: content-addressed
 chunks) instead of holding a whole show in memory. The list of segment CIDs and
 their times is the recording's manifest (:func:`manifest_block`, schema
-``n3xus/recording/v1`` in specs/live.md §6), whose CID goes into the canon log.
+``n3xus/recording/v1`` in specs/live.md §4), whose CID goes into the canon log.
 
 Sans-IO: :meth:`Recorder.push` takes a frame and returns the segments it completed;
 :attr:`Recorder.wants_keyframe` tells the driver to ask the performer for one.
@@ -159,7 +159,7 @@ class Recorder:
 
 def manifest_block(room: str, segments: list[tuple[RecordedSegment, CID]],
                    started_ms: int) -> bytes:
-    """The recording's manifest as strict DAG-CBOR (specs/live.md §6)."""
+    """The recording's manifest as strict DAG-CBOR (specs/live.md §4)."""
     return codec.encode({
         "type": RECORDING_TYPE,
         "room": room,
@@ -176,7 +176,7 @@ def manifest_block(room: str, segments: list[tuple[RecordedSegment, CID]],
 
 
 def manifest_json(block: bytes, segment_url: Callable[[CID], str]) -> dict[str, Any]:
-    """The JSON the audience page replays from (specs/live.md §6.1): the manifest
+    """The JSON the audience page replays from (specs/live.md §4.1): the manifest
     with each segment's CID turned into the URL the node serves its bytes at."""
     try:
         value = codec.decode(block)

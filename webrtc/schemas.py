@@ -1,6 +1,6 @@
 """JSON Schemas (draft 2020-12) of every JSON message of a live room.
 
-These dicts are the normative schemas: specs/live.md embeds them verbatim and a
+These dicts are the normative schemas: specs/live-signaling.md embeds them verbatim and a
 test checks that the text and this module agree. Validation uses ``jsonschema``
 (the reference validator of the field); the size limits are checked before any
 parsing, the rate limits in :mod:`n3xus.webrtc.signaling`.
@@ -49,7 +49,7 @@ def _message(type_: str, properties: dict[str, Any], required: list[str]) -> dic
     }
 
 
-#: Browser -> node, over the signaling WebSocket (specs/live.md §4.2).
+#: Browser -> node, over the signaling WebSocket (specs/live-signaling.md §1.2).
 CLIENT_SIGNAL_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "n3xus/live-signal-client/v1",
@@ -69,7 +69,7 @@ CLIENT_SIGNAL_SCHEMA: dict[str, Any] = {
     ],
 }
 
-#: Node -> browser, over the signaling WebSocket (specs/live.md §4.3).
+#: Node -> browser, over the signaling WebSocket (specs/live-signaling.md §1.3).
 SERVER_SIGNAL_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "n3xus/live-signal-server/v1",
@@ -108,7 +108,7 @@ SERVER_SIGNAL_SCHEMA: dict[str, Any] = {
     ],
 }
 
-#: Browser -> node, over the ``room`` data channel (specs/live.md §5).
+#: Browser -> node, over the ``room`` data channel (specs/live-signaling.md §2).
 DATA_MESSAGE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "n3xus/live-data/v1",
@@ -128,7 +128,7 @@ DATA_MESSAGE_SCHEMA: dict[str, Any] = {
     ],
 }
 
-#: Browser <-> browser, over a ``mesh`` data channel (specs/live.md §5.2). The node
+#: Browser <-> browser, over a ``mesh`` data channel (specs/live-signaling.md §2.2). The node
 #: never sees these; each page checks them against this schema before use, and the
 #: sender is the peer the node named in the ``peer-offer``/``peer-answer``.
 MESH_MESSAGE_SCHEMA: dict[str, Any] = {

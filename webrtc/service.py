@@ -130,7 +130,7 @@ class LiveService:
 
     async def serve_signaling(self, socket: SignalingSocket, room: str, *,
                               grant: Grant | None = None) -> None:
-        """Serve one signaling WebSocket until it closes (specs/live.md §4).
+        """Serve one signaling WebSocket until it closes (specs/live-signaling.md §1).
 
         ``grant`` is for callers that authenticated the socket otherwise (the node's
         API token makes the holder the room's owner); without it the first message

@@ -3,7 +3,7 @@
 One :class:`SignalingSession` per WebSocket. It checks, in order: the rate (token
 bucket), the size, the JSON, the schema (:data:`schemas.CLIENT_SIGNAL_SCHEMA`), and
 whether the message type is allowed in the current state (:data:`TRANSITIONS`,
-the table specs/live.md §4.1 prints). It never touches sockets or clocks: the
+the table specs/live-signaling.md §1.1 prints). It never touches sockets or clocks: the
 caller passes ``now`` (seconds, monotonic) and performs the returned event.
 
 Errors before ``hello`` succeeds, rate-limit errors and token errors are *fatal*

@@ -8,7 +8,7 @@ key, a world-edit handler, a :class:`~n3xus.webrtc.asgi.TipDesk` and a
 
 * an **origin** room (``room create``) has a recorder task: when a performance goes
   live it records the encoded video into WebM segments, each stored as a canon file;
-  when the performance ends the manifest block (specs/live.md §6) is stored and a
+  when the performance ends the manifest block (specs/live.md §4) is stored and a
   canon-log entry of type ``recording`` signed by the node (for the performer) points
   at it;
 * a **followed** room (``room follow NAME --from PEER --token T``) has a puller task:

@@ -27,7 +27,7 @@ export function status(text, isError = false) {
 }
 
 // One signaling connection: resolves with {ws, welcome, request, on}. `hello` may add
-// fields to the hello message (the room page sends {mesh: true}, specs/live.md §4.5).
+// fields to the hello message (the room page sends {mesh: true}, specs/live-signaling.md §1.5).
 export function connectSignal(name, hello = {}) {
   return new Promise((resolve, reject) => {
     const room = roomName();
@@ -116,7 +116,7 @@ export function preferVp8(transceiver) {
   if (vp8.length) transceiver.setCodecPreferences([...vp8, ...rtx]);
 }
 
-// The room data channel (label "room"): JSON messages, see specs/live.md §5.
+// The room data channel (label "room"): JSON messages, see specs/live-signaling.md §2.
 export function openRoomChannel(pc, onMessage) {
   const channel = pc.createDataChannel("room");
   channel.onmessage = (ev) => onMessage(JSON.parse(ev.data));

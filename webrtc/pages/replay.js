@@ -1,5 +1,5 @@
 // Replay of a recorded performance on the audience page (#recording=<manifest CID>).
-// A recording is a list of self-contained WebM segments (specs/live.md §6), so the
+// A recording is a list of self-contained WebM segments (specs/live.md §4), so the
 // page plays them one after another in the same <video> and seeks by choosing the
 // segment that holds the time, then seeking inside it (each segment has cues).
 import { roomName, status } from "./live.js";

@@ -1,4 +1,4 @@
-// Room page: presence, chat and world edits (specs/live.md §4.5, §5, §5.2).
+// Room page: presence, chat and world edits (specs/live-signaling.md §1.5, §2, §2.2).
 // Room pages join each other in a full mesh of WebRTC data channels (label "mesh"):
 // presence and chat travel browser to browser directly; the node only relays the
 // offers and answers over the signaling WebSocket, naming the sender itself. The node
@@ -45,7 +45,7 @@ window.n3xusRoom = {
   meshRtt,
 };
 
-// The checks of specs/live.md §5.2 (MESH_MESSAGE_SCHEMA) on what another browser sent.
+// The checks of specs/live-signaling.md §2.2 (MESH_MESSAGE_SCHEMA) on what another browser sent.
 function parseMesh(raw) {
   if (typeof raw !== "string" || raw.length > MAX_MESH_MESSAGE_BYTES) return null;
   let msg;
@@ -200,7 +200,7 @@ function meshComplete() {
   return roster.peers.every((p) => p.peer === me || (links.has(p.peer) && isOpen(links.get(p.peer))));
 }
 
-// Round trips over the first open mesh link, in ms (latency probe; specs/live.md §5.2).
+// Round trips over the first open mesh link, in ms (latency probe; specs/live-signaling.md §2.2).
 async function meshRtt(count = 20) {
   const link = openLinks()[0];
   if (!link) throw new Error("no open mesh link");
