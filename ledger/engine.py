@@ -164,6 +164,9 @@ class Run:
         self.new_txs: dict[bytes, Tx] = {}
         self.results: dict[bytes, TxRejected | None] = {}
         self.replays = 0  # processed entries that sorted before the batch's new ones
+        # account -> seq of its last transaction this run added to the set: the next seq
+        # of that account needs no look-up of its predecessor.
+        self._tips: dict[bytes, int] = {}
 
     # --- admission ------------------------------------------------------------------------
 
@@ -238,7 +241,10 @@ class Run:
             if seq >= frozen:
                 return Rejected(TxRejected(Reason.FROZEN,
                                            f"the account equivocated at seq {frozen}"))
-        previous, others = batch.chain_pair(account, seq)
+        if seq and self._tips.get(account) == seq - 1:  # its predecessor joined this run
+            previous, others = True, batch.chain_ids(account, seq)
+        else:
+            previous, others = batch.chain_pair(account, seq)
         if seq > 0 and not previous:
             if batch.pending_add(account, seq, tx.id, tx.raw):
                 return Pending(tx.id, account, seq)
@@ -248,6 +254,7 @@ class Run:
             return self._equivocation(tx, others[0])
         index = batch.append_log(tx.raw)
         self._store(tx, locator(index))
+        self._tips[account] = seq
         outcome = Accepted(tx.id, index, tx)
         self._release_pending(account, seq + 1)
         return outcome
@@ -317,8 +324,10 @@ class Run:
             if isinstance(outcome, Accepted):
                 tx = outcome.tx
                 if tx is not None and outcome.result is None:
-                    outcome = Accepted(outcome.entry_id, outcome.log_index, tx,
-                                       result_of(tx.id), outcome.proof)
+                    result = result_of(tx.id)
+                    if result is not None:  # else the outcome already says so
+                        outcome = Accepted(outcome.entry_id, outcome.log_index, tx, result,
+                                           outcome.proof)
             done.append(outcome)
         return done
 
