@@ -1,7 +1,8 @@
 """``/n3xus/ledger-sync/2.0.0`` between two real nodes (in-process hosts on 127.0.0.1, real
 hellos, LMDB ledgers): with more accounts than one listed range holds, one exchange splits
 the root, queries the sub-ranges that differ, pulls what the peer has and pushes what it
-lacks, in both directions at once; the next exchange finds the nodes in sync at the root."""
+lacks, in both directions at once; the next exchange finds the nodes in sync at the root.
+A peer gets one exchange at a time (``busy`` for a second one)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from test_federation_ledger_gossip import _Peer, _until
 from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node.p2p import host as p2p
+from n3xus.node.p2p.ledger_sync import PROTOCOL_ID
 
 USERS = 600
 """Accounts with chains at the responder, ~450: about 28 per first nibble, so the root and
@@ -56,6 +58,15 @@ def test_one_exchange_reconciles_many_accounts_both_ways(tmp_path: Path) -> None
             assert await syncer.sync_with(b_id)
             assert syncer.counters["summaries"] == counters["summaries"] + 1  # in sync
             assert syncer.counters["failed"] == 0 and b.federation.syncer.counters["served"] == 2
+            # One exchange per peer at a time: while A holds one open (a stream that asks
+            # nothing yet), B refuses A's next with `busy`; once it ends, B serves again.
+            held = await a.host.new_stream(p2p.parse_peer_id(b_id), [PROTOCOL_ID])
+            await _until(lambda: b.federation.syncer.counters["served"] == 3, "the held exchange")
+            assert not await syncer.sync_with(b_id)
+            assert b.federation.syncer.counters["refused"] == 1
+            await held.close()
+            await _until(lambda: not b.federation.syncer._serving, "the held exchange ends")
+            assert await syncer.sync_with(b_id)
             nursery.cancel_scope.cancel()
         for peer in (a, b):
             peer.env.close()

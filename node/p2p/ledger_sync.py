@@ -31,6 +31,8 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
 
+from n3xus.protocol.codes import ErrorCode
+from n3xus.protocol.errors import RemoteProtocolError
 from n3xus.protocol.sync.messages import (
     MAX_PUSHES_PER_SUMMARY,
     Chain,
@@ -41,6 +43,7 @@ from n3xus.protocol.sync.messages import (
 )
 from n3xus.protocol.sync.session import (
     EOF,
+    MAX_EXCHANGES_PER_PEER,
     MAX_FRAME_BYTES,
     MAX_PULLS_PER_EXCHANGE,
     MAX_PUSHES_PER_EXCHANGE,
@@ -97,8 +100,9 @@ class LedgerSyncService:
         self.peerbook = peerbook
         self.interval_s = interval_s
         self.rng = random.Random()
-        self.counters = {"sessions": 0, "failed": 0, "served": 0, "summaries": 0,
-                         "pulled": 0, "pushed": 0}
+        self.counters = {"sessions": 0, "failed": 0, "served": 0, "refused": 0,
+                         "summaries": 0, "pulled": 0, "pushed": 0}
+        self._serving: dict[str, int] = {}
 
     def register(self) -> None:
         self.host.set_stream_handler(PROTOCOL_ID, self._handle)
@@ -216,6 +220,20 @@ class LedgerSyncService:
         await serve(stream, self._respond, peerbook=self.peerbook, protocol="ledger-sync")
 
     async def _respond(self, channel: CoreStream) -> None:
+        peer = channel.peer_id
+        if self._serving.get(peer, 0) >= MAX_EXCHANGES_PER_PEER:
+            self.counters["refused"] += 1
+            raise RemoteProtocolError(f"over {MAX_EXCHANGES_PER_PEER} ledger-sync exchange at "
+                                      "once", ErrorCode.BUSY)
+        self._serving[peer] = self._serving.get(peer, 0) + 1
+        try:
+            await self._serve(channel)
+        finally:
+            self._serving[peer] -= 1
+            if not self._serving[peer]:
+                del self._serving[peer]
+
+    async def _serve(self, channel: CoreStream) -> None:
         session = SyncSession(Role.RESPONDER)
         self.counters["served"] += 1
         pushed: list[bytes] = []

@@ -60,6 +60,10 @@ MAX_RANGES_PER_EXCHANGE: Final = 131_072
 """Ranges queried in one exchange: the ~70,000 of the deepest useful descent into a
 million accounts that all differ (16**4 leaves and their parents), with room to spare;
 answering them costs a responder a few seconds of one core at most."""
+MAX_EXCHANGES_PER_PEER: Final = 1
+"""Exchanges a peer may hold open with us at once: an honest initiator never overlaps its
+exchanges, so one at a time bounds a peer's claim on us to one exchange's budgets (the
+stream rate of every /n3xus/ protocol, the node's PeerBook, bounds how often it may start one)."""
 
 EOF: Final = "eof"
 
@@ -111,6 +115,8 @@ LEDGER_SYNC_LIMITS: Final[list[tuple[str, int | float, str]]] = [
     ("MAX_PULLS_PER_EXCHANGE", MAX_PULLS_PER_EXCHANGE, "pulls in one exchange; the rest comes "
      "in the next exchange"),
     ("MAX_PUSHES_PER_EXCHANGE", MAX_PUSHES_PER_EXCHANGE, "chains pushed in one exchange"),
+    ("MAX_EXCHANGES_PER_PEER", MAX_EXCHANGES_PER_PEER, "exchanges a responder serves one peer "
+     "at once (another: `busy`); an honest initiator never overlaps its exchanges"),
     ("MAX_PUSHES_PER_SUMMARY", MAX_PUSHES_PER_SUMMARY, "chains an initiator pushes for one "
      "summary (reference): no more than the rows a summary can list"),
 ]
