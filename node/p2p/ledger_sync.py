@@ -72,9 +72,11 @@ MAX_BUFFERED_ENTRIES: Final = 200_000
 batches sorted by canonical order (each batch that sorts before processed entries makes the
 ledger replay them), bounded to ~64 MiB of 300-byte transactions."""
 MAX_HELD_PUSHES: Final = 64
-"""Chains an initiator holds before it stops sending requests, lets the answers in flight
+"""Chains held before an initiator stops sending requests, lets the answers in flight
 arrive, and pushes them: pushes go only while nothing is unanswered, so neither side can
-block writing to a peer that is itself blocked writing (at most 64 x 2 MiB held)."""
+block writing to a peer that is itself blocked writing. One summary may add up to
+MAX_PUSHES_PER_SUMMARY chains at once (typically ~20 KB each: 64 transfers), sent before
+the next request."""
 SESSION_IDLE_S: Final = 30.0
 """Longest wait for the peer's next message in an exchange."""
 CONNECT_TIMEOUT_S: Final = 10.0
