@@ -1,27 +1,31 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, embedsignature=True
-"""Compiled twin of :mod:`n3xus.ledger._smt_py` (read that module for the tree's layout and
+"""Compiled twin of :mod:`n3xus.ledger._smt_py` (read that module for the tree's shape and
 the two passes of an update): the same names, roots, walks and errors.
 
-What is compiled, and why it is fast enough for a checkpoint on a million entries:
+What is compiled, and why a checkpoint on a million entries costs a few milliseconds:
 
-* **The tree lives in C arrays**: inner nodes as a 32-byte hash and two 32-bit child
-  references each (40 bytes), leaves as a 32-byte hash plus their state key (a ``bytes``
-  kept in a list, needed by proofs that end at another key's leaf). Freed slots are chained
-  through the arrays themselves. No per-node Python object.
-* **BLAKE3 is the C of canon/_merkle_hash.h** (checked against the ``blake3`` package by
-  the canon tests and against :mod:`_smt_py` here): the paths and leaf hashes one message at
-  a time, and the inner nodes of one level many at a time, across SIMD lanes (4 with SSE2,
-  8 with AVX2, 16 with AVX-512), since a level's nodes are independent. The node message
-  ``0x01 || left || right`` is RFC 9162's interior node, which that header computes.
-* **The descent is C recursion over a C array of changes** sorted by path with ``qsort``.
+* **The tree lives in C arrays.** An inner node is its two child references and its two
+  children's hashes (72 bytes; its own hash is in its parent), so a descent reads one cache
+  line per level and hashing a node reads only the node. A leaf is its hash (32 bytes) and
+  its state key (a ``bytes`` in a list: proofs that end at another key's leaf show it).
+  Freed slots are chained through the arrays. Arrays over 4 MiB are mapped with huge pages
+  where the kernel allows it (fewer TLB misses on a ~140 MiB tree).
+* **Memory latency is hidden.** The changes are sorted by path, which is the order the
+  descent reaches them; a few dozen changes ahead of it, their paths are walked sixteen at
+  a time with prefetches, so the descent finds its nodes cached instead of waiting for ten
+  dependent loads per path. Nodes are hashed in flushes of FLUSH_NODES while still cached.
+* **BLAKE3 runs across SIMD lanes** (canon/_merkle_hash.h and _smt_hash.h: 16 lanes with
+  AVX-512, 8 with AVX2, 4 with SSE2): the inner nodes of a level of a flush at once, and
+  the paths and leaf hashes of the changes (messages of one 64-byte block) at once.
+* **The descent is C recursion over a C array of changes** sorted with ``qsort``.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t
-from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 from .errors import LedgerCorruptError
@@ -52,6 +56,10 @@ cdef extern from "../canon/_merkle_hash.h":
                    int max_lanes) nogil
     int n3x_vector_lanes() nogil
 
+cdef extern from "_smt_hash.h":
+    void n3x_smt_blocks(const uint8_t *blocks, const uint32_t *lens, size_t count,
+                        uint8_t *out) nogil
+
 HASH_BYTES = 32
 EMPTY = bytes(32)
 MAX_DEPTH = 255
@@ -74,6 +82,16 @@ cdef enum:
     # memory latency with the work of the other walks, few enough for their state to stay
     # in registers and L1.
     WALKS_IN_FLIGHT = 16
+    # The update prefetches the paths of the next PREFETCH_AHEAD changes (in sorted order,
+    # the order the descent reaches them), topping up when half of them are used: near
+    # enough that the lines are still cached when the descent arrives (~64 paths of ~20
+    # nodes is ~160 KiB), far enough that their loads overlap.
+    PREFETCH_AHEAD = 64
+    # Listed nodes are hashed once this many wait: they were just visited, so they are
+    # still cached, and a level of the batch still fills the SIMD lanes.
+    FLUSH_NODES = 2048
+    # Short messages (paths, leaves) hashed together across SIMD lanes (16 KiB of blocks).
+    BLOCK_BATCH = 256
 
 cdef uint8_t ZERO_HASH[32]
 memset(ZERO_HASH, 0, 32)
@@ -162,7 +180,8 @@ cdef void *_grow(void *block, size_t count, size_t size) except NULL:
 
 
 cdef class _Changes:
-    """A C array of entries sorted by path, with the key objects it borrows."""
+    """A C array of entries sorted by path, with the key objects it borrows. The paths and
+    leaf hashes of messages of at most one BLAKE3 block are computed BLOCK_BATCH at a time."""
 
     cdef Entry *entries
     cdef Py_ssize_t count
@@ -170,6 +189,11 @@ cdef class _Changes:
     cdef list keys
     cdef uint8_t *message
     cdef size_t message_capacity
+    cdef uint8_t blocks[BLOCK_BATCH * 64]
+    cdef uint32_t lens[BLOCK_BATCH]
+    cdef Py_ssize_t owners[BLOCK_BATCH]   # 2 * entry index + 0 (its path) or 1 (its hash)
+    cdef uint8_t hashed[BLOCK_BATCH * 32]
+    cdef size_t waiting
 
     def __cinit__(self):
         self.entries = NULL
@@ -178,15 +202,42 @@ cdef class _Changes:
         self.keys = []
         self.message = NULL
         self.message_capacity = 0
+        self.waiting = 0
 
     def __dealloc__(self):
         free(self.entries)
         free(self.message)
 
+    cdef uint8_t *_block(self, Py_ssize_t owner, size_t length):
+        """A zeroed block for a message of ``length`` <= 64 bytes whose hash goes to
+        ``owner``; hashed with the others at the next flush."""
+        cdef uint8_t *block
+        if self.waiting == BLOCK_BATCH:
+            self._flush()
+        block = self.blocks + 64 * self.waiting
+        memset(block, 0, 64)
+        self.lens[self.waiting] = <uint32_t>length
+        self.owners[self.waiting] = owner
+        self.waiting += 1
+        return block
+
+    cdef void _flush(self) noexcept:
+        cdef size_t k
+        cdef Entry *entry
+        n3x_smt_blocks(self.blocks, self.lens, self.waiting, self.hashed)
+        for k in range(self.waiting):
+            entry = &self.entries[self.owners[k] >> 1]
+            if self.owners[k] & 1:
+                memcpy(entry.hash, self.hashed + 32 * k, 32)
+            else:
+                memcpy(entry.path, self.hashed + 32 * k, 32)
+        self.waiting = 0
+
     cdef int add(self, object key, object value) except -1:
         cdef Entry *entry
         cdef Py_ssize_t key_len, value_len
         cdef size_t needed
+        cdef uint8_t *block
         if not PyBytes_CheckExact(key):
             key = bytes(key)
         key_len = PyBytes_GET_SIZE(key)
@@ -198,21 +249,30 @@ cdef class _Changes:
             self.capacity = self.capacity * 2 if self.capacity else 64
             self.entries = <Entry *>_grow(self.entries, self.capacity, sizeof(Entry))
         entry = &self.entries[self.count]
-        n3x_blake3(<const uint8_t *>PyBytes_AS_STRING(key), key_len, entry.path)
+        if key_len <= 64:
+            memcpy(self._block(2 * self.count, key_len), PyBytes_AS_STRING(key), key_len)
+        else:
+            n3x_blake3(<const uint8_t *>PyBytes_AS_STRING(key), key_len, entry.path)
         entry.slot = -1
         entry.has_value = value is not None
         if entry.has_value:
             # The leaf hash: BLAKE3(0x00 || u8 len(key) || key || value).
             value_len = PyBytes_GET_SIZE(value)
             needed = 2 + key_len + value_len
-            if needed > self.message_capacity:
+            if needed <= 64:
+                block = self._block(2 * self.count + 1, needed)
+                block[1] = <uint8_t>key_len
+                memcpy(block + 2, PyBytes_AS_STRING(key), key_len)
+                memcpy(block + 2 + key_len, PyBytes_AS_STRING(value), value_len)
+            elif needed > self.message_capacity:
                 self.message = <uint8_t *>_grow(self.message, needed, 1)
                 self.message_capacity = needed
-            self.message[0] = 0
-            self.message[1] = <uint8_t>key_len
-            memcpy(self.message + 2, PyBytes_AS_STRING(key), key_len)
-            memcpy(self.message + 2 + key_len, PyBytes_AS_STRING(value), value_len)
-            n3x_blake3(self.message, needed, entry.hash)
+            if needed > 64:
+                self.message[0] = 0
+                self.message[1] = <uint8_t>key_len
+                memcpy(self.message + 2, PyBytes_AS_STRING(key), key_len)
+                memcpy(self.message + 2 + key_len, PyBytes_AS_STRING(value), value_len)
+                n3x_blake3(self.message, needed, entry.hash)
         self.keys.append(key)
         entry.key = <PyObject *>key
         self.count += 1
@@ -220,6 +280,7 @@ cdef class _Changes:
 
     cdef int sort(self) except -1:
         cdef Py_ssize_t i
+        self._flush()
         qsort(self.entries, self.count, sizeof(Entry), _by_path)
         for i in range(1, self.count):
             if memcmp(self.entries[i - 1].path, self.entries[i].path, 32) == 0:
@@ -261,14 +322,22 @@ cdef class MemoryTree:
     cdef uint8_t *hashed          # HASH_CHUNK nodes' hashes
     cdef Entry *merged            # where the descent meets a leaf: the leaf and the changes
     cdef Py_ssize_t merged_capacity
+    cdef size_t listed            # nodes listed for hashing
+    cdef const Entry *ahead       # the update's changes, prefetched up to ahead_done
+    cdef Py_ssize_t ahead_done
+    cdef Py_ssize_t ahead_count
 
     def __cinit__(self):
         self.inner = NULL
         self.leaf_hashes = NULL
         self.merged = NULL
         self.merged_capacity = 0
+        self.listed = 0
+        self.ahead = NULL
+        self.ahead_done = 0
+        self.ahead_count = 0
         memset(self.levels, 0, sizeof(self.levels))
-        self.gathered = <uint8_t *>malloc(64 * HASH_CHUNK)
+        self.gathered = <uint8_t *>calloc(HASH_CHUNK, 64)  # (padding lanes read it)
         self.hashed = <uint8_t *>malloc(32 * HASH_CHUNK)
         if self.gathered == NULL or self.hashed == NULL:
             raise MemoryError()
@@ -377,6 +446,11 @@ cdef class MemoryTree:
             level.slots[level.count].slot = (ref >> 1) - 1
             level.slots[level.count].target = target
             level.count += 1
+            # A listed node is complete (its subtree will not change again in this update)
+            # and so is every node listed before it, so the hashing may run at any time.
+            self.listed += 1
+            if self.listed >= FLUSH_NODES:
+                self._rehash()
             return 0
         where = self._target(target)
         if ref == 0:
@@ -438,6 +512,10 @@ cdef class MemoryTree:
         cdef Py_ssize_t i, count = 0
         cdef Entry *entry
         cdef int order
+        if self.ahead_done < self.ahead_count and self.ahead_done - hi < PREFETCH_AHEAD // 2:
+            self._prefetch_paths(self.ahead, self.ahead_done,
+                                 min(self.ahead_count, hi + PREFETCH_AHEAD))
+            self.ahead_done = min(self.ahead_count, hi + PREFETCH_AHEAD)
         if resident >= 0:
             resident_key = self.leaf_keys[resident]
             entry = &changes.entries[lo]
@@ -509,6 +587,7 @@ cdef class MemoryTree:
         cdef int depth
         cdef size_t start, n, k
         cdef Level *level
+        self.listed = 0
         for depth in range(C_MAX_DEPTH, -1, -1):
             level = &self.levels[depth]
             start = 0
@@ -519,7 +598,11 @@ cdef class MemoryTree:
                 for k in range(n):
                     memcpy(self.gathered + 64 * k,
                            self.inner[level.slots[start + k].slot].hashes, 64)
-                n3x_nodes(N3X_KIND_BLAKE3, self.gathered, n, self.hashed, 16)
+                # A whole number of 16-lane batches (HASH_CHUNK is one too): the lanes
+                # past n hash whatever the buffer holds and are not copied out, which is
+                # cheaper than the scalar hashing n3x_nodes would do for a remainder.
+                n3x_nodes(N3X_KIND_BLAKE3, self.gathered, (n + 15) & ~(<size_t>15),
+                          self.hashed, 16)
                 for k in range(n):
                     memcpy(self._target(level.slots[start + k].target),
                            self.hashed + 32 * k, 32)
@@ -528,6 +611,7 @@ cdef class MemoryTree:
 
     cdef void _forget_levels(self) noexcept:
         cdef int depth
+        self.listed = 0
         for depth in range(C_MAX_DEPTH + 1):
             self.levels[depth].count = 0
 
@@ -545,8 +629,10 @@ cdef class MemoryTree:
 
     cdef int _reserve(self, Py_ssize_t count) except -1:
         """Room for a bulk build of ``count`` leaves (about 1.44 inner nodes per leaf for
-        uniformly random paths), so the arrays are not copied while they grow."""
-        cdef size_t leaves = <size_t>count, inner = <size_t>count + <size_t>count // 2
+        uniformly random paths) and a quarter more, so the arrays are not copied while
+        they grow, nor soon after by the first new keys."""
+        cdef size_t leaves = <size_t>count + <size_t>count // 4
+        cdef size_t inner = <size_t>count * 2 - <size_t>count // 8
         if leaves > NO_SLOT:
             raise MemoryError("the state tree holds at most 2**31 - 1 leaves")
         if inner > NO_SLOT:
@@ -561,27 +647,30 @@ cdef class MemoryTree:
             self.inner_capacity = <uint32_t>inner
         return 0
 
-    cdef void _prefetch_paths(self, const Entry *entries, Py_ssize_t count) noexcept:
-        """Bring the nodes on the changed paths into the cache before the update needs them.
+    cdef void _prefetch_paths(self, const Entry *entries, Py_ssize_t start,
+                              Py_ssize_t end) noexcept:
+        """Bring the nodes on the paths of changes [start, end) into the cache before the
+        descent needs them.
 
         At a million entries the tree is ~140 MiB and each changed path crosses about ten
         levels that are in no cache; walked one after the other those are ten dependent
         memory loads per path, each a full memory latency. Here WALKS_IN_FLIGHT paths are
         walked in turns, each step prefetching the next node, so their loads overlap; the
-        update then finds its nodes (and the changed leaves' hashes and keys) cached."""
+        descent then finds its nodes (and the changed leaves' hashes and keys) cached."""
         cdef uint32_t refs[WALKS_IN_FLIGHT]
         cdef int depths[WALKS_IN_FLIGHT]
+        cdef Py_ssize_t leaf_slots[WALKS_IN_FLIGHT]
         cdef Py_ssize_t base, i, n, walking, slot
         cdef uint32_t ref, next_ref
-        cdef const uint8_t *path
         cdef PyObject **keys = (<PyListObject *>self.leaf_keys).ob_item
-        for base in range(0, count, WALKS_IN_FLIGHT):
-            n = count - base
+        for base in range(start, end, WALKS_IN_FLIGHT):
+            n = end - base
             if n > WALKS_IN_FLIGHT:
                 n = WALKS_IN_FLIGHT
             for i in range(n):
                 refs[i] = self.root_ref
                 depths[i] = 0
+                leaf_slots[i] = -1
             walking = n
             while walking:
                 walking = 0
@@ -593,26 +682,37 @@ cdef class MemoryTree:
                         slot = ref >> 1
                         __builtin_prefetch(self.leaf_hashes + 32 * <size_t>slot)
                         __builtin_prefetch(&keys[slot])
+                        leaf_slots[i] = slot
                         refs[i] = NO_SLOT
                         continue
-                    path = entries[base + i].path
                     slot = (ref >> 1) - 1
                     next_ref = self.inner[slot].children[
-                        (path[depths[i] >> 3] >> (7 - (depths[i] & 7))) & 1]
+                        (entries[base + i].path[depths[i] >> 3] >> (7 - (depths[i] & 7))) & 1]
                     depths[i] += 1
                     if next_ref != 0 and not (next_ref & 1):
                         __builtin_prefetch(&self.inner[(next_ref >> 1) - 1])
                         __builtin_prefetch(<const uint8_t *>&self.inner[(next_ref >> 1) - 1] + 64)
                     refs[i] = next_ref
                     walking += 1
+            # The keys of the leaves reached (their list entries were prefetched above).
+            for i in range(n):
+                if leaf_slots[i] >= 0:
+                    __builtin_prefetch(keys[leaf_slots[i]])
 
     def update(self, changes):
         """Set (a value) or remove (None) keys, each at most once; returns the new root."""
         cdef _Changes entries = _sorted_changes(changes)
         if entries.count:
-            self._prefetch_paths(entries.entries, entries.count)
             self._forget_levels()
-            self.root_ref = <uint32_t>self._update(self.root_ref, 0, entries, 0, entries.count)
+            self.ahead = entries.entries
+            self.ahead_count = entries.count
+            self.ahead_done = 0
+            try:
+                self.root_ref = <uint32_t>self._update(self.root_ref, 0, entries, 0,
+                                                       entries.count)
+            finally:
+                self.ahead = NULL
+                self.ahead_count = 0
             self._place(self.root_ref, 0, ROOT_TARGET)
             self._rehash()
         return self.root()
