@@ -1,18 +1,22 @@
 """``/n3xus/ledger-sync/2.0.0`` frames and session (specs/protocol-ledger-sync.md), the
 gossip payload chunking, and the node's verify-ahead ingest against the ledger's own: the
 decoder's property tests (round trip, truncation, bit flips: a clean error, never a crash),
-the spec's vectors (specs/vectors/protocol-ledger-sync.json), the session's answer matching
+the spec's vectors (specs/vectors/protocol-ledger-sync.json, protocol-ledger-gossip.json:
+gossip message data), the session's answer matching
 and budgets, and admission outcomes equal to ``LedgerStore.ingest``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import ledger_gossip_vectors as gossip_vectors
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ledger_sync_vectors import FILE, FINGERPRINTED, index_of, render
+from libp2p.pubsub.pb import rpc_pb2
 from nacl.signing import SigningKey
 from sync_support import stream_messages
 
@@ -21,6 +25,7 @@ from n3xus.ledger.genesis import Genesis
 from n3xus.ledger.ingest import Accepted, Rejected
 from n3xus.ledger.store import LedgerStore
 from n3xus.ledger.tx import AccountChain, Op
+from n3xus.node.p2p.gossip import message_id
 from n3xus.node.p2p.ledger_sync import (
     EOF,
     MAX_FRAME_BYTES,
@@ -32,13 +37,14 @@ from n3xus.node.p2p.ledger_sync import (
 )
 from n3xus.node.services.ledger_federation import (
     MAX_GOSSIP_BYTES,
+    MAX_GOSSIP_ENTRIES,
     ParallelVerifier,
     admit_checked,
     gossip_messages,
 )
 from n3xus.node.storage import open_environment
 from n3xus.protocol.codes import ErrorCode
-from n3xus.protocol.errors import ProtocolError, RemoteProtocolError
+from n3xus.protocol.errors import MessageError, ProtocolError, RemoteProtocolError
 from n3xus.protocol.framing import FrameDecoder
 from n3xus.protocol.sync.messages import (
     ROOT,
@@ -52,11 +58,14 @@ from n3xus.protocol.sync.messages import (
     RangeRows,
     Summary,
     SummaryRow,
+    decode_message,
+    encode_message,
 )
 from n3xus.protocol.sync.session import MAX_PULLS_PER_EXCHANGE, MAX_RANGES_PER_EXCHANGE
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "protocol-ledger-sync.md"
 VECTORS = Path(__file__).resolve().parents[1] / "specs" / "vectors" / FILE
+GOSSIP_VECTORS = Path(__file__).resolve().parents[1] / "specs" / "vectors" / gossip_vectors.FILE
 
 
 def body_of(frame: bytes) -> bytes:
@@ -221,8 +230,8 @@ def test_pulls_of_a_long_chain_are_planned_in_chunks() -> None:
 
 
 def test_gossip_messages_respect_count_and_bytes() -> None:
-    small = [bytes([i]) * 10 for i in range(130)]
-    assert [len(m.entries) for m in gossip_messages(small)] == [64, 64, 2]
+    small = [bytes([i % 256]) * 10 for i in range(600)]
+    assert [len(m.entries) for m in gossip_messages(small)] == [256, 256, 88]
     big = [bytes([i]) * (MAX_GOSSIP_BYTES // 3) for i in range(7)]
     chunks = gossip_messages(big)
     assert all(sum(map(len, m.entries)) <= MAX_GOSSIP_BYTES for m in chunks)
@@ -355,3 +364,61 @@ def test_any_frame_sequence_gives_events_or_a_clean_protocol_error(
         assert exc.code in (ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.TRUNCATED)
         return
     assert [e for e in events if e != EOF] == received
+
+
+# --- gossip messages (protocol-ledger-sync.md §1) ---------------------------------------------
+
+gossip_entries = st.lists(st.binary(min_size=1, max_size=40), min_size=1,
+                          max_size=MAX_GOSSIP_ENTRIES).map(tuple)
+
+
+@given(gossip_entries)
+@settings(max_examples=200, deadline=None)
+def test_gossip_messages_round_trip(entries: tuple[bytes, ...]) -> None:
+    data = encode_message(Gossip(entries))
+    assert decode_message(data) == Gossip(entries)
+    assert gossip_messages(list(entries)) == [Gossip(entries)]  # one message when it fits
+
+
+@given(gossip_entries, st.data())
+@settings(max_examples=300, deadline=None)
+def test_truncated_and_flipped_gossip_fails_cleanly(entries: tuple[bytes, ...],
+                                                    data: st.DataObject) -> None:
+    encoded = encode_message(Gossip(entries))
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises(ValueError):
+        decode_message(encoded[:cut])
+    bit = data.draw(st.integers(0, len(encoded) * 8 - 1))
+    flipped = bytearray(encoded)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    try:
+        decoded = decode_message(bytes(flipped))
+    except ValueError:
+        return  # a clean refusal (MessageError is a ValueError)
+    assert decode_message(encode_message(decoded)) == decoded
+
+
+def test_the_gossip_vector_file_is_what_the_code_makes() -> None:
+    assert GOSSIP_VECTORS.read_text(encoding="utf-8") == gossip_vectors.render(), (
+        f"{gossip_vectors.FILE} is out of date: python tests/ledger_gossip_vectors.py --write")
+    found = json.loads(GOSSIP_VECTORS.read_text(encoding="utf-8"))
+
+    def data_of(vector: dict[str, Any]) -> bytes:
+        return bytes.fromhex(vector["hex"]) if "hex" in vector \
+            else gossip_vectors.runs_data(vector["runs"])
+
+    for vector in found["valid"]:
+        data = data_of(vector)
+        message = decode_message(data)
+        assert isinstance(message, Gossip) and encode_message(message) == data, vector["name"]
+        assert message_id(rpc_pb2.Message(data=data)).hex() == vector["message id"]
+    assert [len(decode_message(data_of(v)).entries) for v in found["valid"]][2] == \
+        MAX_GOSSIP_ENTRIES  # type: ignore[union-attr]
+    for vector in found["invalid"]:
+        with pytest.raises(MessageError):
+            decode_message(data_of(vector))
+        assert vector["code"] == "malformed"
+    # The spec states the limits the vectors check.
+    spec = SPEC.read_text()
+    assert f"| `MAX_GOSSIP_ENTRIES` | {MAX_GOSSIP_ENTRIES} |" in spec
+    assert f"| `MAX_GOSSIP_BYTES` | {MAX_GOSSIP_BYTES:,} |" in spec

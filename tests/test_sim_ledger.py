@@ -134,7 +134,8 @@ def test_messages_refuse_what_the_limits_forbid() -> None:
         {"t": "pull", "a": b"\x01" * 31, "s": 0},
         {"t": "pull", "a": b"\x01" * 32, "s": -1},
         {"t": "gossip", "e": [b""]},
-        {"t": "gossip", "e": [b"x"] * 65},
+        {"t": "gossip", "e": [b"x"] * 257},  # MAX_GOSSIP_ENTRIES + 1
+        {"t": "gossip", "e": []},
         {"t": "summary", "r": [{"p": b"", "d": 0, "a": [[b"\x01" * 32, b"\x02" * 32, 0]]}]},
         {"t": "summary", "r": [{"p": b"", "d": 0}]},
         {"t": "chain", "a": b"\x01" * 32, "e": [], "x": 1},

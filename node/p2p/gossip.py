@@ -84,7 +84,7 @@ SEEN_TTL_S: Final = 120
 PEER_MESSAGE_RATE: Final = 1000.0
 PEER_MESSAGE_BURST: Final = 5000.0
 """Messages per second (and burst) accepted from one forwarding peer. A ledger message
-carries up to 64 entries, so this is ~64,000 entries/s per peer, far above an honest
+carries up to 256 entries, so this is ~256,000 entries/s per peer, far above an honest
 network's rate; the excess is ignored (anti-entropy recovers anything valid in it) and
 each ignored message costs the peer ``flood``."""
 MESSAGE_ID_BYTES: Final = 20

@@ -57,7 +57,8 @@ from n3xus.ledger.store import LedgerStore
 from n3xus.ledger.tx import Tx
 from n3xus.protocol.sync.ledger import LedgerSync
 from n3xus.protocol.sync.messages import (
-    MAX_ENTRIES,
+    MAX_GOSSIP_BYTES,
+    MAX_GOSSIP_ENTRIES,
     Chain,
     Gossip,
     Message,
@@ -66,12 +67,16 @@ from n3xus.protocol.sync.messages import (
     Summary,
     decode_message,
     encode_message,
+    gossip_messages,
 )
 
 from ..logs import get_logger
 from ..p2p.gossip import GossipService, Verdict
 from ..p2p.ledger_sync import LedgerSyncService
 from .ledger import LedgerService
+
+__all__ = ["MAX_GOSSIP_BYTES", "MAX_GOSSIP_ENTRIES", "LedgerFederation", "ParallelVerifier",
+           "admit_checked", "gossip_messages", "topic_of"]
 
 log = get_logger("n3xus.ledger.federation")
 T = TypeVar("T")
@@ -81,9 +86,6 @@ RELEASE_INTERVAL_S: Final = 1.0
 MAX_BATCH_ENTRIES: Final = 50_000
 """Entries admitted in one write transaction: large enough that a burst costs a few
 fsyncs, small enough that one batch holds the ledger for a few seconds at most."""
-MAX_GOSSIP_BYTES: Final = 256 * 1024
-"""Entry bytes per published gossip message (at most 64 entries too): well under
-gossipsub's 1 MiB RPC limit whatever the entries' sizes."""
 PARALLEL_MIN_ENTRIES: Final = 64
 """Below this many entries the signatures are checked inline: handing work to the pool costs
 more than it saves."""
@@ -457,22 +459,6 @@ class LedgerFederation:
 
     async def ingest_pulled(self, peer: str, entries: list[bytes]) -> None:
         await self.ingest(entries, peer, pulled=True)
-
-
-def gossip_messages(entries: Sequence[bytes]) -> list[Gossip]:
-    """``entries`` as gossip messages of at most 64 entries and :data:`MAX_GOSSIP_BYTES`."""
-    messages: list[Gossip] = []
-    current: list[bytes] = []
-    size = 0
-    for entry in entries:
-        if current and (len(current) >= MAX_ENTRIES or size + len(entry) > MAX_GOSSIP_BYTES):
-            messages.append(Gossip(tuple(current)))
-            current, size = [], 0
-        current.append(entry)
-        size += len(entry)
-    if current:
-        messages.append(Gossip(tuple(current)))
-    return messages
 
 
 def _outcome_name(outcome: Outcome) -> str:

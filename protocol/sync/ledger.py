@@ -48,6 +48,7 @@ from .messages import (
     Query,
     Summary,
     SummaryRow,
+    gossip_messages,
 )
 from .ranges import RangeIndex, answer, compare, item_of
 
@@ -182,8 +183,7 @@ class LedgerSync:
         for account in refresh:
             self._refresh(account)
         sends: list[Send] = []
-        for start in range(0, len(fresh), MAX_ENTRIES):
-            message = Gossip(tuple(fresh[start:start + MAX_ENTRIES]))
+        for message in gossip_messages(fresh):
             sends += [(peer, message) for peer in self.peers if peer != source]
         return sends
 

@@ -22,6 +22,7 @@ sub-ranges, one nibble deeper; see ``ranges.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +36,15 @@ DIGEST_BYTES: Final = 32
 # message under the framing's limits; a longer chain comes over several pulls.
 MAX_ENTRIES: Final = 64
 MAX_ENTRY_BYTES: Final = 32_832  # the largest fraud proof (ledger MAX_FRAUD_PROOF_BYTES)
+MAX_GOSSIP_ENTRIES: Final = 256
+"""Entries per gossip message. Gossipsub's cost is per message (measured on the 10-node
+burst of bench/federation.py: ~1.3 ms of CPU per message per node against ~5 us per entry),
+so a node publishes what it accepted in one message where it can; a receiver checks every
+entry before forwarding the message, and 256 signature checks (~15 ms on one core) bound
+what that adds to each hop."""
+MAX_GOSSIP_BYTES: Final = 256 * 1024
+"""Entry bytes per gossip message, all entries together: a message then fits gossipsub's
+1 MiB RPC limit with room to spare, whatever its entries' sizes."""
 MAX_SEQ: Final = 2**63 - 1
 FANOUT: Final = 16
 """Sub-ranges of a split range: one nibble of the account. 16 fingerprints (272 bytes) per
@@ -148,12 +158,20 @@ def _fail(message: str) -> MessageError:
     return MessageError(f"ledger sync: {message}")
 
 
-def _entries(value: Any) -> tuple[bytes, ...]:
-    if type(value) is not list or len(value) > MAX_ENTRIES:
-        raise _fail(f"entries are a list of at most {MAX_ENTRIES}")
+def _entries(value: Any, limit: int = MAX_ENTRIES) -> tuple[bytes, ...]:
+    if type(value) is not list or len(value) > limit:
+        raise _fail(f"entries are a list of at most {limit}")
     if not all(type(item) is bytes and 0 < len(item) <= MAX_ENTRY_BYTES for item in value):
         raise _fail(f"each entry is 1..{MAX_ENTRY_BYTES} bytes")
     return tuple(value)
+
+
+def _gossip_entries(value: Any) -> tuple[bytes, ...]:
+    entries = _entries(value, MAX_GOSSIP_ENTRIES)
+    if not entries or sum(map(len, entries)) > MAX_GOSSIP_BYTES:
+        raise _fail(f"a gossip message holds 1..{MAX_GOSSIP_ENTRIES} entries of at most "
+                    f"{MAX_GOSSIP_BYTES} bytes in all")
+    return entries
 
 
 def _account(value: Any) -> bytes:
@@ -233,6 +251,24 @@ def to_value(message: Message) -> dict[str, Any]:
     return {"t": "chain", "a": message.account, "e": list(message.entries)}
 
 
+def gossip_messages(entries: Sequence[bytes]) -> list[Gossip]:
+    """``entries`` as gossip messages, in order: each of at most :data:`MAX_GOSSIP_ENTRIES`
+    entries and :data:`MAX_GOSSIP_BYTES` of entry bytes (an entry larger than that alone in
+    its message: no entry of the ledger is)."""
+    messages: list[Gossip] = []
+    current: list[bytes] = []
+    size = 0
+    for entry in entries:
+        if current and (len(current) >= MAX_GOSSIP_ENTRIES or size + len(entry) > MAX_GOSSIP_BYTES):
+            messages.append(Gossip(tuple(current)))
+            current, size = [], 0
+        current.append(entry)
+        size += len(entry)
+    if current:
+        messages.append(Gossip(tuple(current)))
+    return messages
+
+
 def encode_message(message: Message) -> bytes:
     return encode(to_value(message))
 
@@ -254,7 +290,7 @@ def from_value(value: Any) -> Message:
     kind = value["t"]
     if kind == "gossip":
         _keys(value, {"t", "e"})
-        return Gossip(_entries(value["e"]))
+        return Gossip(_gossip_entries(value["e"]))
     if kind == "query":
         _keys(value, {"t", "r"})
         ranges = []
