@@ -31,6 +31,7 @@ Merkle (issue target: the compiled twin >= 5x the pure one), BLAKE3 trees:
   is the compiled twin's speed-up (both twins imported directly, whatever the switch says).
 
     python bench/ledger.py [--json] [--large] [--repeats N] [--dir PATH]
+                           [--only ingest|checkpoint|merkle]
 """
 
 from __future__ import annotations
@@ -378,12 +379,16 @@ def _checkpoint_pair(args: Namespace, extra: dict[str, Any]) -> tuple[Pair, Call
 
 def build(args: Namespace) -> tuple[list[Pair], dict[str, Any]]:
     extra: dict[str, Any] = {}
-    pairs, stores = _ingest_pairs(args, extra)
-    _cleanups.append(stores.remove)
-    checkpoint, cleanup = _checkpoint_pair(args, extra)
-    _cleanups.append(cleanup)
-    pairs.append(checkpoint)
-    pairs += _merkle_pairs(args, extra)
+    pairs: list[Pair] = []
+    if args.only in (None, "ingest"):
+        pairs, stores = _ingest_pairs(args, extra)
+        _cleanups.append(stores.remove)
+    if args.only in (None, "checkpoint"):
+        checkpoint, cleanup = _checkpoint_pair(args, extra)
+        _cleanups.append(cleanup)
+        pairs.append(checkpoint)
+    if args.only in (None, "merkle"):
+        pairs += _merkle_pairs(args, extra)
     extra["note"] = ("ingest ratio = our ingest rate / raw verify rate (1.0 = no overhead); "
                      "twin ratios = compiled rate / pure rate")
     return pairs, extra
@@ -395,6 +400,8 @@ _cleanups: list[Callable[[], None]] = []
 
 if __name__ == "__main__":
     arg_parser = parser("ledger ingest and Merkle twins")
+    arg_parser.add_argument("--only", choices=("ingest", "checkpoint", "merkle"), default=None,
+                            help="run one group of rows (default: all)")
     arg_parser.add_argument("--dir", type=Path, default=None,
                             help="where to create the LMDB stores (default: the temp dir)")
     try:
