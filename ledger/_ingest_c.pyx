@@ -657,20 +657,22 @@ def apply_tx(view, genesis, tx):
 
 
 cdef class StateCache:
-    """``_ingest_py.StateCache`` (the state of one write transaction behind a read cache,
-    writes through, written keys in ``dirty``) with its methods in C."""
+    """``_ingest_py.StateCache`` (the state of one write transaction behind a cache, writes
+    kept until :meth:`flush`, changed keys in ``dirty``) with its methods in C."""
 
     cdef object _get
-    cdef object _put
+    cdef object _put_many
     cdef object _delete
     cdef dict _cache
+    cdef set _unflushed
     cdef readonly set dirty
 
-    def __cinit__(self, get, put, delete):
+    def __cinit__(self, get, put_many, delete):
         self._get = get
-        self._put = put
+        self._put_many = put_many
         self._delete = delete
         self._cache = {}
+        self._unflushed = set()
         self.dirty = set()
 
     def get(self, key):
@@ -681,14 +683,29 @@ cdef class StateCache:
         return value
 
     def put(self, key, value):
-        self._put(key, value)
         self._cache[key] = value
+        self._unflushed.add(key)
         self.dirty.add(key)
 
     def delete(self, key):
-        self._delete(key)
         self._cache[key] = None
+        self._unflushed.add(key)
         self.dirty.add(key)
+
+    def flush(self, forget=False):
+        """Write the changes since the last flush; ``forget`` also empties the cache."""
+        cdef list values = []
+        for key in sorted(self._unflushed):
+            value = self._cache[key]
+            if value is None:
+                self._delete(key)
+            else:
+                values.append((key, value))
+        if values:
+            self._put_many(values)
+        self._unflushed.clear()
+        if forget:
+            self._cache.clear()
 
 
 cdef object _MISSING = object()

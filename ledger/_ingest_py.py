@@ -284,19 +284,25 @@ def apply_step(batch: StateView, genesis: Genesis, tx: Tx) -> tuple[TxRejected |
 
 
 class StateCache:
-    """The state of one write transaction behind a read cache (the engine reads the same
-    few keys of an account many times in a batch: its freeze, head and balance). Writes go
-    through at once and update the cache, and every written key is added to ``dirty``;
-    every state write of the transaction must come through here."""
+    """The state of one write transaction behind a cache (the engine reads and writes the
+    same few keys of an account many times in a batch: its freeze, head and balance).
 
-    __slots__ = ("_cache", "_delete", "_get", "_put", "dirty")
+    Reads are answered from the cache, else from ``get``. Writes stay in the cache until
+    :meth:`flush` writes the last value of each changed key once, in key order (``put_many``
+    for values, ``delete`` for removed keys); every changed key is also added to ``dirty``.
+    Every state read and write of the transaction must come through here, and the owner
+    flushes before anything reads the state around it."""
 
-    def __init__(self, get: Callable[[bytes], bytes | None], put: Callable[[bytes, bytes], object],
+    __slots__ = ("_cache", "_delete", "_get", "_put_many", "_unflushed", "dirty")
+
+    def __init__(self, get: Callable[[bytes], bytes | None],
+                 put_many: Callable[[list[tuple[bytes, bytes]]], object],
                  delete: Callable[[bytes], object]) -> None:
         self._get = get
-        self._put = put
+        self._put_many = put_many
         self._delete = delete
         self._cache: dict[bytes, bytes | None] = {}
+        self._unflushed: set[bytes] = set()
         self.dirty: set[bytes] = set()
 
     def get(self, key: bytes) -> bytes | None:
@@ -307,14 +313,30 @@ class StateCache:
             return value
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._put(key, value)
         self._cache[key] = value
+        self._unflushed.add(key)
         self.dirty.add(key)
 
     def delete(self, key: bytes) -> None:
-        self._delete(key)
         self._cache[key] = None
+        self._unflushed.add(key)
         self.dirty.add(key)
+
+    def flush(self, forget: bool = False) -> None:
+        """Write the changes since the last flush; ``forget`` also empties the cache (bounds
+        its memory over a long replay)."""
+        values: list[tuple[bytes, bytes]] = []
+        for key in sorted(self._unflushed):
+            value = self._cache[key]
+            if value is None:
+                self._delete(key)
+            else:
+                values.append((key, value))
+        if values:
+            self._put_many(values)
+        self._unflushed.clear()
+        if forget:
+            self._cache.clear()
 
 
 class MemoryView:

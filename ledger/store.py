@@ -137,9 +137,12 @@ class _LmdbBatch:
         # Most batches find the waiting room empty: skip its scans then.
         self._pending = txn.stat(dbs.pending)["entries"] > 0
         # Every state read and write of the batch goes through one cache (the twins'
-        # StateCache), which also collects the keys the tree must hash again.
+        # StateCache): a key written many times in a batch is written to LMDB once, at
+        # flush_dirty, and the cache collects the keys the tree must hash again.
         state = StateCache(cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state)),
-                           partial(txn.put, db=dbs.state), partial(txn.delete, db=dbs.state))
+                           lambda items: txn.cursor(db=dbs.state).putmulti(items),
+                           partial(txn.delete, db=dbs.state))
+        self._state = state
         self.get = state.get
         self.put = state.put
         self.delete = state.delete
@@ -148,6 +151,7 @@ class _LmdbBatch:
         self._put_ids = partial(txn.put, db=dbs.ids)
         self._put_chain = partial(txn.put, db=dbs.chain)
         self._put_order = partial(txn.put, db=dbs.order)
+        self.undo_put = cast(Callable[[bytes, bytes], None], partial(txn.put, db=dbs.undo))
 
     def set_locator(self, entry_id: bytes, where: bytes) -> None:
         self._txn.put(entry_id, where, db=self._dbs.ids)
@@ -238,9 +242,6 @@ class _LmdbBatch:
             return iter(())
         return cast(Iterator[tuple[bytes, bytes]], cursor.iternext())
 
-    def undo_put(self, key: bytes, record: bytes) -> None:
-        self._txn.put(key, record, db=self._dbs.undo)
-
     def undo_pop_from(self, key: bytes) -> list[bytes]:
         cursor = self._txn.cursor(db=self._dbs.undo)
         records: list[bytes] = []
@@ -274,7 +275,13 @@ class _LmdbBatch:
         self._txn.put(release_ms.to_bytes(8, "big") + entry_id, entry, db=self._dbs.held)
         return True
 
+    def flush_state(self, forget: bool = False) -> None:
+        """Write the batch's state changes to LMDB (``forget``: and empty the cache)."""
+        self._state.flush(forget)
+
     def flush_dirty(self) -> None:
+        """Write the state changes, and the changed keys for the tree."""
+        self._state.flush()
         if self.dirty:
             items = [(key, b"") for key in sorted(self.dirty)]
             self._txn.cursor(db=self._dbs.dirty).putmulti(items)
@@ -392,6 +399,7 @@ class LedgerStore:
                 chunk = [item[1] for _, item in zip(range(REPLAY_CHUNK_ENTRIES), cursor.iternext(),
                                                     strict=False)]
                 outcomes, _ = run_batch(batch, self.genesis, chunk, verify=verify)
+                batch.flush_state(forget=True)  # the cache holds one chunk's keys at most
                 for offset, outcome in enumerate(outcomes):
                     if not isinstance(outcome, Accepted):
                         raise LedgerCorruptError(f"log entry {start + offset} is not admitted "

@@ -702,28 +702,41 @@ def test_prepare_entries_is_identical(compiled: ModuleType) -> None:
     assert rows[len(entries) + 1] == (b"", None, False)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["get", "put", "delete"]),
+@given(st.lists(st.tuples(st.sampled_from(["get", "put", "delete", "flush", "forget"]),
                           st.sampled_from([b"a", b"b", b"c"]), st.binary(max_size=3)),
                 max_size=30))
 @settings(max_examples=60, deadline=None)
-def test_state_cache_reads_what_the_store_holds(ops: list[tuple[str, bytes, bytes]]) -> None:
-    """The batch's cached state view answers every read as the store underneath would,
-    writes through at once, and collects the written keys, in both twins."""
+def test_state_cache_reads_what_the_store_would_hold(ops: list[tuple[str, bytes, bytes]]) -> None:
+    """The batch's cached state answers every read as the store would after the writes so
+    far, writes each changed key once at a flush (in key order), and collects the changed
+    keys, in both twins."""
     compiled_module = load_impl("compiled")
     results = []
     for module in (compiled_module, _ingest_py):
         store: dict[bytes, bytes] = {b"b": b"\x01"}
-        cache = module.StateCache(store.get, store.__setitem__,
-                                  lambda key, store=store: store.pop(key, None))
+        model = dict(store)
+        written: list[list[bytes]] = []
+        cache = module.StateCache(
+            store.get, lambda items, store=store, written=written: (
+                written.append([key_ for key_, _ in items]), store.update(items)),
+            lambda key_, store=store: store.pop(key_, None))
         reads = []
         for op, key_, value in ops:
             if op == "get":
                 reads.append(cache.get(key_))
-                assert reads[-1] == store.get(key_)
+                assert reads[-1] == model.get(key_)
             elif op == "put":
                 cache.put(key_, value)
-            else:
+                model[key_] = value
+            elif op == "delete":
                 cache.delete(key_)
-        results.append((reads, dict(store), set(cache.dirty)))
+                model.pop(key_, None)
+            else:
+                cache.flush(forget=op == "forget")
+                assert store == model
+        cache.flush()
+        assert store == model
+        assert all(keys == sorted(set(keys)) for keys in written)
+        results.append((reads, dict(store), set(cache.dirty), written))
     assert results[0] == results[1]
-    assert results[0][2] == {key_ for op, key_, _ in ops if op != "get"}
+    assert results[0][2] == {key_ for op, key_, _ in ops if op in ("put", "delete")}
