@@ -13,7 +13,7 @@ from typing import Any
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.network.stream.exceptions import StreamReset
-from test_federation_scoring import RAW_SEED, RawPeer, network_of, penalties, wait_until
+from raw_peer_support import RAW_SEED, RawPeer, network_of, penalties, wait_until
 from test_live_node import cli
 
 from conftest import CliNode, start_cli_node
