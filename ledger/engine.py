@@ -97,6 +97,10 @@ class Batch(Protocol):
         """A transaction joins the set: ``set_locator``, ``chain_add`` and ``order_add``
         (under :func:`order_key`) in one call; returns the order key."""
         ...
+    def add_tx(self, tx: Tx) -> tuple[int, bytes]:
+        """``append_log(tx.raw)``, then ``index_tx`` of it at ``locator(index)``; returns
+        (the log index, the order key)."""
+        ...
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]: ...
     def chain_pair(self, account: bytes, seq: int) -> tuple[bool, list[bytes]]:
         """Whether the set holds a transaction of ``account`` at ``seq - 1`` (False for
@@ -163,6 +167,7 @@ class Run:
         self.start: bytes | None = None  # the smallest order key to (re)process
         self.new_txs: dict[bytes, Tx] = {}
         self.results: dict[bytes, TxRejected | None] = {}
+        self.network_id = genesis.network_id
         self.replays = 0  # processed entries that sorted before the batch's new ones
         # account -> seq of its last transaction this run added to the set: the next seq
         # of that account needs no look-up of its predecessor.
@@ -173,24 +178,35 @@ class Run:
     def admit(self, entry: bytes | Tx) -> Outcome:
         """Admit one entry: its bytes, or a transaction decoded from them before (the
         node's verify-ahead path; its network is checked here all the same)."""
+        if isinstance(entry, Tx):
+            if entry.network != self.network_id:
+                try:
+                    check_network(self.genesis, entry)
+                except TxRejected as exc:
+                    return Rejected(exc)
+            if self.verify or self.now_ms is not None:
+                return self._admit(entry, entry.raw)
+            # The common path of the node's ingest (checked ahead, no clock): as _admit.
+            if self.batch.locator(entry.id) is not None:
+                return Rejected(TxRejected(Reason.REPLAY,
+                                           f"transaction {entry.cid} is already known"))
+            return self._place(entry)
         try:
-            # Decode first and drop copies of known transactions before the signature
-            # check, the expensive part (gossip and sync deliver many copies).
-            if isinstance(entry, Tx):
-                item: Tx | FraudProof = entry
-                check_network(self.genesis, entry)
-                entry = entry.raw
-            else:
-                item = admit(self.genesis, entry, False)
-            if isinstance(item, Tx):
-                if self.batch.locator(item.id) is not None:
-                    return Rejected(TxRejected(Reason.REPLAY,
-                                               f"transaction {item.cid} is already known"))
-                if self.verify and not verify_signature(item):
-                    return Rejected(TxRejected(Reason.BAD_SIGNATURE,
-                                               "the signature does not verify"))
+            item = admit(self.genesis, entry, False)
         except TxRejected as exc:
             return Rejected(exc)
+        return self._admit(item, entry)
+
+    def _admit(self, item: Tx | FraudProof, entry: bytes) -> Outcome:
+        if isinstance(item, Tx):
+            # Drop copies of known transactions before the signature check, the expensive
+            # part (gossip and sync deliver many copies).
+            if self.batch.locator(item.id) is not None:
+                return Rejected(TxRejected(Reason.REPLAY,
+                                           f"transaction {item.cid} is already known"))
+            if self.verify and not verify_signature(item):
+                return Rejected(TxRejected(Reason.BAD_SIGNATURE,
+                                           "the signature does not verify"))
         if self.now_ms is not None:
             when = _entry_time(item)
             if when > self.now_ms + MAX_HOLD_MS:
@@ -252,10 +268,13 @@ class Run:
                                        f"chain and {MAX_PENDING_PER_ACCOUNT} already wait"))
         if others:
             return self._equivocation(tx, others[0])
-        index = batch.append_log(tx.raw)
-        self._store(tx, locator(index))
+        index, key = batch.add_tx(tx)
+        tx_id = tx.id
+        self.new_txs[tx_id] = tx
+        if self.start is None or key < self.start:
+            self.start = key
         self._tips[account] = seq
-        outcome = Accepted(tx.id, index, tx)
+        outcome = Accepted(tx_id, index, tx)
         self._release_pending(account, seq + 1)
         return outcome
 

@@ -21,6 +21,7 @@ from .engine import (
     MAX_PENDING_PER_ACCOUNT,
     Run,
     load_tx_bytes,
+    locator,
     order_key,
     run_batch,
 )
@@ -98,6 +99,10 @@ class _MemoryBatch:
         key = order_key(time_ms, account, seq, tx_id)
         self.order_add(key, where)
         return key
+
+    def add_tx(self, tx: Tx) -> tuple[int, bytes]:
+        index = self.append_log(tx.raw)
+        return index, self.index_tx(tx.id, tx.account, tx.seq, tx.time, locator(index))
 
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]:
         prefix = _chain_key(account, seq)

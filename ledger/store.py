@@ -149,6 +149,7 @@ class _LmdbBatch:
         self.dirty = state.dirty
         self.locator = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.ids))
         self._put_ids = partial(txn.put, db=dbs.ids)
+        self._put_log = partial(txn.put, db=dbs.log)
         self._put_chain = partial(txn.put, db=dbs.chain)
         self._put_order = partial(txn.put, db=dbs.order)
         self.undo_put = cast(Callable[[bytes, bytes], None], partial(txn.put, db=dbs.undo))
@@ -188,6 +189,26 @@ class _LmdbBatch:
         self._put_chain(at, time_bytes)
         self._put_order(key, where)
         return key
+
+    def add_tx(self, tx: Tx) -> tuple[int, bytes]:
+        """``append_log`` + ``index_tx`` in one call (the admission hot path)."""
+        index = self.next_index
+        where = _index_key(index)
+        raw = tx.raw
+        if self._replay:
+            if self._txn.get(where, db=self._dbs.log) != raw:
+                raise LedgerCorruptError(f"replay of log entry {index} produced another entry")
+        elif not self._put_log(where, raw, append=True):
+            raise LedgerCorruptError(f"log entry {index} exists already")
+        self.next_index = index + 1
+        tx_id = tx.id
+        at = tx.account + tx.seq.to_bytes(8, "big") + tx_id
+        time_bytes = tx.time.to_bytes(8, "big")
+        key = time_bytes + at
+        self._put_ids(tx_id, where)
+        self._put_chain(at, time_bytes)
+        self._put_order(key, where)
+        return index, key
 
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]:
         prefix = account + seq.to_bytes(8, "big")

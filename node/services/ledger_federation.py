@@ -211,6 +211,10 @@ def admit_checked(store: LedgerStore, entries: Sequence[bytes], checked: Sequenc
     refused all the same, as ``replay`` when a copy with a good signature is known (§6.1
     checks replays first), else ``bad-signature``. One outcome per entry, in the order
     given."""
+    items = [entry if found.tx is None else found.tx for entry, found in zip(entries, checked,
+                                                                              strict=True)]
+    if not sort and all(found.verdict is not False for found in checked):
+        return store.ingest(items, verify=False, now_ms=now)  # the common case, in order
     order = sorted(range(len(entries)), key=lambda i: checked[i].key) if sort \
         else list(range(len(entries)))
     outcomes: list[Outcome | None] = [None] * len(entries)
@@ -218,11 +222,7 @@ def admit_checked(store: LedgerStore, entries: Sequence[bytes], checked: Sequenc
     forged = [i for i in order if checked[i].verdict is False]
     for indexes, verify in ((admitted, False), (forged, True)):
         if indexes:
-            items: list[bytes | Tx] = []
-            for i in indexes:
-                tx = checked[i].tx
-                items.append(entries[i] if tx is None else tx)
-            results = store.ingest(items, verify=verify, now_ms=now)
+            results = store.ingest([items[i] for i in indexes], verify=verify, now_ms=now)
             for index, outcome in zip(indexes, results, strict=True):
                 outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
