@@ -41,6 +41,15 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.long cimport PyLong_AsUnsignedLongLong, PyLong_FromUnsignedLongLong
+from cpython.pythread cimport (
+    WAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_start_new_thread,
+    PyThread_type_lock,
+)
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
@@ -99,6 +108,7 @@ __all__ = [
     "prepare_entries",
     "verify_signature",
     "verify_signatures",
+    "verify_signatures_async",
 ]
 
 ctypedef int (*VerifyDetached)(const unsigned char *sig, const unsigned char *message,
@@ -113,6 +123,7 @@ cdef enum:
     MESSAGE_CAPACITY = 16 * 1024 + 256
     TAG_CAPACITY = 64  # the domain-separation tag is 19 bytes today
     TXID_BYTES = 36  # binary CIDv1 dag-cbor BLAKE3-256 (tx.TXID_BYTES)
+    MAX_VERIFY_THREADS = 64  # threads per signature batch: more cores than any node has
     SEQ_BYTES = 8  # u64 big-endian in head records and chain keys
 
 cdef VerifyDetached _verify_detached = NULL
@@ -581,73 +592,181 @@ def verify_signature(tx):
     return bool(_signature_ok(tx))
 
 
-def verify_signatures(txs):
-    """:func:`verify_signature` of each transaction, as a list of bools, with the GIL
-    released once for the whole list (a verify thread then needs the GIL twice per list,
-    not twice per signature: CPython hands a waiting thread the GIL only when the holder
-    blocks or its switch interval, 5 ms, runs out, so per-signature hand-offs would stall
-    the verify threads behind the ordered apply)."""
-    cdef list items = list(txs)
-    cdef Py_ssize_t n = len(items), i, total = 0, at = 0
-    cdef list results = [None] * n
-    cdef const unsigned char **sigs = NULL
-    cdef const unsigned char **keys = NULL
-    cdef Py_ssize_t *offsets = NULL
-    cdef unsigned long long *lengths = NULL
-    cdef int *codes = NULL
-    cdef unsigned char *messages = NULL
-    cdef list simple = []
-    cdef object sig, signed, account
-    if n == 0:
-        return results
-    for i in range(n):
-        tx = items[i]
-        sig, signed, account = tx.sig, tx.signed, tx.account
-        if (_verify_detached != NULL and PyBytes_CheckExact(sig) and PyBytes_CheckExact(signed)
-                and PyBytes_CheckExact(account) and PyBytes_GET_SIZE(sig) == SIG_BYTES
-                and PyBytes_GET_SIZE(account) == KEY_BYTES):
-            simple.append(i)
-            total += _tag_length + PyBytes_GET_SIZE(signed)
-        else:  # the single check decides (and raises) as verify_signature does
-            results[i] = bool(_signature_ok(tx))
-    cdef Py_ssize_t m = len(simple), j
-    if m == 0:
-        return results
-    try:
-        sigs = <const unsigned char **>malloc(m * sizeof(void*))
-        keys = <const unsigned char **>malloc(m * sizeof(void*))
-        offsets = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
-        lengths = <unsigned long long *>malloc(m * sizeof(unsigned long long))
-        codes = <int *>malloc(m * sizeof(int))
-        messages = <unsigned char *>malloc(total if total > 0 else 1)
-        if (sigs == NULL or keys == NULL or offsets == NULL or lengths == NULL
-                or codes == NULL or messages == NULL):
+cdef struct _VerifySlice:
+    const unsigned char **sigs
+    const unsigned char **keys
+    const unsigned char *messages
+    Py_ssize_t *offsets
+    unsigned long long *lengths
+    int *codes
+    Py_ssize_t start
+    Py_ssize_t end
+    PyThread_type_lock done  # held from the start until the slice is verified
+
+
+cdef void _verify_slice(void *arg) noexcept nogil:
+    """A native thread's work: C data only, never the GIL."""
+    cdef _VerifySlice *job = <_VerifySlice*>arg
+    cdef Py_ssize_t j
+    for j in range(job.start, job.end):
+        job.codes[j] = _verify_detached(job.sigs[j], job.messages + job.offsets[j],
+                                        job.lengths[j], job.keys[j])
+    PyThread_release_lock(job.done)
+
+
+cdef class PendingSignatures:
+    """Signature checks under way (:func:`verify_signatures_async`); :meth:`wait` returns
+    the verdicts. The checks run on native threads that never take the GIL: the ordered
+    apply holds it for long stretches, and CPython hands it to a waiting thread only after
+    a 5 ms switch interval, which would stall any Python-level verify worker."""
+
+    cdef list _items  # keeps the bytes the threads read alive (immutable)
+    cdef list _results
+    cdef list _simple  # indexes of the transactions checked in C
+    cdef const unsigned char **_sigs
+    cdef const unsigned char **_keys
+    cdef unsigned char *_messages
+    cdef Py_ssize_t *_offsets
+    cdef unsigned long long *_lengths
+    cdef int *_codes
+    cdef _VerifySlice *_jobs
+    cdef int _started  # slices whose lock is held (running, or run inline)
+    cdef bint _done
+
+    def __cinit__(self):
+        self._started = 0
+        self._done = True
+
+    cdef int _prepare(self, object txs) except -1:
+        cdef list items = list(txs)
+        cdef Py_ssize_t n = len(items), i, j, m, total = 0, at = 0
+        cdef object sig, signed, account
+        self._items = items
+        self._results = [None] * n
+        self._simple = []
+        for i in range(n):
+            tx = items[i]
+            sig, signed, account = tx.sig, tx.signed, tx.account
+            if (_verify_detached != NULL and PyBytes_CheckExact(sig)
+                    and PyBytes_CheckExact(signed) and PyBytes_CheckExact(account)
+                    and PyBytes_GET_SIZE(sig) == SIG_BYTES
+                    and PyBytes_GET_SIZE(account) == KEY_BYTES):
+                self._simple.append(i)
+                total += _tag_length + PyBytes_GET_SIZE(signed)
+            else:  # the single check decides (and raises) as verify_signature does
+                self._results[i] = bool(_signature_ok(tx))
+        m = len(self._simple)
+        if m == 0:
+            return 0
+        self._sigs = <const unsigned char **>malloc(m * sizeof(void*))
+        self._keys = <const unsigned char **>malloc(m * sizeof(void*))
+        self._offsets = <Py_ssize_t *>malloc(m * sizeof(Py_ssize_t))
+        self._lengths = <unsigned long long *>malloc(m * sizeof(unsigned long long))
+        self._codes = <int *>malloc(m * sizeof(int))
+        self._messages = <unsigned char *>malloc(total if total > 0 else 1)
+        if (self._sigs == NULL or self._keys == NULL or self._offsets == NULL
+                or self._lengths == NULL or self._codes == NULL or self._messages == NULL):
             raise MemoryError("cannot allocate the signature batch")
         for j in range(m):
-            tx = items[<Py_ssize_t>simple[j]]
+            tx = items[<Py_ssize_t>self._simple[j]]
             sig, signed, account = tx.sig, tx.signed, tx.account
-            sigs[j] = <const unsigned char*>PyBytes_AS_STRING(sig)
-            keys[j] = <const unsigned char*>PyBytes_AS_STRING(account)
-            offsets[j] = at
-            memcpy(messages + at, _tag, _tag_length)
-            memcpy(messages + at + _tag_length, PyBytes_AS_STRING(signed),
+            self._sigs[j] = <const unsigned char*>PyBytes_AS_STRING(sig)
+            self._keys[j] = <const unsigned char*>PyBytes_AS_STRING(account)
+            self._offsets[j] = at
+            memcpy(self._messages + at, _tag, _tag_length)
+            memcpy(self._messages + at + _tag_length, PyBytes_AS_STRING(signed),
                    PyBytes_GET_SIZE(signed))
-            lengths[j] = <unsigned long long>(_tag_length + PyBytes_GET_SIZE(signed))
+            self._lengths[j] = <unsigned long long>(_tag_length + PyBytes_GET_SIZE(signed))
             at += _tag_length + PyBytes_GET_SIZE(signed)
-        # The bytes objects stay referenced by ``items`` (immutable) while the GIL is out.
-        with nogil:
-            for j in range(m):
-                codes[j] = _verify_detached(sigs[j], messages + offsets[j], lengths[j], keys[j])
-        for j in range(m):
-            results[<Py_ssize_t>simple[j]] = codes[j] == 0  # fail closed: only 0 is valid
-    finally:
-        free(sigs)
-        free(keys)
-        free(offsets)
-        free(lengths)
-        free(codes)
-        free(messages)
-    return results
+            self._codes[j] = -1  # fail closed until checked
+        return 0
+
+    cdef int _start(self, int threads) except -1:
+        """Split the C-checked transactions over ``threads`` native threads (0: check them
+        here, without the GIL, before returning)."""
+        cdef Py_ssize_t m = len(self._simple), size, start
+        cdef int count, k
+        cdef _VerifySlice *job
+        self._done = False
+        if m == 0:
+            return 0
+        count = 1 if threads < 1 else min(threads, MAX_VERIFY_THREADS, <int>m)
+        self._jobs = <_VerifySlice *>malloc(count * sizeof(_VerifySlice))
+        if self._jobs == NULL:
+            raise MemoryError("cannot allocate the signature batch")
+        size = (m + count - 1) // count
+        for k in range(count):
+            start = k * size
+            job = &self._jobs[k]
+            job.sigs, job.keys, job.messages = self._sigs, self._keys, self._messages
+            job.offsets, job.lengths, job.codes = self._offsets, self._lengths, self._codes
+            job.start, job.end = start, min(m, start + size)
+            job.done = PyThread_allocate_lock()
+            if job.done == NULL:
+                raise MemoryError("cannot allocate a lock for the signature batch")
+            PyThread_acquire_lock(job.done, WAIT_LOCK)
+            self._started = k + 1
+            if threads < 1 or PyThread_start_new_thread(_verify_slice, <void*>job) == -1:
+                with nogil:  # no thread (or none could start): check here
+                    _verify_slice(<void*>job)
+        return 0
+
+    cdef void _join(self) noexcept:
+        cdef int k
+        for k in range(self._started):
+            with nogil:
+                PyThread_acquire_lock(self._jobs[k].done, WAIT_LOCK)
+            PyThread_release_lock(self._jobs[k].done)
+            PyThread_free_lock(self._jobs[k].done)
+        self._started = 0
+
+    cdef void _free(self) noexcept:
+        free(self._jobs)
+        free(self._sigs)
+        free(self._keys)
+        free(self._offsets)
+        free(self._lengths)
+        free(self._codes)
+        free(self._messages)
+        self._jobs = NULL
+        self._sigs = self._keys = NULL
+        self._offsets = NULL
+        self._lengths = NULL
+        self._codes = NULL
+        self._messages = NULL
+
+    def wait(self):
+        """The verdicts, one per transaction, in order (waits for the threads)."""
+        cdef Py_ssize_t j
+        if not self._done:
+            self._join()
+            for j in range(len(self._simple)):
+                # fail closed: only 0 is a valid signature
+                self._results[<Py_ssize_t>self._simple[j]] = self._codes[j] == 0
+            self._done = True
+            self._free()
+            self._items = None
+        return list(self._results)
+
+    def __dealloc__(self):
+        # Never free what a running thread reads: join first.
+        self._join()
+        self._free()
+
+
+def verify_signatures_async(txs, threads):
+    """Start :func:`verify_signature` of each transaction on ``threads`` native threads
+    (0: here, GIL released, before returning); ``.wait()`` gives the verdicts."""
+    cdef PendingSignatures pending = PendingSignatures()
+    pending._prepare(txs)
+    pending._start(threads)
+    return pending
+
+
+def verify_signatures(txs):
+    """:func:`verify_signature` of each transaction, as a list of bools, with the GIL
+    released once for the whole list."""
+    return verify_signatures_async(txs, 0).wait()
 
 
 def apply_tx(view, genesis, tx):

@@ -37,6 +37,7 @@ __all__ = [
     "prepare_entries",
     "verify_signature",
     "verify_signatures",
+    "verify_signatures_async",
 ]
 
 _COMPILED_MODULE = "n3xus.ledger._ingest_c"
@@ -62,5 +63,6 @@ if TYPE_CHECKING:
     from ._ingest_py import prepare_entries as prepare_entries
     from ._ingest_py import verify_signature as verify_signature
     from ._ingest_py import verify_signatures as verify_signatures
+    from ._ingest_py import verify_signatures_async as verify_signatures_async
 else:
     globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})

@@ -49,7 +49,8 @@ from n3xus.ledger.tx import (
 IMPLEMENTATIONS = ["compiled", "pure"]
 PUBLIC_NAMES = {"VOID_REASONS", "Accepted", "Held", "MemoryView", "Outcome", "Pending",
                 "Rejected", "StateCache", "admit", "apply_in_order", "apply_step", "apply_tx",
-                "decode_envelope", "prepare_entries", "verify_signature", "verify_signatures"}
+                "decode_envelope", "prepare_entries", "verify_signature", "verify_signatures",
+                "verify_signatures_async"}
 TX_FIELDS = ("raw", "signed", "sig", "id", "network", "account", "seq", "prev", "time", "op",
              "args")
 # The group order of ed25519: S + L is the same scalar, encoded non-canonically.
@@ -615,6 +616,13 @@ def test_verify_signatures_matches_the_single_check(impl: ModuleType) -> None:
     assert impl.verify_signatures(txs) == expected
     assert impl.verify_signatures(iter(txs[::-1])) == expected[::-1]
     assert impl.verify_signatures([]) == []
+    for threads in (0, 1, 2, 3, len(txs) + 5):  # native threads in the compiled twin
+        assert impl.verify_signatures_async(txs, threads).wait() == expected
+        pending = impl.verify_signatures_async(txs * 3, threads)
+        assert pending.wait() == expected * 3 and pending.wait() == expected * 3
+    assert impl.verify_signatures_async([], 2).wait() == []
+    del pending  # dropped before waiting: joins its threads first
+    impl.verify_signatures_async(txs * 5, 2)
 
 
 def test_apply_step_records_the_same_undo(impl: ModuleType) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, NamedTuple, TypeVar
@@ -51,7 +50,7 @@ from n3xus.ledger.ingest import (
     Pending,
     Rejected,
     prepare_entries,
-    verify_signatures,
+    verify_signatures_async,
 )
 from n3xus.ledger.store import LedgerStore
 from n3xus.ledger.tx import Tx
@@ -87,8 +86,8 @@ MAX_BATCH_ENTRIES: Final = 50_000
 """Entries admitted in one write transaction: large enough that a burst costs a few
 fsyncs, small enough that one batch holds the ledger for a few seconds at most."""
 PARALLEL_MIN_ENTRIES: Final = 64
-"""Below this many entries the signatures are checked inline: handing work to the pool costs
-more than it saves."""
+"""Below this many entries the signatures are checked inline: starting threads costs more
+than it saves."""
 MAX_RECEIVED_MARKS: Final = 500_000
 """Entries remembered as received from peers (16 bytes each, ~16 MiB): they are not
 published again, since every peer that gossiped or served them has them."""
@@ -139,45 +138,35 @@ class ParallelVerifier:
     """Checks the signatures of a batch on every core, ahead of the ordered apply.
 
     :meth:`check_ahead` decodes the entries on the calling thread (the ledger's: the decode
-    holds the GIL wherever it runs, and admission reuses its result), then verifies the
-    signatures on the pool and returns at once, so the caller can apply the previous batch
-    while this one is verified: a pipeline, the ordered apply on one core and the checks,
-    which have no order, on the others. Each pool task verifies its whole part with the GIL
-    released once (``verify_signatures``): CPython gives a waiting thread the GIL only when
-    the holder blocks or its 5 ms switch interval runs out, so a thread that needed the GIL
-    between signatures would stall behind the apply."""
+    holds the GIL wherever it runs, and admission reuses its result), then starts the
+    signature checks on ``workers`` threads and returns at once, so the caller can apply the
+    previous batch while this one is verified: a pipeline, the ordered apply on one core and
+    the checks, which have no order, on the others. The compiled twin checks on native
+    threads that never take the GIL (``verify_signatures_async``): CPython gives a waiting
+    thread the GIL only when the holder blocks or its 5 ms switch interval runs out, so a
+    Python-level worker would stall behind the apply at every hand-off."""
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ledger-verify") \
-            if self.workers > 1 else None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: the threads of a check end with it (kept for callers)."""
 
     def check(self, store: LedgerStore | None, entries: Sequence[bytes]) -> list[Checked]:
         return self.check_ahead(store, entries)()
 
     def check_ahead(self, store: LedgerStore | None,
                     entries: Sequence[bytes]) -> Callable[[], list[Checked]]:
-        """Decode ``entries`` and start verifying them on the pool; the returned callable
-        waits for the result (what :meth:`check` returns). Entries the ledger gains
-        meanwhile are judged by admission all the same (replays are found first)."""
+        """Decode ``entries`` and start verifying them; the returned callable waits for the
+        result (what :meth:`check` returns). Entries the ledger gains meanwhile are judged
+        by admission all the same (replays are found first)."""
         found = self._decode(store, entries)
         txs = [tx for _, tx, verify in found if verify and tx is not None]
-        if self._pool is None or len(txs) < PARALLEL_MIN_ENTRIES:
-            futures = None
-            verdicts = verify_signatures(txs)
-        else:
-            size = -(-len(txs) // self.workers)
-            futures = [self._pool.submit(verify_signatures, txs[i:i + size])
-                       for i in range(0, len(txs), size)]
-            verdicts = []
+        threads = self.workers if self.workers > 1 and len(txs) >= PARALLEL_MIN_ENTRIES else 0
+        pending = verify_signatures_async(txs, threads)
 
         def result() -> list[Checked]:
-            done = iter(verdicts if futures is None else
-                        [ok for future in futures for ok in future.result()])
+            done = iter(pending.wait())
             return [Checked(key, next(done) if verify else None, tx)
                     for key, tx, verify in found]
         return result
