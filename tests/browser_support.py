@@ -1,8 +1,11 @@
-"""The one place the browser tests name their Chromium and its launch flags."""
+"""The one place the browser tests name their Chromium, its launch flags and the steps
+every live test takes on the performer page."""
 
 from __future__ import annotations
 
 import os
+
+from playwright.sync_api import Page
 
 # Debian's chromium unless N3XUS_CHROMIUM names another build (tests/install-system-deps.sh).
 CHROMIUM = os.environ.get("N3XUS_CHROMIUM", "/usr/bin/chromium")
@@ -12,3 +15,13 @@ BASE_ARGS = ["--headless=new", "--no-sandbox", "--disable-background-networking"
              "--autoplay-policy=no-user-gesture-required"]
 # A camera and microphone that exist, with the permission prompt answered yes.
 FAKE_MEDIA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+def go_live(performer: Page, timeout_ms: float) -> None:
+    """Press the performer page's **Go live** once its camera is ready (the button is
+    enabled then) and wait until the page says ``live``."""
+    performer.wait_for_function("!document.getElementById('go-live').disabled",
+                                timeout=timeout_ms)
+    performer.get_by_role("button", name="Go live").click()
+    performer.wait_for_function("document.getElementById('status').textContent === 'live'",
+                                timeout=timeout_ms)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from browser_support import BASE_ARGS, CHROMIUM, FAKE_MEDIA_ARGS
+from browser_support import BASE_ARGS, CHROMIUM, FAKE_MEDIA_ARGS, go_live
 from playwright.sync_api import Page, sync_playwright
 
 from conftest import CliNode, run_cli, start_cli_node
@@ -108,12 +108,7 @@ def drive(a: dict[str, Any], b: dict[str, Any], fund: Callable[[str], None]) -> 
             context = browser.new_context(bypass_csp=True)  # Playwright's predicates eval
             performer = context.new_page()
             performer.goto(a["links"]["perform"])
-            performer.wait_for_function("!document.getElementById('go-live').disabled",
-                                        timeout=PLAY_TIMEOUT_MS)
-            performer.get_by_role("button", name="Go live").click()
-            performer.wait_for_function(
-                "document.getElementById('status').textContent === 'live'",
-                timeout=PLAY_TIMEOUT_MS)
+            go_live(performer, PLAY_TIMEOUT_MS)
             # B's audience page runs in a browser without the fake media UI: no media
             # permission, so Chromium offers only mDNS host names, which the node resolves.
             plain = p.chromium.launch(executable_path=CHROMIUM, args=PLAIN_ARGS)

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import trio
-from browser_support import BASE_ARGS, CHROMIUM, FAKE_MEDIA_ARGS
+from browser_support import BASE_ARGS, CHROMIUM, FAKE_MEDIA_ARGS, go_live
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from playwright.sync_api import Page, sync_playwright
@@ -82,12 +82,7 @@ def drive(base: str, tokens: dict[str, str]) -> dict[str, Any]:
             context = browser.new_context(bypass_csp=True)
             performer = context.new_page()
             performer.goto(f"{base}/rooms/{ROOM}/perform#token={tokens['performer']}")
-            go_live = performer.get_by_role("button", name="Go live")
-            performer.wait_for_function("!document.getElementById('go-live').disabled")
-            go_live.click()
-            performer.wait_for_function(
-                "document.getElementById('status').textContent === 'live'",
-                timeout=PLAY_TIMEOUT_MS)
+            go_live(performer, PLAY_TIMEOUT_MS)
             audiences = []
             for _ in range(2):
                 page = context.new_page()
@@ -118,12 +113,7 @@ def drive(base: str, tokens: dict[str, str]) -> dict[str, Any]:
 
             # The performer's tab reloads and goes live again: the audience keeps playing.
             performer.reload()
-            performer.wait_for_function("!document.getElementById('go-live').disabled",
-                                        timeout=PLAY_TIMEOUT_MS)
-            performer.get_by_role("button", name="Go live").click()
-            performer.wait_for_function(
-                "document.getElementById('status').textContent === 'live'",
-                timeout=PLAY_TIMEOUT_MS)
+            go_live(performer, PLAY_TIMEOUT_MS)
             after_reload = [wait_playing(page) for page in audiences]
             still_playing = all(a["time"] > b["time"] for a, b in
                                 zip(after_reload, played, strict=True))
