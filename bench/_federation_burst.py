@@ -17,6 +17,10 @@ measured in the same run, each over the same graph with the same message bytes:
   No encryption, no muxer, no ledger work.
 * ``gossip`` (informative): the gossip layer alone, the same bytes published through
   GossipService, each node's handler accepting at once (no ledger work).
+* ``tcp-verify`` (informative): the TCP flood where each node also checks the signature of
+  every entry of a message (one raw libsodium call per entry, on its one thread) before it
+  counts and forwards the message: the least work any node that trusts no peer must do,
+  so this row is the floor of what a ledger gossip can reach on this machine.
 
 Times are ``time.perf_counter`` (CLOCK_MONOTONIC, one clock for all processes of a
 machine): the coordinator notes the time, then tells every node "go"; a transaction's
@@ -331,10 +335,32 @@ async def _gossip_node(index: int, data: dict[str, Any]) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _tcp_node(index: int, data: dict[str, Any]) -> None:
+def _raw_checks(transfers: list[bytes]) -> Callable[[list[int]], None]:
+    """Check the signatures of the transfers at the given indexes with one raw libsodium
+    call each (the ``tcp-verify`` ceiling)."""
+    from ledger import _raw_verifier
+    from n3xus.ledger.tx import TX_SIGNATURE_TAG, decode_tx
+
+    verify = _raw_verifier()
+    triples = []
+    for entry in transfers:
+        tx = decode_tx(entry)
+        signed = TX_SIGNATURE_TAG + tx.signed
+        triples.append((tx.sig, signed, len(signed), tx.account))
+
+    def check(indexes: list[int]) -> None:
+        for at in indexes:
+            if verify(*triples[at]) != 0:
+                raise AssertionError("a workload signature does not verify")
+
+    return check
+
+
+async def _tcp_node(index: int, data: dict[str, Any], checked: bool = False) -> None:
     transfers = [bytes.fromhex(e) for e in data["transfers"]]
     payloads = _payloads(transfers)
     carries = {_mark(p): share for _, p, share in payloads}
+    check = _raw_checks(transfers) if checked else None
     links: dict[int, trio.SocketStream] = {}
     locks = {other: trio.Lock() for other in neighbours(index)}
     seen: set[bytes] = set()
@@ -347,6 +373,8 @@ async def _tcp_node(index: int, data: dict[str, Any]) -> None:
         if mark in seen:
             return
         seen.add(mark)
+        if check is not None and source is not None:
+            check(carries.get(mark, []))
         now = time.perf_counter()
         for at in carries.get(mark, ()):
             arrivals.setdefault(at, now)
@@ -414,8 +442,8 @@ def _node_main(kind: str, index: int, data_path: Path) -> None:
             shutil.rmtree(root, ignore_errors=True)
     elif kind == "gossip":
         trio.run(_gossip_node, index, data)
-    elif kind == "tcp":
-        trio.run(_tcp_node, index, data)
+    elif kind in ("tcp", "tcp-verify"):
+        trio.run(_tcp_node, index, data, kind == "tcp-verify")
     else:
         raise SystemExit(f"unknown node kind {kind!r}")
 
@@ -433,10 +461,10 @@ def burst_rows(genesis: bytes, issuance: list[bytes], transfers: list[bytes],
     try:
         data = directory / "workload.json"
         write_data(data, genesis, issuance, transfers)
-        runs: dict[str, list[Burst]] = {"tcp": [], "ledger": [], "gossip": []}
+        kinds = ("tcp", "ledger", "gossip", "tcp-verify")
+        runs: dict[str, list[Burst]] = {kind: [] for kind in kinds}
         for repeat in range(repeats):  # interleaved: a noisy moment hurts all kinds alike
-            for kind in (("tcp", "ledger", "gossip") if repeat % 2 == 0
-                         else ("gossip", "ledger", "tcp")):
+            for kind in (kinds if repeat % 2 == 0 else kinds[::-1]):
                 runs[kind].append(run_burst(kind, data))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -445,7 +473,7 @@ def burst_rows(genesis: bytes, issuance: list[bytes], transfers: list[bytes],
         raise AssertionError(f"transactions lost: {lost}")
     chosen = {kind: sorted(found, key=lambda b: percentile(b.latencies, 0.99))[len(found) // 2]
               for kind, found in runs.items()}
-    ours, tcp, gossip = chosen["ledger"], chosen["tcp"], chosen["gossip"]
+    ours, tcp, gossip, floor = (chosen[k] for k in ("ledger", "tcp", "gossip", "tcp-verify"))
     count = len(transfers)
     cores = os.cpu_count() or 1
 
@@ -481,7 +509,14 @@ def burst_rows(genesis: bytes, issuance: list[bytes], transfers: list[bytes],
                    percentile(gossip.latencies, 0.99), percentile(tcp.latencies, 0.99), None,
                    False, {"median ms": ms(statistics.median(gossip.latencies)),
                            "p99 ms": ms(percentile(gossip.latencies, 0.99)),
-                           "CPU us per tx per node": per_tx_node_us(gossip.cpu_s)})]
+                           "CPU us per tx per node": per_tx_node_us(gossip.cpu_s)}),
+            Result("ours vs the TCP flood that also checks every signature at every node "
+                   "(the least any node must do): p99", "tx", count,
+                   percentile(ours.latencies, 0.99), percentile(floor.latencies, 0.99), None,
+                   False, {"tcp-verify median ms": ms(statistics.median(floor.latencies)),
+                           "tcp-verify p99 ms": ms(percentile(floor.latencies, 0.99)),
+                           "p99 ms of every run": p99s("tcp-verify"),
+                           "CPU us per tx per node": per_tx_node_us(floor.cpu_s)})]
     return rows
 
 
