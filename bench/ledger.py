@@ -226,14 +226,14 @@ def _ingest_pairs(args: Namespace, extra: dict[str, Any]) -> tuple[list[Pair], S
 
         def twin(module: ModuleType) -> Callable[[object], None]:
             def run(_: object) -> None:
-                # The engine on this twin's steps (admit, apply_step), in memory.
-                saved = engine.admit, engine.apply_step, engine.verify_signature
-                engine.admit, engine.apply_step, engine.verify_signature = (  # type: ignore[attr-defined]
-                    module.admit, module.apply_step, module.verify_signature)
+                # The engine on this twin's steps (admit, apply_in_order), in memory.
+                saved = engine.admit, engine.apply_in_order, engine.verify_signature
+                engine.admit, engine.apply_in_order, engine.verify_signature = (  # type: ignore[attr-defined]
+                    module.admit, module.apply_in_order, module.verify_signature)
                 try:
                     outcomes = MemoryLedger(workload.genesis).ingest(entries, verify=False)
                 finally:
-                    engine.admit, engine.apply_step, engine.verify_signature = saved  # type: ignore[attr-defined]
+                    engine.admit, engine.apply_in_order, engine.verify_signature = saved  # type: ignore[attr-defined]
                 if not isinstance(outcomes[-1], _ingest_py.Accepted) or not outcomes[-1].applied:
                     raise AssertionError(f"a transfer was rejected: {outcomes[-1]}")
             return run
