@@ -24,7 +24,7 @@ What is compiled, and why a checkpoint on a million entries costs a few millisec
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.ref cimport PyObject
-from libc.stdint cimport int64_t, uint8_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -44,10 +44,6 @@ cdef extern from "<sys/mman.h>" nogil:
 
 cdef extern from *:
     void __builtin_prefetch(const void *address) nogil
-
-cdef extern from "Python.h":
-    ctypedef struct PyListObject:
-        PyObject **ob_item
 
 cdef extern from "../canon/_merkle_hash.h":
     enum: N3X_KIND_BLAKE3
@@ -133,10 +129,8 @@ cdef inline Py_ssize_t _split(const Entry *entries, int depth, Py_ssize_t lo,
     return lo
 
 
-cdef inline bint _same_bytes(object a, object b):
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(a)
-    return size == PyBytes_GET_SIZE(b) and memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b),
-                                                  size) == 0
+# A free leaf slot's key place.
+cdef uint64_t FREE_KEY = 0xFFFFFFFFFFFFFFFF
 
 
 cdef size_t _next_capacity(size_t capacity) noexcept:
@@ -194,6 +188,7 @@ cdef class _Changes:
     cdef Py_ssize_t owners[BLOCK_BATCH]   # 2 * entry index + 0 (its path) or 1 (its hash)
     cdef uint8_t hashed[BLOCK_BATCH * 32]
     cdef size_t waiting
+    cdef size_t key_bytes                 # the keys' lengths, summed
 
     def __cinit__(self):
         self.entries = NULL
@@ -203,6 +198,7 @@ cdef class _Changes:
         self.message = NULL
         self.message_capacity = 0
         self.waiting = 0
+        self.key_bytes = 0
 
     def __dealloc__(self):
         free(self.entries)
@@ -275,6 +271,7 @@ cdef class _Changes:
                 n3x_blake3(self.message, needed, entry.hash)
         self.keys.append(key)
         entry.key = <PyObject *>key
+        self.key_bytes += key_len
         self.count += 1
         return 0
 
@@ -311,9 +308,14 @@ cdef class MemoryTree:
     cdef uint32_t inner_top       # slots below this were handed out once
     cdef uint32_t inner_free      # first free slot (chained through children[0])
     cdef uint8_t *leaf_hashes     # leaf slot i: leaf_hashes[32 i ..]
+    cdef uint64_t *leaf_keys      # leaf slot i: its key in the arena, offset << 8 | length
     cdef uint32_t leaf_capacity
+    cdef uint32_t leaf_top        # slots below this were handed out once
     cdef uint32_t leaf_free       # first free slot (chained through leaf_hashes[32 i])
-    cdef list leaf_keys           # leaf slot i: its state key (b"" when free)
+    cdef uint8_t *arena           # the leaves' state keys, one after the other
+    cdef size_t arena_used
+    cdef size_t arena_capacity
+    cdef size_t arena_garbage     # bytes of keys whose leaves are gone
     cdef uint32_t root_ref
     cdef uint8_t root_hash[32]
     cdef Py_ssize_t leaves
@@ -330,6 +332,10 @@ cdef class MemoryTree:
     def __cinit__(self):
         self.inner = NULL
         self.leaf_hashes = NULL
+        self.leaf_keys = NULL
+        self.arena = NULL
+        self.arena_capacity = 0
+        self.leaf_capacity = 0
         self.merged = NULL
         self.merged_capacity = 0
         self.listed = 0
@@ -347,6 +353,8 @@ cdef class MemoryTree:
         cdef int depth
         _release(self.inner, <size_t>self.inner_capacity * sizeof(Inner))
         _release(self.leaf_hashes, <size_t>self.leaf_capacity * 32)
+        _release(self.leaf_keys, <size_t>self.leaf_capacity * 8)
+        _release(self.arena, self.arena_capacity)
         free(self.merged)
         free(self.gathered)
         free(self.hashed)
@@ -356,14 +364,21 @@ cdef class MemoryTree:
     cdef void _clear(self):
         _release(self.inner, <size_t>self.inner_capacity * sizeof(Inner))
         _release(self.leaf_hashes, <size_t>self.leaf_capacity * 32)
+        _release(self.leaf_keys, <size_t>self.leaf_capacity * 8)
+        _release(self.arena, self.arena_capacity)
         self.inner = NULL
         self.leaf_hashes = NULL
+        self.leaf_keys = NULL
+        self.arena = NULL
         self.inner_capacity = 0
         self.inner_top = 0
         self.inner_free = NO_SLOT
         self.leaf_capacity = 0
+        self.leaf_top = 0
         self.leaf_free = NO_SLOT
-        self.leaf_keys = []
+        self.arena_used = 0
+        self.arena_capacity = 0
+        self.arena_garbage = 0
         self.root_ref = 0
         memset(self.root_hash, 0, 32)
         self.leaves = 0
@@ -373,37 +388,91 @@ cdef class MemoryTree:
         return self.leaves
 
     def memory_bytes(self):
-        """Bytes held by the node arrays (not counting the state keys)."""
+        """Bytes reserved by the node arrays and the key arena (touched or not)."""
         return (<size_t>self.inner_capacity * sizeof(Inner)
-                + <size_t>self.leaf_capacity * 32)
+                + <size_t>self.leaf_capacity * 40 + self.arena_capacity)
 
     # --- slots -------------------------------------------------------------------------
 
+    cdef inline const uint8_t *_key(self, uint32_t slot) noexcept:
+        return self.arena + (self.leaf_keys[slot] >> 8)
+
+    cdef inline size_t _key_length(self, uint32_t slot) noexcept:
+        return self.leaf_keys[slot] & 0xFF
+
+    cdef int _grow_leaves(self, size_t capacity) except -1:
+        self.leaf_hashes = <uint8_t *>_regrow(
+            self.leaf_hashes, <size_t>self.leaf_capacity * 32, capacity * 32)
+        self.leaf_keys = <uint64_t *>_regrow(
+            self.leaf_keys, <size_t>self.leaf_capacity * 8, capacity * 8)
+        self.leaf_capacity = <uint32_t>capacity
+        return 0
+
+    cdef int _grow_arena(self, size_t capacity) except -1:
+        self.arena = <uint8_t *>_regrow(self.arena, self.arena_capacity, capacity)
+        self.arena_capacity = capacity
+        return 0
+
+    cdef int _compact_arena(self) except -1:
+        """Copy the live keys into a fresh arena (the freed ones' bytes are dropped)."""
+        cdef size_t capacity = self.arena_capacity
+        cdef uint8_t *fresh
+        cdef size_t used = 0, length
+        cdef uint32_t slot
+        if capacity >= HUGE_ARRAY_BYTES:
+            fresh = <uint8_t *>_regrow(NULL, 0, capacity)
+        else:
+            fresh = <uint8_t *>_grow(NULL, capacity, 1)
+        for slot in range(self.leaf_top):
+            if self.leaf_keys[slot] != FREE_KEY:
+                length = self._key_length(slot)
+                memcpy(fresh + used, self._key(slot), length)
+                self.leaf_keys[slot] = (<uint64_t>used << 8) | length
+                used += length
+        _release(self.arena, self.arena_capacity)
+        self.arena = fresh
+        self.arena_used = used
+        self.arena_garbage = 0
+        return 0
+
     cdef int64_t _new_leaf(self, const Entry *entry) except -1:
+        """A leaf for a new key (its bytes are copied into the arena). No pointer into the
+        arena may be held across this call: it may move the arena."""
         cdef uint32_t slot
         cdef size_t capacity
         cdef object key = <object>entry.key
+        cdef size_t length = PyBytes_GET_SIZE(key)
         if self.leaf_free != NO_SLOT:
             slot = self.leaf_free
             memcpy(&self.leaf_free, self.leaf_hashes + 32 * <size_t>slot, 4)
-            self.leaf_keys[slot] = key
         else:
-            slot = len(self.leaf_keys)
+            slot = self.leaf_top
             if slot >= NO_SLOT:
                 raise MemoryError("the state tree holds at most 2**31 - 1 leaves")
             if slot == self.leaf_capacity:
-                capacity = _next_capacity(self.leaf_capacity)
-                self.leaf_hashes = <uint8_t *>_regrow(
-                    self.leaf_hashes, <size_t>self.leaf_capacity * 32, capacity * 32)
-                self.leaf_capacity = <uint32_t>capacity
-            self.leaf_keys.append(key)
+                self._grow_leaves(_next_capacity(self.leaf_capacity))
+            self.leaf_top += 1
+        self.leaf_keys[slot] = FREE_KEY  # until its key is in (a compaction skips it)
+        if self.arena_used + length > self.arena_capacity:
+            # Keys of removed leaves are reclaimed once they are half of the arena.
+            if self.arena_garbage * 2 > self.arena_used:
+                self._compact_arena()
+            if self.arena_used + length > self.arena_capacity:
+                capacity = self.arena_capacity * 2
+                if capacity < self.arena_used + length + 4096:
+                    capacity = self.arena_used + length + 4096
+                self._grow_arena(capacity)
+        memcpy(self.arena + self.arena_used, PyBytes_AS_STRING(key), length)
+        self.leaf_keys[slot] = (<uint64_t>self.arena_used << 8) | length
+        self.arena_used += length
         memcpy(self.leaf_hashes + 32 * <size_t>slot, entry.hash, 32)
         self.leaves += 1
         return 2 * <int64_t>slot + 1
 
     cdef int _free_leaf(self, uint32_t slot) except -1:
         self.leaves -= 1
-        self.leaf_keys[slot] = b""
+        self.arena_garbage += self._key_length(slot)
+        self.leaf_keys[slot] = FREE_KEY
         memcpy(self.leaf_hashes + 32 * <size_t>slot, &self.leaf_free, 4)
         self.leaf_free = slot
         return 0
@@ -490,14 +559,17 @@ cdef class MemoryTree:
         self._place(<uint32_t>right, depth + 1, 2 * <uint32_t>slot + 1)
         return 2 * slot + 2
 
-    cdef int _merge(self, Py_ssize_t at, const uint8_t *path, object key, int64_t slot) except -1:
+    cdef int _merge(self, Py_ssize_t at, const uint8_t *path, PyObject *key,
+                    int64_t slot) except -1:
+        """Add an entry to the merged list: a change (``key``, no slot) or the resident leaf
+        (its ``slot``, no key: it is not copied again)."""
         cdef Entry *entry
         if at == self.merged_capacity:
             self.merged_capacity = self.merged_capacity * 2 if self.merged_capacity else 64
             self.merged = <Entry *>_grow(self.merged, self.merged_capacity, sizeof(Entry))
         entry = &self.merged[at]
         memcpy(entry.path, path, 32)
-        entry.key = <PyObject *>key
+        entry.key = key
         entry.slot = slot
         entry.has_value = 1
         return 0
@@ -508,7 +580,8 @@ cdef class MemoryTree:
         and the changes [lo, hi) that set a value, built into a subtree."""
         cdef int64_t resident = (ref >> 1) if ref != 0 else -1
         cdef uint8_t resident_path[32]
-        cdef object resident_key = None
+        cdef const uint8_t *resident_key
+        cdef size_t resident_length
         cdef Py_ssize_t i, count = 0
         cdef Entry *entry
         cdef int order
@@ -517,23 +590,25 @@ cdef class MemoryTree:
                                  min(self.ahead_count, hi + PREFETCH_AHEAD))
             self.ahead_done = min(self.ahead_count, hi + PREFETCH_AHEAD)
         if resident >= 0:
-            resident_key = self.leaf_keys[resident]
+            resident_key = self._key(<uint32_t>resident)
+            resident_length = self._key_length(<uint32_t>resident)
             entry = &changes.entries[lo]
-            if hi - lo == 1 and _same_bytes(resident_key, <object>entry.key):
+            if (hi - lo == 1 and <size_t>PyBytes_GET_SIZE(<object>entry.key) == resident_length
+                    and memcmp(PyBytes_AS_STRING(<object>entry.key), resident_key,
+                               resident_length) == 0):
                 # The common case: one key changed where it already is (no path needed).
                 if not entry.has_value:
                     self._free_leaf(<uint32_t>resident)
                     return 0
                 memcpy(self.leaf_hashes + 32 * <size_t>resident, entry.hash, 32)
                 return ref
-            n3x_blake3(<const uint8_t *>PyBytes_AS_STRING(resident_key),
-                       PyBytes_GET_SIZE(resident_key), resident_path)
+            n3x_blake3(resident_key, resident_length, resident_path)
         for i in range(lo, hi):
             entry = &changes.entries[i]
             if resident >= 0:
                 order = memcmp(resident_path, entry.path, 32)
                 if order < 0:
-                    self._merge(count, resident_path, resident_key, resident)
+                    self._merge(count, resident_path, NULL, resident)
                     count += 1
                     resident = -1
                 elif order == 0:
@@ -541,16 +616,16 @@ cdef class MemoryTree:
                         self._free_leaf(<uint32_t>resident)
                     else:  # the same key with a new value: its slot is kept
                         memcpy(self.leaf_hashes + 32 * <size_t>resident, entry.hash, 32)
-                        self._merge(count, entry.path, <object>entry.key, resident)
+                        self._merge(count, entry.path, NULL, resident)
                         count += 1
                     resident = -1
                     continue
             if entry.has_value:
-                self._merge(count, entry.path, <object>entry.key, -1)
+                self._merge(count, entry.path, entry.key, -1)
                 memcpy(self.merged[count].hash, entry.hash, 32)
                 count += 1
         if resident >= 0:
-            self._merge(count, resident_path, resident_key, resident)
+            self._merge(count, resident_path, NULL, resident)
             count += 1
         return self._build(self.merged, depth, 0, count)
 
@@ -621,26 +696,27 @@ cdef class MemoryTree:
         cdef _Changes entries = _sorted_changes(items)
         self._clear()
         self._forget_levels()
-        self._reserve(entries.count)
+        self._reserve(entries.count, entries.key_bytes)
         self.root_ref = <uint32_t>self._build(entries.entries, 0, 0, entries.count)
         self._place(self.root_ref, 0, ROOT_TARGET)
         self._rehash()
         return self.root()
 
-    cdef int _reserve(self, Py_ssize_t count) except -1:
-        """Room for a bulk build of ``count`` leaves (about 1.44 inner nodes per leaf for
-        uniformly random paths) and a quarter more, so the arrays are not copied while
-        they grow, nor soon after by the first new keys."""
+    cdef int _reserve(self, Py_ssize_t count, size_t key_bytes) except -1:
+        """Room for a bulk build of ``count`` leaves whose keys have ``key_bytes`` in all
+        (about 1.44 inner nodes per leaf for uniformly random paths), and a quarter more,
+        so the arrays are not copied while they grow, nor soon after by the first new keys."""
         cdef size_t leaves = <size_t>count + <size_t>count // 4
+        cdef size_t arena = key_bytes + key_bytes // 4
         cdef size_t inner = <size_t>count * 2 - <size_t>count // 8
         if leaves > NO_SLOT:
             raise MemoryError("the state tree holds at most 2**31 - 1 leaves")
         if inner > NO_SLOT:
             inner = NO_SLOT
         if leaves > self.leaf_capacity:
-            self.leaf_hashes = <uint8_t *>_regrow(
-                self.leaf_hashes, <size_t>self.leaf_capacity * 32, leaves * 32)
-            self.leaf_capacity = <uint32_t>leaves
+            self._grow_leaves(leaves)
+        if arena > self.arena_capacity:
+            self._grow_arena(arena)
         if inner > self.inner_capacity:
             self.inner = <Inner *>_regrow(self.inner, <size_t>self.inner_capacity * sizeof(Inner),
                                           inner * sizeof(Inner))
@@ -662,7 +738,6 @@ cdef class MemoryTree:
         cdef Py_ssize_t leaf_slots[WALKS_IN_FLIGHT]
         cdef Py_ssize_t base, i, n, walking, slot
         cdef uint32_t ref, next_ref
-        cdef PyObject **keys = (<PyListObject *>self.leaf_keys).ob_item
         for base in range(start, end, WALKS_IN_FLIGHT):
             n = end - base
             if n > WALKS_IN_FLIGHT:
@@ -681,7 +756,7 @@ cdef class MemoryTree:
                     if ref & 1:
                         slot = ref >> 1
                         __builtin_prefetch(self.leaf_hashes + 32 * <size_t>slot)
-                        __builtin_prefetch(&keys[slot])
+                        __builtin_prefetch(&self.leaf_keys[slot])
                         leaf_slots[i] = slot
                         refs[i] = NO_SLOT
                         continue
@@ -694,10 +769,10 @@ cdef class MemoryTree:
                         __builtin_prefetch(<const uint8_t *>&self.inner[(next_ref >> 1) - 1] + 64)
                     refs[i] = next_ref
                     walking += 1
-            # The keys of the leaves reached (their list entries were prefetched above).
+            # The keys of the leaves reached (where they are was prefetched above).
             for i in range(n):
                 if leaf_slots[i] >= 0:
-                    __builtin_prefetch(keys[leaf_slots[i]])
+                    __builtin_prefetch(self._key(<uint32_t>leaf_slots[i]))
 
     def update(self, changes):
         """Set (a value) or remove (None) keys, each at most once; returns the new root."""
@@ -745,7 +820,8 @@ cdef class MemoryTree:
             return siblings, None
         return siblings, (PyBytes_FromStringAndSize(
             <const char *>(self.leaf_hashes + 32 * <size_t>(ref >> 1)), 32),
-            self.leaf_keys[ref >> 1])
+            PyBytes_FromStringAndSize(<const char *>self._key(ref >> 1),
+                                      self._key_length(ref >> 1)))
 
 
 def vector_lanes():
