@@ -23,7 +23,6 @@ What is compiled, and why a checkpoint on a million entries costs a few millisec
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 from cpython.bytes cimport PyBytes_GET_SIZE
-from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
@@ -95,7 +94,8 @@ memset(ZERO_HASH, 0, 32)
 ctypedef struct Entry:
     uint8_t path[32]
     uint8_t hash[32]     # the leaf hash (unused for a removal, or a resident leaf)
-    PyObject *key        # borrowed: kept alive by a list the caller holds
+    size_t key_at        # where its key's bytes are in the changes' key buffer
+    uint32_t key_length
     int64_t slot         # the resident leaf's slot, or -1
     int has_value        # 0: a removal
 
@@ -180,7 +180,8 @@ cdef class _Changes:
     cdef Entry *entries
     cdef Py_ssize_t count
     cdef Py_ssize_t capacity
-    cdef list keys
+    cdef uint8_t *key_buffer              # the keys' bytes, one after the other
+    cdef size_t key_capacity
     cdef uint8_t *message
     cdef size_t message_capacity
     cdef uint8_t blocks[BLOCK_BATCH * 64]
@@ -188,13 +189,14 @@ cdef class _Changes:
     cdef Py_ssize_t owners[BLOCK_BATCH]   # 2 * entry index + 0 (its path) or 1 (its hash)
     cdef uint8_t hashed[BLOCK_BATCH * 32]
     cdef size_t waiting
-    cdef size_t key_bytes                 # the keys' lengths, summed
+    cdef size_t key_bytes                 # the keys' lengths, summed (key_buffer used)
 
     def __cinit__(self):
         self.entries = NULL
         self.count = 0
         self.capacity = 0
-        self.keys = []
+        self.key_buffer = NULL
+        self.key_capacity = 0
         self.message = NULL
         self.message_capacity = 0
         self.waiting = 0
@@ -203,6 +205,7 @@ cdef class _Changes:
     def __dealloc__(self):
         free(self.entries)
         free(self.message)
+        free(self.key_buffer)
 
     cdef uint8_t *_block(self, Py_ssize_t owner, size_t length):
         """A zeroed block for a message of ``length`` <= 64 bytes whose hash goes to
@@ -269,8 +272,14 @@ cdef class _Changes:
                 memcpy(self.message + 2, PyBytes_AS_STRING(key), key_len)
                 memcpy(self.message + 2 + key_len, PyBytes_AS_STRING(value), value_len)
                 n3x_blake3(self.message, needed, entry.hash)
-        self.keys.append(key)
-        entry.key = <PyObject *>key
+        # The key's bytes are copied, so the caller's objects (a million rows of a state
+        # scan) are freed as the scan goes instead of living until the build ends.
+        if self.key_bytes + key_len > self.key_capacity:
+            self.key_capacity = max(2 * self.key_capacity, self.key_bytes + key_len + 4096)
+            self.key_buffer = <uint8_t *>_grow(self.key_buffer, self.key_capacity, 1)
+        memcpy(self.key_buffer + self.key_bytes, PyBytes_AS_STRING(key), key_len)
+        entry.key_at = self.key_bytes
+        entry.key_length = <uint32_t>key_len
         self.key_bytes += key_len
         self.count += 1
         return 0
@@ -325,6 +334,7 @@ cdef class MemoryTree:
     cdef Entry *merged            # where the descent meets a leaf: the leaf and the changes
     cdef Py_ssize_t merged_capacity
     cdef size_t listed            # nodes listed for hashing
+    cdef const uint8_t *change_keys   # the key buffer of the changes being applied
     cdef const Entry *ahead       # the update's changes, prefetched up to ahead_done
     cdef Py_ssize_t ahead_done
     cdef Py_ssize_t ahead_count
@@ -340,6 +350,7 @@ cdef class MemoryTree:
         self.merged_capacity = 0
         self.listed = 0
         self.ahead = NULL
+        self.change_keys = NULL
         self.ahead_done = 0
         self.ahead_count = 0
         memset(self.levels, 0, sizeof(self.levels))
@@ -440,8 +451,7 @@ cdef class MemoryTree:
         arena may be held across this call: it may move the arena."""
         cdef uint32_t slot
         cdef size_t capacity
-        cdef object key = <object>entry.key
-        cdef size_t length = PyBytes_GET_SIZE(key)
+        cdef size_t length = entry.key_length
         if self.leaf_free != NO_SLOT:
             slot = self.leaf_free
             memcpy(&self.leaf_free, self.leaf_hashes + 32 * <size_t>slot, 4)
@@ -462,7 +472,7 @@ cdef class MemoryTree:
                 if capacity < self.arena_used + length + 4096:
                     capacity = self.arena_used + length + 4096
                 self._grow_arena(capacity)
-        memcpy(self.arena + self.arena_used, PyBytes_AS_STRING(key), length)
+        memcpy(self.arena + self.arena_used, self.change_keys + entry.key_at, length)
         self.leaf_keys[slot] = (<uint64_t>self.arena_used << 8) | length
         self.arena_used += length
         memcpy(self.leaf_hashes + 32 * <size_t>slot, entry.hash, 32)
@@ -559,17 +569,19 @@ cdef class MemoryTree:
         self._place(<uint32_t>right, depth + 1, 2 * <uint32_t>slot + 1)
         return 2 * slot + 2
 
-    cdef int _merge(self, Py_ssize_t at, const uint8_t *path, PyObject *key,
+    cdef int _merge(self, Py_ssize_t at, const uint8_t *path, const Entry *change,
                     int64_t slot) except -1:
-        """Add an entry to the merged list: a change (``key``, no slot) or the resident leaf
-        (its ``slot``, no key: it is not copied again)."""
+        """Add an entry to the merged list: a ``change`` (no slot) or the resident leaf
+        (its ``slot``, no change: its key is not copied again)."""
         cdef Entry *entry
         if at == self.merged_capacity:
             self.merged_capacity = self.merged_capacity * 2 if self.merged_capacity else 64
             self.merged = <Entry *>_grow(self.merged, self.merged_capacity, sizeof(Entry))
         entry = &self.merged[at]
         memcpy(entry.path, path, 32)
-        entry.key = key
+        if change != NULL:
+            entry.key_at = change.key_at
+            entry.key_length = change.key_length
         entry.slot = slot
         entry.has_value = 1
         return 0
@@ -593,8 +605,8 @@ cdef class MemoryTree:
             resident_key = self._key(<uint32_t>resident)
             resident_length = self._key_length(<uint32_t>resident)
             entry = &changes.entries[lo]
-            if (hi - lo == 1 and <size_t>PyBytes_GET_SIZE(<object>entry.key) == resident_length
-                    and memcmp(PyBytes_AS_STRING(<object>entry.key), resident_key,
+            if (hi - lo == 1 and entry.key_length == resident_length
+                    and memcmp(self.change_keys + entry.key_at, resident_key,
                                resident_length) == 0):
                 # The common case: one key changed where it already is (no path needed).
                 if not entry.has_value:
@@ -621,7 +633,7 @@ cdef class MemoryTree:
                     resident = -1
                     continue
             if entry.has_value:
-                self._merge(count, entry.path, entry.key, -1)
+                self._merge(count, entry.path, entry, -1)
                 memcpy(self.merged[count].hash, entry.hash, 32)
                 count += 1
         if resident >= 0:
@@ -697,7 +709,11 @@ cdef class MemoryTree:
         self._clear()
         self._forget_levels()
         self._reserve(entries.count, entries.key_bytes)
-        self.root_ref = <uint32_t>self._build(entries.entries, 0, 0, entries.count)
+        self.change_keys = entries.key_buffer
+        try:
+            self.root_ref = <uint32_t>self._build(entries.entries, 0, 0, entries.count)
+        finally:
+            self.change_keys = NULL
         self._place(self.root_ref, 0, ROOT_TARGET)
         self._rehash()
         return self.root()
@@ -782,12 +798,14 @@ cdef class MemoryTree:
             self.ahead = entries.entries
             self.ahead_count = entries.count
             self.ahead_done = 0
+            self.change_keys = entries.key_buffer
             try:
                 self.root_ref = <uint32_t>self._update(self.root_ref, 0, entries, 0,
                                                        entries.count)
             finally:
                 self.ahead = NULL
                 self.ahead_count = 0
+                self.change_keys = NULL
             self._place(self.root_ref, 0, ROOT_TARGET)
             self._rehash()
         return self.root()
