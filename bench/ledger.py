@@ -341,7 +341,8 @@ def _checkpoint_pair(args: Namespace, extra: dict[str, Any]) -> tuple[Pair, Call
         f"{ACCOUNTS_LARGE:,} accounts bulk-loaded (state + tree root) in {loaded - started:.1f} s; "
         f"first checkpoint (the state tree built in memory from LMDB, as after a node's "
         f"start) {time.perf_counter() - loaded:.1f} s, RSS +{_rss_mib() - rss_before:.0f} MiB "
-        f"(state tree: {smt_implementation})")
+        f"(the tree, and the state database's pages its build read; state tree: "
+        f"{smt_implementation})")
     batches: list[list[bytes]] = []
     rng = random.Random(9)
 

@@ -31,7 +31,7 @@ roots mean the same entries. Otherwise (a restart, another process's checkpoint,
 transaction that aborted after the tree was updated, an old store holding the per-position
 layout of earlier versions) it is rebuilt from the state database, which LMDB keeps
 consistent across crashes. The rebuild is the cost of opening: 2-3 s per million
-entries compiled, and the tree holds about 200 MiB per million entries in memory
+entries compiled, and the tree holds about 175 MiB per million entries in memory
 (``bench/ledger.py`` reports both).
 """
 
