@@ -1,7 +1,9 @@
 """The ledger topic's validation on real hosts (in-process, 127.0.0.1, real hellos): a
 valid gossip message crosses Y to Z; a message with a badly signed transaction, or bytes
 that are no gossip message, is rejected by Y: not forwarded to Z, and its forwarder X is
-penalized in Y's PeerBook (``bad-signature``, ``malformed``)."""
+penalized in Y's PeerBook (``bad-signature``, ``malformed``); a batch with one forged entry
+is rejected whole (its valid entry kept by Y, not forwarded). Copies of a message under
+validation share its verdict."""
 
 from __future__ import annotations
 
@@ -72,9 +74,16 @@ def test_invalid_gossip_is_not_forwarded_and_costs_the_forwarder(tmp_path: Path)
     genesis = Genesis.create("gossip", [bytes(issuer.verify_key)], 10**9,
                              bytes(SigningKey(b"\x22" * 32).verify_key))
     funding = AccountChain(issuer, genesis.cid)
-    good = funding.sign(Op.ISSUE, {"to": b"\x01" * 32, "amount": 5}, time_ms=1)
+    holder = SigningKey(b"\x23" * 32)
+    good = funding.sign(Op.ISSUE, {"to": bytes(holder.verify_key), "amount": 5}, time_ms=1)
     forged = bytearray(funding.sign(Op.ISSUE, {"to": b"\x02" * 32, "amount": 7}, time_ms=2))
     forged[-1] ^= 1
+    # A batch: a valid transfer by the holder (its chain's first) and a forged one.
+    spending = AccountChain(holder, genesis.cid)
+    batch_good = spending.sign(Op.TRANSFER, {"to": b"\x03" * 32, "amount": 2}, time_ms=3)
+    batch_forged = bytearray(spending.sign(Op.TRANSFER, {"to": b"\x04" * 32, "amount": 1},
+                                           time_ms=4))
+    batch_forged[-1] ^= 1
 
     async def main() -> None:
         x, y, z = (_Peer(tmp_path, name, genesis) for name in "xyz")
@@ -101,10 +110,17 @@ def test_invalid_gossip_is_not_forwarded_and_costs_the_forwarder(tmp_path: Path)
             await x.gossip.publish(topic, b"\xa1\x61t\x64junk")
             await _until(lambda: y.book.get(x_id).penalties["malformed"] == 1,  # type: ignore[union-attr]
                          "Y penalizes X again")
+            # A batch is judged whole (protocol-ledger-sync.md §1): one forged entry rejects
+            # the message; Y keeps its valid entry but does not forward the message.
+            await x.gossip.publish(topic, encode_message(
+                gossip_messages([batch_good, bytes(batch_forged)])[0]))
+            await _until(lambda: y.book.get(x_id).penalties["bad-signature"] == 2,  # type: ignore[union-attr]
+                         "Y penalizes X for the batch")
             await trio.sleep(1.0)  # time for a forward that must not happen
-            assert z.ledger.store.log_size() == 2 and y.ledger.store.log_size() == 2
+            assert y.ledger.store.log_size() == 3  # the genesis, good, batch_good
+            assert z.ledger.store.log_size() == 2
             assert y.book.score(x_id) < 0
-            assert y.gossip.counters.snapshot()["received"]["reject"] == 2
+            assert y.gossip.counters.snapshot()["received"]["reject"] == 3
             nursery.cancel_scope.cancel()
         for peer in (x, y, z):
             peer.env.close()
