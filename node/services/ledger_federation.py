@@ -342,30 +342,27 @@ class LedgerFederation:
                 await self._publish(publish)
 
     def _process(self, jobs: list[_Job]) -> list[bytes]:
-        """(Ledger thread.) Verify every job's entries on all cores, admit each job's in
-        one write transaction, announce; the entries to publish."""
+        """(Ledger thread.) Admit each pulled job in one write transaction (sorted), then
+        every gossip job together in one; the signatures of the next of these are checked on
+        all cores while the current one is admitted. Announce; the entries to publish."""
         self.counters.batches.inc()
-        entries = [entry for job in jobs for entry in job.entries]
-        checked = self.verifier.check(self.store, entries)
-        at = 0
-        gossip_entries: list[bytes] = []
-        gossip_checked: list[Checked] = []
-        for job in jobs:
-            part = checked[at:at + len(job.entries)]
-            at += len(job.entries)
-            if job.pulled:  # sorted by canonical order, each pull on its own
-                job.outcomes = admit_checked(self.store, job.entries, part, sort=True, now=now_ms())
-            else:
-                gossip_entries += job.entries
-                gossip_checked += part
-        if gossip_entries:  # every gossip message of the batch in one transaction
-            outcomes = admit_checked(self.store, gossip_entries, gossip_checked, sort=False,
+        units: list[list[_Job]] = [[job] for job in jobs if job.pulled]
+        gossip = [job for job in jobs if not job.pulled]
+        if gossip:  # every gossip message of the batch in one transaction
+            units.append(gossip)
+        batches = [[entry for job in unit for entry in job.entries] for unit in units]
+        ahead = self.verifier.check_ahead(self.store, batches[0]) if batches else None
+        for index, (unit, entries) in enumerate(zip(units, batches, strict=True)):
+            assert ahead is not None
+            checked = ahead()
+            if index + 1 < len(batches):
+                ahead = self.verifier.check_ahead(self.store, batches[index + 1])
+            outcomes = admit_checked(self.store, entries, checked, sort=unit[0].pulled,
                                      now=now_ms())
             at = 0
-            for job in jobs:
-                if not job.pulled:
-                    job.outcomes = outcomes[at:at + len(job.entries)]
-                    at += len(job.entries)
+            for job in unit:
+                job.outcomes = outcomes[at:at + len(job.entries)]
+                at += len(job.entries)
         for job in jobs:
             via = "chain" if job.pulled else "gossip"
             for outcome in job.outcomes:
