@@ -35,6 +35,9 @@ ROOM = "gig"
 #: loaded two-core machine running two nodes and a browser.
 PLAY_TIMEOUT_MS = 45_000
 TIP = 1000
+# The performer page asks for 640x480 (webrtc/pages/perform.js); Chromium's encoder steps
+# down by 3/4 per adaptation when the CPU cannot keep up.
+PUBLISHED_WIDTHS = {640, 480, 360, 320}
 
 
 def cli(node: CliNode, *args: str) -> Any:
@@ -221,7 +224,10 @@ def test_a_room_on_two_cli_nodes_in_a_real_browser(tmp_path: Path,
 
     out = drive(room_a, room_b, fund)
 
-    assert out["width"] == [640, 640, 640]  # two viewers on A, one on B through the pull
+    # Two viewers on A, one on B through the pull, all at the performer's 640x480 — or at a
+    # step of the sender's own downscaling (WebRTC's CPU adaptation, seen at load 16 here):
+    # the relay forwards encoded frames and never rescales.
+    assert len(out["width"]) == 3 and all(w in PUBLISHED_WIDTHS for w in out["width"]), out
     host = [c for c in out["b_candidates"] if " typ host" in c]
     assert host and all(".local " in c for c in host), out["b_candidates"]
     assert out["chat_received"] == {"peer": 1, "node": 0}  # browser to browser, not the hub
@@ -258,7 +264,7 @@ def test_a_room_on_two_cli_nodes_in_a_real_browser(tmp_path: Path,
     entries = log if isinstance(log, list) else log.get("entries", [])
     assert any(e["type"] == "recording" and e["payload"] == manifest for e in entries)
     replayed = replay(f"{node_a.api_url}/rooms/{ROOM}/watch#recording={manifest}")
-    assert replayed["width"] == 640
+    assert replayed["width"] in PUBLISHED_WIDTHS, replayed
 
     ended = cli(node_a, "room", "end", ROOM)
     assert ended["ended"] is True
