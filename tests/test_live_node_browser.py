@@ -36,8 +36,8 @@ ROOM = "gig"
 PLAY_TIMEOUT_MS = 45_000
 TIP = 1000
 # The performer page asks for 640x480 (webrtc/pages/perform.js); Chromium's encoder steps
-# down by 3/4 per adaptation when the CPU cannot keep up.
-PUBLISHED_WIDTHS = {640, 480, 360, 320}
+# down (3/4, then 2/3, alternately) when the CPU cannot keep up.
+PUBLISHED_WIDTHS = {640, 480, 320, 240}
 
 
 def cli(node: CliNode, *args: str) -> Any:
