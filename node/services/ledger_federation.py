@@ -354,9 +354,12 @@ class LedgerFederation:
         ahead = self.verifier.check_ahead(self.store, batches[0]) if batches else None
         for index, (unit, entries) in enumerate(zip(units, batches, strict=True)):
             assert ahead is not None
+            # The next unit is decoded and its checks started before this one's are
+            # awaited, so the verify threads never wait for a decode.
+            following = self.verifier.check_ahead(self.store, batches[index + 1]) \
+                if index + 1 < len(batches) else None
             checked = ahead()
-            if index + 1 < len(batches):
-                ahead = self.verifier.check_ahead(self.store, batches[index + 1])
+            ahead = following
             outcomes = admit_checked(self.store, entries, checked, sort=unit[0].pulled,
                                      now=now_ms())
             at = 0
