@@ -17,11 +17,12 @@ Wiring (``Node.run``, after the hello and before discovery dials anyone)::
   (``node/p2p/ledger_sync.py``), answered from the sync core (``protocol/sync/ledger.py``).
   Pulled entries are ingested in large batches sorted by canonical order, so a catch-up
   does not make the ledger replay what it already processed.
-* **Ingest.** Every entry from a peer goes through one queue: batches are verified on every
-  core first (the signature check depends on nothing but the entry; the compiled twin
-  releases the GIL in libsodium, PyNaCl's cffi call does too), then admitted in one LMDB
-  write transaction (group commit: one fsync per batch, not per message) without checking
-  signatures again.
+* **Ingest.** Every entry from a peer goes through one queue: batches are decoded once, their
+  signatures checked on every core (the check depends on nothing but the entry; the compiled
+  twin runs it on native threads that never take the GIL), then admitted in one LMDB write
+  transaction (group commit: one fsync per batch, not per message) without checking
+  signatures again, taking the decoded transactions; the next batch is checked while one is
+  admitted (:class:`ParallelVerifier`).
 * **Clock.** Entries are admitted with the node's clock (future-dated ones are held), and
   held entries are released every :data:`RELEASE_INTERVAL_S`.
 
