@@ -95,7 +95,7 @@ packages, package_dir = _packages()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={name: ["*.pyx", "*.pxd", "*.h", "py.typed", *STATIC_FILES.get(name, [])]
+    package_data={name: ["*.pyx", "*.pxd", "*.pxi", "*.h", "py.typed", *STATIC_FILES.get(name, [])]
                   for name in packages},
     ext_modules=_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},

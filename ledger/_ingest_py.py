@@ -13,24 +13,27 @@ picks one of the two. Both are pure functions: no IO, no clock.
   untouched; a *failed* one (any rule reason) consumes its sequence number (the head moves)
   and changes nothing else.
 
-The canonical-order engine that calls these lives in ``engine.py``. The outcome types of the
+Admission and the verify-ahead triage live in ``_ingest_decode_py``, the signature checks in
+``_ingest_verify_py`` (each with its compiled twin); this module re-exports them, so it has
+every public name of the ingest step. The canonical-order engine that calls these lives in
+``engine.py``. The outcome types of the
 ledger (:class:`Accepted`, :class:`Rejected`, :class:`Pending`, :class:`Held`) are defined
 here once and shared by both twins, so ``isinstance`` checks hold whichever twin ran.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from typing import Final, NamedTuple, Protocol
 
 from n3xus.canon.cid import CID
 
-from .errors import FraudProofError, Reason, TxRejected
-from .fraud import FRAUD_PROOF_PREFIX, FraudProof, verify_fraud_proof
+from ._ingest_decode_py import admit, decode_envelope, prepare_entries
+from ._ingest_verify_py import verify_signature, verify_signatures, verify_signatures_async
+from .errors import Reason, TxRejected
 from .genesis import Genesis
 from .rules import FROZEN, HANDLERS, HEAD, StateView
-from .tx import Tx, decode_tx, verify_tx_signature
+from .tx import Tx
 
 __all__ = [
     "VOID_REASONS",
@@ -52,7 +55,6 @@ __all__ = [
     "verify_signatures_async",
 ]
 
-_FRAUD_PREFIX_LEN: Final = len(FRAUD_PROOF_PREFIX)
 # An undo record's absent-value marker (a u16 length field of 0 means "was absent").
 UNDO_ABSENT: Final = 0
 # Results of the positional step that leave the account's head where it was.
@@ -113,113 +115,6 @@ class Held(NamedTuple):
 
 
 Outcome = Accepted | Rejected | Pending | Held
-
-
-def admit(genesis: Genesis, entry: bytes, verify: bool = True) -> Tx | FraudProof:
-    """Check an entry on its own (§6.1); raises :class:`TxRejected` with its reason.
-
-    ``verify=False`` skips the transaction signature check: only for entries this node
-    verified before (a replay of its own log). Fraud proofs are always checked in full."""
-    if entry[:_FRAUD_PREFIX_LEN] == FRAUD_PROOF_PREFIX:
-        try:
-            return verify_fraud_proof(entry, genesis.network_id)
-        except FraudProofError as exc:
-            raise TxRejected(Reason.BAD_PROOF, str(exc)) from None
-    tx = decode_tx(entry)
-    check_network(genesis, tx)
-    if verify and not verify_tx_signature(tx):
-        raise TxRejected(Reason.BAD_SIGNATURE, "the signature does not verify")
-    return tx
-
-
-def check_network(genesis: Genesis, tx: Tx) -> None:
-    """Raise ``wrong-network`` unless ``tx`` names ``genesis``'s network (part of
-    :func:`admit`, for a transaction decoded before)."""
-    if tx.network != genesis.network_id:
-        raise TxRejected(Reason.WRONG_NETWORK, f"the transaction is for network {tx.network_cid}")
-
-
-def prepare_entries(entries: Iterable[bytes], network_id: bytes | None,
-                    known: Callable[[bytes], object] | None) -> list[tuple[bytes, Tx | None, bool]]:
-    """What the ledger's verify-ahead path needs of each entry, before any signature check:
-    ``(order key, the Tx, whether its signature needs checking)``. Fraud proofs and bytes
-    that do not decode: ``(b"", None, False)`` (admission judges them); a transaction of
-    another network than ``network_id`` (None: any): ``(key, None, False)``; one that
-    ``known(id)`` finds: ``(key, tx, False)`` (a replay, whatever its signature)."""
-    found: list[tuple[bytes, Tx | None, bool]] = []
-    for entry in entries:
-        if entry[:_FRAUD_PREFIX_LEN] == FRAUD_PROOF_PREFIX:
-            found.append((b"", None, False))
-            continue
-        try:
-            tx = decode_tx(entry)
-        except (ValueError, TxRejected):
-            found.append((b"", None, False))
-            continue
-        key = (tx.time.to_bytes(8, "big") + tx.account + tx.seq.to_bytes(8, "big") + tx.id)
-        if network_id is not None and tx.network != network_id:
-            found.append((key, None, False))
-        elif known is not None and known(tx.id) is not None:
-            found.append((key, tx, False))
-        else:
-            found.append((key, tx, True))
-    return found
-
-
-def decode_envelope(entry: bytes) -> Tx:
-    """:func:`tx.decode_tx` (the compiled twin matches the common layouts in C)."""
-    return decode_tx(entry)
-
-
-def verify_signature(tx: Tx) -> bool:
-    """The transaction's signature check alone (§4.2)."""
-    return verify_tx_signature(tx)
-
-
-def verify_signatures(txs: Iterable[Tx]) -> list[bool]:
-    """:func:`verify_signature` of each transaction (the compiled twin releases the GIL
-    once for the whole list; here each PyNaCl call releases it)."""
-    return [verify_tx_signature(tx) for tx in txs]
-
-
-class PendingSignatures:
-    """Signature checks under way (:func:`verify_signatures_async`); :meth:`wait` returns
-    the verdicts. Here Python threads (each PyNaCl call releases the GIL); the compiled
-    twin uses native threads that never need the GIL."""
-
-    def __init__(self, txs: Iterable[Tx], threads: int) -> None:
-        self._txs = list(txs)
-        self._results: list[bool] = []
-        self._parts: list[list[bool]] = []
-        self._threads: list[threading.Thread] = []
-        if threads < 1 or len(self._txs) < 2:
-            self._results = verify_signatures(self._txs)
-            return
-        size = -(-len(self._txs) // min(threads, len(self._txs)))
-        for start in range(0, len(self._txs), size):
-            part: list[bool] = []
-            self._parts.append(part)
-            thread = threading.Thread(target=lambda part=part, start=start: part.extend(
-                verify_signatures(self._txs[start:start + size])), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def wait(self) -> list[bool]:
-        """The verdicts, one per transaction, in order (waits for the threads)."""
-        if self._threads:
-            for thread in self._threads:
-                thread.join()
-            self._results = [ok for part in self._parts for ok in part]
-            self._threads = []
-            if len(self._results) != len(self._txs):
-                raise RuntimeError("a signature check thread failed")
-        return list(self._results)
-
-
-def verify_signatures_async(txs: Iterable[Tx], threads: int) -> PendingSignatures:
-    """Start :func:`verify_signature` of each transaction on ``threads`` threads (0: here,
-    before returning); ``.wait()`` gives the verdicts."""
-    return PendingSignatures(txs, threads)
 
 
 def apply_tx(view: StateView, genesis: Genesis, tx: Tx) -> TxRejected | None:

@@ -27,7 +27,8 @@ from typing import Final, Protocol
 from n3xus.canon.cid import CID, cid_of
 from n3xus.canon.codec import decode, encode
 
-from ._ingest_py import UNDO_ABSENT, check_network
+from ._ingest_decode_py import check_network
+from ._ingest_py import UNDO_ABSENT
 from .errors import EquivocationError, FraudProofError, LedgerCorruptError, Reason, TxRejected
 from .fraud import FraudProof, make_fraud_proof
 from .genesis import Genesis

@@ -5,7 +5,11 @@ what it overwrote, for the undo log), plus the outcome types.
 Two implementations with the same names and byte-identical results (the same outcomes and
 reason codes, the same state): the compiled ``_ingest_c`` (Cython; signatures checked by
 calling libsodium directly) and the pure-Python ``_ingest_py``, which documents each step.
-The compiled one is used when it is built. ``N3XUS_PURE_PYTHON=1`` forces the pure one;
+Each is split by role into twin modules: ``_ingest_verify_{c,py}`` (signature checks, the
+compiled batch on native threads), ``_ingest_decode_{c,py}`` (decode, admission, the
+verify-ahead triage) and ``_ingest_{c,py}`` (the positional step, the engine's replay loop,
+the batch's state cache), which re-exports the other two; so importing ``_ingest_c`` needs
+every compiled part. The compiled one is used when it is built. ``N3XUS_PURE_PYTHON=1`` forces the pure one;
 ``N3XUS_REQUIRE_COMPILED=1`` turns a missing extension into an ImportError, so a test run
 cannot silently measure the slow path. :data:`IMPLEMENTATION` says which one is in use.
 The canonical-order engine over these steps is ``engine.py``.

@@ -14,6 +14,10 @@ import pytest
 TWINS = [
     pytest.param("n3xus.canon.merkle", "n3xus.canon._merkle_c", id="merkle"),
     pytest.param("n3xus.ledger.ingest", "n3xus.ledger._ingest_c", id="ingest"),
+    # The ingest selector imports _ingest_c, which needs each compiled part: a missing part
+    # must switch (or, under N3XUS_REQUIRE_COMPILED=1, fail) exactly like a missing _ingest_c.
+    pytest.param("n3xus.ledger.ingest", "n3xus.ledger._ingest_decode_c", id="ingest-decode"),
+    pytest.param("n3xus.ledger.ingest", "n3xus.ledger._ingest_verify_c", id="ingest-verify"),
     pytest.param("n3xus.ledger.smt", "n3xus.ledger._smt_c", id="smt"),
 ]
 
