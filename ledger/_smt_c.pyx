@@ -80,6 +80,9 @@ cdef enum:
     # enough that the lines are still cached when the descent arrives (~64 paths of ~20
     # nodes is ~160 KiB), far enough that their loads overlap.
     PREFETCH_AHEAD = 64
+    # A prefetching walk that has reached its leaf. Never a reference: the largest is
+    # 2 * (NO_SLOT - 1) + 2 (NO_SLOT itself is one, the leaf in slot 2**30 - 1).
+    WALK_DONE = 0xFFFFFFFF
 
 
 # A change being applied, or a leaf that stays where the descent rebuilds a subtree.
@@ -288,14 +291,14 @@ cdef class MemoryTree(_TreeNodes):
                 walking = 0
                 for i in range(n):
                     ref = refs[i]
-                    if ref == 0 or ref == NO_SLOT:
+                    if ref == 0 or ref == WALK_DONE:
                         continue
                     if ref & 1:
                         slot = ref >> 1
                         __builtin_prefetch(self.leaf_hashes + 32 * <size_t>slot)
                         __builtin_prefetch(&self.leaf_keys[slot])
                         leaf_slots[i] = slot
-                        refs[i] = NO_SLOT
+                        refs[i] = WALK_DONE
                         continue
                     slot = (ref >> 1) - 1
                     next_ref = self.inner[slot].children[

@@ -39,7 +39,7 @@ EMPTY: Final = bytes(HASH_BYTES)
 MAX_DEPTH: Final = 255
 # A leaf hashes ``u8 len(key) || key``: longer keys cannot be committed.
 MAX_KEY_BYTES: Final = 255
-_NO_REF: Final = 0
+_NO_REF: Final = 0  # the reference of an empty subtree
 
 # (path, state key, leaf hash or None for a removal, slot of the resident leaf or -1)
 _Entry = tuple[bytes, bytes, bytes | None, int]
@@ -50,8 +50,7 @@ def _path(key: bytes) -> bytes:
 
 
 def _leaf_hash(key: bytes, value: bytes) -> bytes:
-    if len(key) > MAX_KEY_BYTES:
-        raise ValueError(f"a state key is at most {MAX_KEY_BYTES} bytes")
+    """BLAKE3(0x00 || u8 len(key) || key || value); the caller checked len(key)."""
     return blake3(b"\x00" + bytes((len(key),)) + key + value).digest()
 
 
@@ -128,7 +127,7 @@ class MemoryTree:
 
     def _free_leaf(self, slot: int) -> None:
         self._leaves -= 1
-        self._leaf_keys[slot] = b""
+        self._leaf_keys[slot] = b""  # drop the key's bytes now; the hash is replaced on reuse
         self._leaf_free.append(slot)
 
     def _new_inner(self, left: int, right: int) -> int:
@@ -138,7 +137,7 @@ class MemoryTree:
             self._right[slot] = right
         else:
             slot = len(self._hashes)
-            self._hashes.append(EMPTY)
+            self._hashes.append(EMPTY)  # a placeholder: _rehash sets it (the node is listed)
             self._left.append(left)
             self._right.append(right)
         return slot
@@ -162,7 +161,7 @@ class MemoryTree:
             _, key, digest, slot = entries[lo]
             if slot >= 0:
                 return 2 * slot + 1
-            assert digest is not None
+            assert digest is not None  # removals never reach a build (_settle drops them)
             return self._new_leaf(key, digest)
         if depth >= MAX_DEPTH:
             raise LedgerCorruptError("two state keys share a 255-bit path")

@@ -30,8 +30,8 @@ committed record of the transaction at hand; the root is a hash of every entry, 
 roots mean the same entries. Otherwise (a restart, another process's checkpoint, a write
 transaction that aborted after the tree was updated, an old store holding the per-position
 layout of earlier versions) it is rebuilt from the state database, which LMDB keeps
-consistent across crashes. The rebuild is the cost of opening: 2-3 s per million
-entries compiled, and the tree holds about 175 MiB per million entries in memory
+consistent across crashes. The rebuild is the cost of opening: 1-2 s per million
+entries compiled (~16 s pure), and the tree holds about 175 MiB per million entries in memory
 (``bench/ledger.py`` reports both).
 """
 
