@@ -61,6 +61,9 @@ cdef extern from "_smt_hash.h":
                         uint8_t *out) nogil
 
 
+# The same public names as the pure twin (tests/test_ledger_smt.py checks it).
+__all__ = ["EMPTY", "HASH_BYTES", "MAX_DEPTH", "MAX_KEY_BYTES", "MemoryTree"]
+
 HASH_BYTES = 32
 EMPTY = bytes(32)
 # The same limits as the pure twin (its comments give their reasons).
@@ -366,6 +369,6 @@ cdef class MemoryTree(_TreeNodes):
                                       self._key_length(ref >> 1)))
 
 
-def vector_lanes():
-    """Nodes hashed at once by this CPU (1, 4, 8 or 16)."""
+def _c_vector_lanes():
+    """Nodes hashed at once by this CPU (1, 4, 8 or 16); compiled only, like canon's."""
     return n3x_vector_lanes()

@@ -24,6 +24,7 @@ rebuilt; ``smt.StateTree`` drops it.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Iterable
 from typing import Final
@@ -31,6 +32,8 @@ from typing import Final
 from blake3 import blake3
 
 from .errors import LedgerCorruptError
+
+__all__ = ["EMPTY", "HASH_BYTES", "MAX_DEPTH", "MAX_KEY_BYTES", "MemoryTree"]
 
 HASH_BYTES: Final = 32
 EMPTY: Final = bytes(HASH_BYTES)
@@ -110,6 +113,17 @@ class MemoryTree:
     def __len__(self) -> int:
         """The number of leaves (state entries)."""
         return self._leaves
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the node lists and arrays and the hash and key objects they refer to
+        (a diagnostic: it visits every node)."""
+        lists = (self._hashes, self._inner_free, self._leaf_hashes, self._leaf_keys,
+                 self._leaf_free)
+        held = sum(sys.getsizeof(items) for items in lists)
+        held += sum(sys.getsizeof(column) for column in (self._left, self._right))
+        unique = {id(item): item for items in (self._hashes, self._leaf_hashes, self._leaf_keys)
+                  for item in items}
+        return held + sum(sys.getsizeof(item) for item in unique.values())
 
     # --- slots -------------------------------------------------------------------------
 

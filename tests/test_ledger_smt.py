@@ -174,6 +174,24 @@ def test_bad_input_is_refused_alike(impl: ModuleType) -> None:
         [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
 
 
+def test_twins_share_their_public_names(impl: ModuleType) -> None:
+    """The same module names and values, and the same tree methods, in both twins (the
+    compiled one is three files included into one module; see _smt_c.pyx)."""
+    assert set(impl.__all__) == set(_smt_py.__all__)
+    for name in _smt_py.__all__:
+        if name != "MemoryTree":
+            assert getattr(impl, name) == getattr(_smt_py, name)
+    methods = {name for name in dir(_smt_py.MemoryTree) if not name.startswith("_")}
+    assert methods == {"build", "update", "root", "walk", "memory_bytes"}
+    assert {name for name in dir(impl.MemoryTree) if not name.startswith("_")} == methods
+    tree = impl.MemoryTree()
+    empty = tree.memory_bytes()
+    tree.build((b"k%d" % n, b"v") for n in range(5_000))
+    assert tree.memory_bytes() > empty + 5_000 * 32  # at least the leaves' hashes
+    if impl is not _smt_py:
+        assert impl._c_vector_lanes() in (1, 4, 8, 16)
+
+
 # ------------------------------------------------------------------ the store's tree
 
 
