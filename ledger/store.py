@@ -13,7 +13,10 @@ Named databases of the node's LMDB environment::
     ledger/undo     order key -> previous values of the state keys that entry wrote
     ledger/state    the state entries of rules.py (balances, heads, supply, assets, ...)
     ledger/smt      the state tree's committed root (smt.py; the tree itself is in memory)
-    ledger/dirty    state keys changed since the tree was last brought up to date
+    ledger/dirty    state key changed since the tree was last brought up to date -> its value
+                    now: 01 || value, or 00 when the key is gone (the empty marker of
+                    earlier stores means "read ledger/state"), so a checkpoint reads the
+                    changes with one scan of this database
     ledger/pending  account || seq u64 || tx id -> envelope waiting for its predecessor
     ledger/held     release time u64 || entry id -> entry dated ahead of the clock
 
@@ -77,6 +80,11 @@ SMT_DB: Final = b"ledger/smt"
 DIRTY_DB: Final = b"ledger/dirty"
 PENDING_DB: Final = b"ledger/pending"
 HELD_DB: Final = b"ledger/held"
+
+# A ledger/dirty value: the key's value now follows (01), or the key was deleted (00). The
+# empty value, written by stores before values were kept here, is still read (from the state).
+DIRTY_PRESENT: Final = b"\x01"
+DIRTY_DELETED: Final = b"\x00"
 
 # Rebuilding replays the log in chunks of this many entries per engine batch, bounding the
 # batch's memory however long the log is.
@@ -301,10 +309,16 @@ class _LmdbBatch:
         self._state.flush(forget)
 
     def flush_dirty(self) -> None:
-        """Write the state changes, and the changed keys for the tree."""
+        """Write the state changes, and the changed keys with their values for the tree (in
+        the same write transaction: a crash keeps or loses both; a later batch's value of a
+        key overwrites this one)."""
         self._state.flush()
         if self.dirty:
-            items = [(key, b"") for key in sorted(self.dirty)]
+            get = self._state.get  # the cache's value, or LMDB's after the flush above
+            items = []
+            for key in sorted(self.dirty):
+                value = get(key)
+                items.append((key, DIRTY_DELETED if value is None else DIRTY_PRESENT + value))
             self._txn.cursor(db=self._dbs.dirty).putmulti(items)
             self.dirty.clear()
 
@@ -441,11 +455,17 @@ class LedgerStore:
     def update_tree(self, txn: lmdb.Transaction) -> tuple[int, bytes]:
         """Bring the state tree up to date inside a write transaction: (leaves, root)."""
         dbs = self.dbs
-        keys = cast(list[bytes], list(txn.cursor(db=dbs.dirty).iternext(values=False)))
         changes: list[tuple[bytes, bytes | None]] = []
-        if keys:
-            get = cast(Callable[[bytes], bytes | None], partial(txn.get, db=dbs.state))
-            changes = [(key, get(key)) for key in keys]
+        for key, marked in _items(txn.cursor(db=dbs.dirty)):
+            if marked[:1] == DIRTY_PRESENT:
+                changes.append((key, marked[1:]))
+            elif marked == DIRTY_DELETED:
+                changes.append((key, None))
+            elif not marked:  # an earlier store's marker: the value is in the state
+                changes.append((key, cast(bytes | None, txn.get(key, db=dbs.state))))
+            else:
+                raise LedgerCorruptError(f"ledger/dirty holds {marked[:8].hex()} for a key")
+        if changes:
             txn.drop(dbs.dirty, delete=False)
         # Called with no change too: that records the root where none is yet (a store of
         # an earlier tree layout), so reads find it instead of rebuilding the tree.

@@ -306,3 +306,37 @@ def test_store_and_memory_view_agree(tmp_path: Path, steps: list[tuple[str, str,
         assert list(store.iter_log()) == memory.log
     finally:
         env.close()
+
+
+def test_dirty_keys_carry_their_values_for_the_tree(tmp_path: Path) -> None:
+    """Each batch records its changed state keys with their values (01 || value, 00 when
+    deleted) in the same transaction; the checkpoint reads them from there, still reads the
+    empty marker of earlier stores from the state, and refuses anything else."""
+    env = open_env(tmp_path / "l")
+    store = LedgerStore(env, GENESIS)
+    net = StoreNet(store)
+    net.fund("alice", 50)
+    net.do("alice", Op.TRANSFER, to=account("bob"), amount=20)
+    net.do("bob", Op.TRANSFER, to=account("carol"), amount=20)  # bob's balance is deleted
+    net.do("alice", Op.TRANSFER, to=account("carol"), amount=5)  # a key changed again
+    with env.begin() as txn:
+        dirty = dict(txn.cursor(db=store.dbs.dirty).iternext())
+        state = dict(txn.cursor(db=store.dbs.state).iternext())
+    assert dirty[b"B" + account("bob")] == b"\x00" and b"B" + account("bob") not in state
+    assert dirty[b"B" + account("carol")] == b"\x01" + (25).to_bytes(8, "big")
+    for state_key, marked in dirty.items():
+        assert marked == (b"\x01" + state[state_key] if state_key in state else b"\x00")
+    assert store.state_root() == replay(store.iter_log(), genesis=GENESIS).state_root()
+    with env.begin() as txn:
+        assert store.tree_is_current(txn)
+    net.do("carol", Op.TRANSFER, to=account("bob"), amount=25)
+    with env.begin(write=True) as txn:  # as a store written before values were kept
+        for state_key in list(txn.cursor(db=store.dbs.dirty).iternext(values=False)):
+            txn.put(state_key, b"", db=store.dbs.dirty)
+    assert store.state_root() == replay(store.iter_log(), genesis=GENESIS).state_root()
+    net.do("bob", Op.TRANSFER, to=account("alice"), amount=1)
+    with env.begin(write=True) as txn:
+        txn.put(b"B" + account("bob"), b"\x07", db=store.dbs.dirty)
+    with pytest.raises(LedgerCorruptError, match="ledger/dirty"):
+        store.state_root()
+    env.close()
