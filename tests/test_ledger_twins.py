@@ -272,6 +272,51 @@ def test_apply_step_records_the_same_undo(impl: ModuleType) -> None:
     assert rows[3][0] is not None and rows[3][0][1] == Reason.BAD_SEQ and rows[3][1] == b""
 
 
+def test_decoded_admission_without_checks_is_identical(compiled: ModuleType,
+                                                      tmp_path: Path) -> None:
+    """The engine's direct path for decoded transactions (this network, no signature check,
+    no clock: the node's verify-ahead ingest) on either twin, in memory and in LMDB, one by
+    one and as one batch: replays, another network, predecessors missing (pending, then
+    released), equivocations and frozen accounts, entries given as bytes."""
+    genesis, entries = scripted_history()
+    good: list[Any] = []
+    for entry in entries:
+        try:
+            item = _ingest_py.admit(genesis, entry, True)
+        except TxRejected:
+            continue
+        if isinstance(item, Tx):
+            good.append(item)
+    other = Genesis.create("another", [account("issuer")], SUPPLY_CAP, account("platform"))
+    foreign = decode_tx(AccountChain(key("alice"), other.cid).sign(
+        Op.TRANSFER, {"to": account("bob"), "amount": 1}, time_ms=3))
+    shuffled = good[:]
+    random.Random(5).shuffle(shuffled)
+    histories = [[*good, *good[:5], foreign, entries[0]], [foreign, *shuffled, *shuffled[:3]]]
+    seen: set[Any] = set()
+    for number, history in enumerate(histories):
+        for size in (1, len(history)):
+            results = []
+            for module in (compiled, _ingest_py):
+                with using(module):
+                    memory = MemoryLedger(genesis)
+                    env = lmdb.open(str(tmp_path / f"h{number}-{size}-{len(results)}"),
+                                    map_size=1 << 26, max_dbs=16)
+                    store = LedgerStore(env, genesis)
+                    outcomes: list[Any] = []
+                    stored: list[Any] = []
+                    for start in range(0, len(history), size):
+                        part = history[start:start + size]
+                        outcomes += [summary(o) for o in memory.ingest(part, verify=False)]
+                        stored += [summary(o) for o in store.ingest(part, verify=False)]
+                    results.append((outcomes, stored, memory.state, store.state_items(),
+                                    memory.state_root(), store.state_root()))
+                    env.close()
+            assert results[0] == results[1], (number, size)
+            seen |= {row[0] if row[0] != "rejected" else row[2] for row in results[0][0]}
+    assert {"accepted", "Pending", Reason.REPLAY, Reason.WRONG_NETWORK, Reason.FROZEN} <= seen, seen
+
+
 def test_decoded_entries_are_admitted_like_their_bytes(impl: ModuleType, tmp_path: Path) -> None:
     """A transaction handed to ingest decoded (the verify-ahead path) gives the outcomes
     and state its bytes give; one of another network is refused all the same."""
