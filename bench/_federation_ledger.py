@@ -144,19 +144,11 @@ def _verify_once(root: Path, workload: Workload, name: str) -> dict[str, float]:
     verifier = ParallelVerifier()
     parts = [txs[start:start + VERIFY_BATCH] for start in range(0, len(txs), VERIFY_BATCH)]
     cpu, ledger_cpu, started = time.process_time(), time.thread_time(), time.perf_counter()
-    # The node's pipeline: batch i+1 is decoded and its signature checks started before
-    # batch i's are awaited (the verify threads never wait for the decode), then batch i is
-    # applied while they run.
-    ahead = verifier.check_ahead(store, parts[0])
-    for index, part in enumerate(parts):
-        following = verifier.check_ahead(store, parts[index + 1]) \
-            if index + 1 < len(parts) else None
-        checked = ahead()
+    # The node's pipeline: batch i is applied while batch i+1's signatures are checked.
+    for part, checked in zip(parts, verifier.pipelined(store, parts), strict=True):
         outcomes = admit_checked(store, part, checked, sort=False, now=None)
         if not all(isinstance(o, Accepted) and o.applied for o in outcomes):
             raise AssertionError("a transfer of the verify-ahead row did not apply")
-        if following is not None:
-            ahead = following
     found.update({"ours": time.perf_counter() - started, "cpu": time.process_time() - cpu,
                   "ledger cpu": time.thread_time() - ledger_cpu, "workers": verifier.workers})
     verifier.close()

@@ -280,7 +280,7 @@ def test_verify_ahead_ingest_equals_the_ledgers_own(tmp_path: Path) -> None:
 
 
 def test_pipelined_verify_ahead_equals_the_ledgers_own(tmp_path: Path) -> None:
-    """Batch i+1 checked (``check_ahead``) while batch i is admitted: the same outcomes and
+    """Batch i+1 checked (``pipelined``) while batch i is admitted: the same outcomes and
     state root as ``LedgerStore.ingest`` of the same batches, for copies that reach the
     ledger only after their batch was checked (replays), forged copies, another network's
     transaction and bytes that do not decode."""
@@ -308,11 +308,7 @@ def test_pipelined_verify_ahead_equals_the_ledgers_own(tmp_path: Path) -> None:
         outcomes = []
         if node_path:
             verifier = ParallelVerifier(2)
-            ahead = verifier.check_ahead(store, batches[0])
-            for at, batch in enumerate(batches):
-                checked = ahead()
-                if at + 1 < len(batches):
-                    ahead = verifier.check_ahead(store, batches[at + 1])
+            for batch, checked in zip(batches, verifier.pipelined(store, batches), strict=True):
                 outcomes += admit_checked(store, batch, checked, sort=False, now=None)
             verifier.close()
         else:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, NamedTuple, TypeVar
@@ -171,6 +171,19 @@ class ParallelVerifier:
             return [Checked(key, next(done) if verify else None, tx)
                     for key, tx, verify in found]
         return result
+
+    def pipelined(self, store: LedgerStore | None,
+                  batches: Sequence[Sequence[bytes]]) -> Iterator[list[Checked]]:
+        """What :meth:`check` returns for each of ``batches`` in turn, the next batch
+        decoded and its checks started before this one's are awaited (so the verify threads
+        never wait for a decode) and running while the caller admits this one."""
+        ahead = self.check_ahead(store, batches[0]) if batches else None
+        for index in range(len(batches)):
+            assert ahead is not None
+            following = self.check_ahead(store, batches[index + 1]) \
+                if index + 1 < len(batches) else None
+            yield ahead()
+            ahead = following
 
     @staticmethod
     def _decode(store: LedgerStore | None,
@@ -352,15 +365,8 @@ class LedgerFederation:
         if gossip:  # every gossip message of the batch in one transaction
             units.append(gossip)
         batches = [[entry for job in unit for entry in job.entries] for unit in units]
-        ahead = self.verifier.check_ahead(self.store, batches[0]) if batches else None
-        for index, (unit, entries) in enumerate(zip(units, batches, strict=True)):
-            assert ahead is not None
-            # The next unit is decoded and its checks started before this one's are
-            # awaited, so the verify threads never wait for a decode.
-            following = self.verifier.check_ahead(self.store, batches[index + 1]) \
-                if index + 1 < len(batches) else None
-            checked = ahead()
-            ahead = following
+        checks = self.verifier.pipelined(self.store, batches)
+        for unit, entries, checked in zip(units, batches, checks, strict=True):
             outcomes = admit_checked(self.store, entries, checked, sort=unit[0].pulled,
                                      now=now_ms())
             at = 0
