@@ -166,15 +166,19 @@ class _LmdbBatch:
         self._txn.put(entry_id, where, db=self._dbs.ids)
 
     def append_log(self, entry: bytes) -> int:
+        return self._append_log(entry)[0]
+
+    def _append_log(self, entry: bytes) -> tuple[int, bytes]:
+        """``append_log``, also returning the entry's locator."""
         index = self.next_index
-        key = _index_key(index)
+        where = _index_key(index)
         if self._replay:
-            if self._txn.get(key, db=self._dbs.log) != entry:
+            if self._txn.get(where, db=self._dbs.log) != entry:
                 raise LedgerCorruptError(f"replay of log entry {index} produced another entry")
-        elif not self._txn.put(key, entry, db=self._dbs.log, append=True):
+        elif not self._put_log(where, entry, append=True):
             raise LedgerCorruptError(f"log entry {index} exists already")
         self.next_index = index + 1
-        return index
+        return index, where
 
     def log_entry(self, index: int) -> bytes:
         entry = self._txn.get(_index_key(index), db=self._dbs.log)
@@ -182,14 +186,10 @@ class _LmdbBatch:
             raise LedgerCorruptError(f"log entry {index} is missing")
         return cast(bytes, entry)
 
-    def chain_add(self, account: bytes, seq: int, tx_id: bytes, time_ms: int) -> None:
-        self._txn.put(account + seq.to_bytes(8, "big") + tx_id, time_ms.to_bytes(8, "big"),
-                      db=self._dbs.chain)
-
     def index_tx(self, tx_id: bytes, account: bytes, seq: int, time_ms: int,
                  where: bytes) -> bytes:
-        """``set_locator`` + ``chain_add`` + ``order_add`` (the admission hot path: the
-        keys built once, the puts bound to their databases once per batch)."""
+        """A transaction joins the set: its locator, chain and order entries (the admission
+        hot path: the keys built once, the puts bound to their databases once per batch)."""
         at = account + seq.to_bytes(8, "big") + tx_id
         time_bytes = time_ms.to_bytes(8, "big")
         key = time_bytes + at
@@ -200,23 +200,8 @@ class _LmdbBatch:
 
     def add_tx(self, tx: Tx) -> tuple[int, bytes]:
         """``append_log`` + ``index_tx`` in one call (the admission hot path)."""
-        index = self.next_index
-        where = _index_key(index)
-        raw = tx.raw
-        if self._replay:
-            if self._txn.get(where, db=self._dbs.log) != raw:
-                raise LedgerCorruptError(f"replay of log entry {index} produced another entry")
-        elif not self._put_log(where, raw, append=True):
-            raise LedgerCorruptError(f"log entry {index} exists already")
-        self.next_index = index + 1
-        tx_id = tx.id
-        at = tx.account + tx.seq.to_bytes(8, "big") + tx_id
-        time_bytes = tx.time.to_bytes(8, "big")
-        key = time_bytes + at
-        self._put_ids(tx_id, where)
-        self._put_chain(at, time_bytes)
-        self._put_order(key, where)
-        return index, key
+        index, where = self._append_log(tx.raw)
+        return index, self.index_tx(tx.id, tx.account, tx.seq, tx.time, where)
 
     def chain_ids(self, account: bytes, seq: int) -> list[bytes]:
         prefix = account + seq.to_bytes(8, "big")
@@ -261,9 +246,6 @@ class _LmdbBatch:
                  for key, value in _prefix_items(cursor, account + seq.to_bytes(8, "big"),
                                                  account)]
         return iter(found)
-
-    def order_add(self, key: bytes, where: bytes) -> None:
-        self._txn.put(key, where, db=self._dbs.order)
 
     def order_from(self, key: bytes) -> Iterator[tuple[bytes, bytes]]:
         cursor = self._txn.cursor(db=self._dbs.order)
