@@ -185,11 +185,7 @@ class Run:
                     return Rejected(exc)
             if self.verify or self.now_ms is not None:
                 return self._admit(entry, entry.raw)
-            # The common path of the node's ingest (checked ahead, no clock): as _admit.
-            if self.batch.locator(entry.id) is not None:
-                return Rejected(TxRejected(Reason.REPLAY,
-                                           f"transaction {entry.cid} is already known"))
-            return self._place(entry)
+            return self._tx(entry)  # the node's ingest: checked ahead, no clock
         try:
             item = admit(self.genesis, entry, False)
         except TxRejected as exc:
@@ -227,11 +223,8 @@ class Run:
             self.start = key
 
     def _store(self, tx: Tx, where: bytes) -> None:
-        tx_id = tx.id
-        key = self.batch.index_tx(tx_id, tx.account, tx.seq, tx.time, where)
-        self.new_txs[tx_id] = tx
-        if self.start is None or key < self.start:
-            self.start = key
+        self.new_txs[tx.id] = tx
+        self._mark(self.batch.index_tx(tx.id, tx.account, tx.seq, tx.time, where))
 
     def _freeze(self, account: bytes, seq: int) -> None:
         """Freeze from ``seq``: rolls back to the first transaction of the account there or
@@ -240,7 +233,8 @@ class Run:
         for later_seq, tx_id, time_ms in self.batch.chain_from(account, seq):
             self._mark(order_key(time_ms, account, later_seq, tx_id))
 
-    def _tx(self, tx: Tx, entry: bytes) -> Outcome:
+    def _tx(self, tx: Tx) -> Outcome:
+        """A transaction joins the set unless it is in it already (see :meth:`_place`)."""
         if self.batch.locator(tx.id) is not None:
             return Rejected(TxRejected(Reason.REPLAY, f"transaction {tx.cid} is already known"))
         return self._place(tx)
@@ -283,7 +277,7 @@ class Run:
             # counters only (its sender was answered "pending" then).
             item = admit(self.genesis, waiting, False)
             if isinstance(item, Tx):
-                self._tx(item, waiting)
+                self._tx(item)
 
     def _equivocation(self, tx: Tx, other_id: bytes) -> Outcome:
         batch = self.batch
