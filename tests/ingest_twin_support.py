@@ -251,6 +251,20 @@ def scripted_history() -> tuple[Genesis, list[bytes]]:
     return net.genesis, net.entries
 
 
+def admitted_txs(genesis: Genesis, entries: list[bytes], verify: bool) -> list[Tx]:
+    """The transactions the pure twin's :func:`admit` decodes from ``entries`` (rejected
+    entries and other admissions left out)."""
+    txs: list[Tx] = []
+    for entry in entries:
+        try:
+            item = _ingest_py.admit(genesis, entry, verify)
+        except TxRejected:
+            continue
+        if isinstance(item, Tx):
+            txs.append(item)
+    return txs
+
+
 def prev_of(net: Net, name: str, seq: int) -> CID | None:
     """The prev link of ``name``'s transaction at ``seq`` (from the ledger's chain)."""
     if seq == 0:

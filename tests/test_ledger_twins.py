@@ -27,6 +27,7 @@ from ingest_twin_support import (
     PUBLIC_NAMES,
     VERIFY_C,
     RecordingNet,
+    admitted_txs,
     error_fields,
     load_impl,
     prev_of,
@@ -279,14 +280,7 @@ def test_decoded_admission_without_checks_is_identical(compiled: ModuleType,
     one and as one batch: replays, another network, predecessors missing (pending, then
     released), equivocations and frozen accounts, entries given as bytes."""
     genesis, entries = scripted_history()
-    good: list[Any] = []
-    for entry in entries:
-        try:
-            item = _ingest_py.admit(genesis, entry, True)
-        except TxRejected:
-            continue
-        if isinstance(item, Tx):
-            good.append(item)
+    good: list[Any] = admitted_txs(genesis, entries, True)
     other = Genesis.create("another", [account("issuer")], SUPPLY_CAP, account("platform"))
     foreign = decode_tx(AccountChain(key("alice"), other.cid).sign(
         Op.TRANSFER, {"to": account("bob"), "amount": 1}, time_ms=3))

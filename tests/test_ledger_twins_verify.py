@@ -14,15 +14,14 @@ import pytest
 from ingest_twin_support import (
     IMPLEMENTATIONS,
     VERIFY_C,
+    admitted_txs,
     load_impl,
     scripted_history,
     with_signature,
 )
 
 from n3xus.ledger import _ingest_py, _ingest_verify_py
-from n3xus.ledger.errors import TxRejected
 from n3xus.ledger.tx import (
-    Tx,
     decode_tx,
 )
 
@@ -38,14 +37,7 @@ def test_verify_signatures_matches_the_single_check(impl: ModuleType) -> None:
     """The batch check (one GIL release for the list in the compiled twin) gives exactly
     the single check's verdicts, forged and non-canonical signatures included."""
     genesis, entries = scripted_history()
-    txs = []
-    for entry in entries:
-        try:
-            item = _ingest_py.admit(genesis, entry, False)
-        except TxRejected:
-            continue
-        if isinstance(item, Tx):
-            txs.append(item)
+    txs = admitted_txs(genesis, entries, False)
     forged = decode_tx(with_signature(txs[0].raw, bytes(64)))
     flipped = bytearray(txs[1].raw)
     flipped[-1] ^= 1
