@@ -151,7 +151,6 @@ def _verify_once(root: Path, workload: Workload, name: str) -> dict[str, float]:
             raise AssertionError("a transfer of the verify-ahead row did not apply")
     found.update({"ours": time.perf_counter() - started, "cpu": time.process_time() - cpu,
                   "ledger cpu": time.thread_time() - ledger_cpu, "workers": verifier.workers})
-    verifier.close()
     env.close()
     return found
 

@@ -266,7 +266,6 @@ def test_verify_ahead_ingest_equals_the_ledgers_own(tmp_path: Path) -> None:
         if node_path:
             verifier = ParallelVerifier(2)
             outcomes = admit_checked(store, batch, verifier.check(store, batch), sort=True, now=None)
-            verifier.close()
         else:
             outcomes = store.ingest(batch)
         kinds.append(sorted(str(o.reason) for o in outcomes if isinstance(o, Rejected)))
@@ -310,7 +309,6 @@ def test_pipelined_verify_ahead_equals_the_ledgers_own(tmp_path: Path) -> None:
             verifier = ParallelVerifier(2)
             for batch, checked in zip(batches, verifier.pipelined(store, batches), strict=True):
                 outcomes += admit_checked(store, batch, checked, sort=False, now=None)
-            verifier.close()
         else:
             for batch in batches:
                 outcomes += store.ingest(batch)

@@ -150,9 +150,6 @@ class ParallelVerifier:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
 
-    def close(self) -> None:
-        """Nothing to release: the threads of a check end with it (kept for callers)."""
-
     def check(self, store: LedgerStore | None, entries: Sequence[bytes]) -> list[Checked]:
         return self.check_ahead(store, entries)()
 
@@ -287,7 +284,6 @@ class LedgerFederation:
         finally:
             if self.kick in self.service.listeners:
                 self.service.listeners.remove(self.kick)
-            self.verifier.close()
 
     def kick(self) -> None:
         """The log grew outside this module (a client's submit): announce soon. Callable
