@@ -33,6 +33,7 @@ from .fraud import FRAUD_PROOF_PREFIX, verify_fraud_proof
 from .genesis import MAX_AMOUNT
 from .tx import (
     ARG_FIELDS,
+    MAX_EDITION,
     MAX_SEQ,
     MAX_TIME_MS,
     MAX_TX_BYTES,
@@ -92,7 +93,7 @@ cdef bytes _TIME_KEY = b"\x64time"
 cdef bytes _ACCOUNT_KEY = b"\x67account"
 cdef bytes _NETWORK_KEY = b"\x67network"
 cdef bytes _SIG_HEAD = b"\x63sig\x58\x40"
-cdef uint64_t _MAX_EDITION = 2**32 - 1  # tx.MAX_EDITION
+cdef uint64_t _MAX_EDITION = MAX_EDITION
 
 
 cdef struct Cursor:
