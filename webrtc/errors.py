@@ -72,6 +72,12 @@ class PullProtocolError(RemoteLiveError, ValueError):
     code = "bad-pull-message"
     wire_code = 1  # malformed
 
+    def __init__(self, message: str, *, code: str | None = None,
+                 wire_code: int | None = None) -> None:
+        super().__init__(message, code=code)
+        if wire_code is not None:
+            self.wire_code = int(wire_code)
+
 
 class TipRefusedError(RemoteLiveError):
     """The node's ledger refused a tip envelope (its ``code`` is the ledger's reason)."""

@@ -155,9 +155,7 @@ FIELDS: dict[str, frozenset[str]] = {
 
 
 def _malformed(text: str) -> PullProtocolError:
-    error = PullProtocolError(text)
-    error.wire_code = int(ErrorCode.MALFORMED)
-    return error
+    return PullProtocolError(text, wire_code=ErrorCode.MALFORMED)
 
 
 def _text(value: Any, name: str, limit: int) -> str:
@@ -189,9 +187,8 @@ def decode(body: bytes) -> PullMessage | PeerErrorMessage:
     """One message from one frame's body. Raises :class:`PullProtocolError` whose
     ``wire_code`` is the common error code to send before resetting the stream."""
     if len(body) > MAX_PULL_MESSAGE_BYTES:
-        error = PullProtocolError("message exceeds MAX_PULL_MESSAGE_BYTES", code="too-large")
-        error.wire_code = int(ErrorCode.FRAME_TOO_LARGE)
-        raise error
+        raise PullProtocolError("message exceeds MAX_PULL_MESSAGE_BYTES", code="too-large",
+                                wire_code=ErrorCode.FRAME_TOO_LARGE)
     try:
         value = decode_message(body)
     except PeerError as exc:
@@ -201,9 +198,8 @@ def decode(body: bytes) -> PullMessage | PeerErrorMessage:
     kind = value["type"]
     required = FIELDS.get(kind)
     if required is None:
-        error = PullProtocolError(f"unknown message type {kind[:32]!r}", code="unsupported")
-        error.wire_code = int(ErrorCode.UNSUPPORTED)
-        raise error
+        raise PullProtocolError(f"unknown message type {kind[:32]!r}", code="unsupported",
+                                wire_code=ErrorCode.UNSUPPORTED)
     missing = required - set(value)
     if missing:
         raise _malformed(f"{kind} lacks {', '.join(sorted(missing))}")

@@ -58,8 +58,6 @@ def framed(read: Read, write: Write) -> tuple[Callable[[bytes], Awaitable[None]]
                 else:
                     decoder.receive_eof()
         except ProtocolError as exc:
-            error = PullProtocolError(str(exc))
-            error.wire_code = int(exc.code)
-            raise error from None
+            raise PullProtocolError(str(exc), wire_code=exc.code) from None
 
     return send, receive

@@ -388,16 +388,14 @@ class LiveService:
         with trio.move_on_after(pull.PULL_REQUEST_TIMEOUT_S):
             first = await receive()
         if first is None:
-            error = PullProtocolError("no pull request in time", code="timeout")
-            error.wire_code = int(ErrorCode.TIMEOUT)
-            raise error
+            raise PullProtocolError("no pull request in time", code="timeout",
+                                    wire_code=ErrorCode.TIMEOUT)
         request = pull.decode(first)
         if isinstance(request, pull.PeerErrorMessage):
             return
         if not isinstance(request, pull.Pull):
-            error = PullProtocolError("the first message must be pull")
-            error.wire_code = int(ErrorCode.UNEXPECTED_MESSAGE)
-            raise error
+            raise PullProtocolError("the first message must be pull",
+                                    wire_code=ErrorCode.UNEXPECTED_MESSAGE)
         try:
             grant = self.tokens.verify(request.token, room=request.room,
                                        now_ms=self._clock_ms())
@@ -453,8 +451,8 @@ class LiveService:
         """Follower side: pull ``remote_room`` from another node into this node's
         ``room`` relay, whose local viewers then watch it; returns when the origin
         ends the stream, raises :class:`RemoteLiveError` if it refuses and
-        :class:`PullProtocolError` on a breach (the node then sends
-        ``pull.error_body(exc.wire_code, ...)`` and resets the stream)."""
+        :class:`PullProtocolError` on a breach (the node then sends the common ``error``
+        with its ``wire_code`` and resets the stream)."""
         send_lock = trio.Lock()
 
         async def send_locked(message: pull.PullMessage) -> None:
@@ -471,9 +469,8 @@ class LiveService:
             raise RemoteLiveError(f"origin sent error {message.code}: {message.message}",
                                   code="peer-error")
         if not isinstance(message, pull.Accept):
-            error = PullProtocolError("origin did not accept the pull")
-            error.wire_code = int(ErrorCode.UNEXPECTED_MESSAGE)
-            raise error
+            raise PullProtocolError("origin did not accept the pull",
+                                    wire_code=ErrorCode.UNEXPECTED_MESSAGE)
         wanted: TrioInbox[None] = TrioInbox(capacity=1)
 
         async def hook(on: bool) -> None:
