@@ -165,10 +165,10 @@ cdef inline object _link(Cursor *c):
 
 
 cdef inline object _account(Cursor *c):
-    if c.end - c.p < 2 + KEY_BYTES or c.p[0] != 0x58 or c.p[1] != 0x20:
+    if c.end - c.p < 2 + KEY_BYTES or not _literal(c, _ACCOUNT_HEAD):
         return None
-    cdef bytes key = PyBytes_FromStringAndSize(<const char*>c.p + 2, KEY_BYTES)
-    c.p += 2 + KEY_BYTES
+    cdef bytes key = PyBytes_FromStringAndSize(<const char*>c.p, KEY_BYTES)
+    c.p += KEY_BYTES
     return key
 
 
