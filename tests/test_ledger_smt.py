@@ -277,17 +277,9 @@ def test_store_tree_is_checked_against_the_committed_root(
             expected = smt.root_of(state.items())
             for store in stores:
                 assert store.root() == expected
-                check_walks(_ViewWalks(store), expected, state, sorted(state)[:4] + [b"none"])
+                check_walks(store, expected, state, sorted(state)[:4] + [b"none"])
     finally:
         environment.close()
-
-
-class _ViewWalks:
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def walk(self, key: bytes) -> tuple[list[bytes], tuple[bytes, bytes] | None]:
-        return self.store.walk(key)
 
 
 def test_bulk_load_and_records(env: lmdb.Environment, memory_twin: ModuleType) -> None:
