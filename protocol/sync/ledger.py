@@ -258,7 +258,7 @@ class LedgerSync:
         return sends
 
     def _reconcile(self, peer: Peer, ours: SummaryRow, other: SummaryRow,
-                   max_pushes: int = MAX_PUSHES_PER_SUMMARY) -> list[Send]:
+                   max_pushes: int) -> list[Send]:
         """Pull what the peer has beyond ``ours``, and push what we have beyond ``other``:
         at most ``max_pushes`` chains (the summary's budget; a later exchange pushes the
         rest), a chain longer than one message in successive chunks."""
