@@ -26,15 +26,6 @@ from n3xus.ledger.ingest import Accepted, Rejected
 from n3xus.ledger.store import LedgerStore
 from n3xus.ledger.tx import AccountChain, Op
 from n3xus.node.p2p.gossip import message_id
-from n3xus.node.p2p.ledger_sync import (
-    EOF,
-    MAX_FRAME_BYTES,
-    Role,
-    SyncSession,
-    decode_sync,
-    encode_sync,
-    plan_pulls,
-)
 from n3xus.node.services.ledger_federation import (
     MAX_GOSSIP_BYTES,
     MAX_GOSSIP_ENTRIES,
@@ -61,7 +52,17 @@ from n3xus.protocol.sync.messages import (
     decode_message,
     encode_message,
 )
-from n3xus.protocol.sync.session import MAX_PULLS_PER_EXCHANGE, MAX_RANGES_PER_EXCHANGE
+from n3xus.protocol.sync.session import (
+    EOF,
+    MAX_FRAME_BYTES,
+    MAX_PULLS_PER_EXCHANGE,
+    MAX_RANGES_PER_EXCHANGE,
+    Role,
+    SyncSession,
+    decode_sync,
+    encode_sync,
+    plan_pulls,
+)
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "protocol-ledger-sync.md"
 VECTORS = Path(__file__).resolve().parents[1] / "specs" / "vectors" / FILE

@@ -44,15 +44,12 @@ from n3xus.protocol.sync.messages import (
 from n3xus.protocol.sync.session import (
     EOF,
     MAX_EXCHANGES_PER_PEER,
-    MAX_FRAME_BYTES,
     MAX_PULLS_PER_EXCHANGE,
     MAX_PUSHES_PER_EXCHANGE,
     MAX_RANGES_PER_EXCHANGE,
     MAX_REQUESTS_IN_FLIGHT,
-    TRANSITIONS,
     Role,
     SyncSession,
-    decode_sync,
     encode_sync,
     peer_next_seqs,
     plan_pulls,
@@ -272,5 +269,4 @@ async def _next(channel: CoreStream, session: SyncSession) -> Message | str:
             session.receive_eof()
 
 
-__all__ = ["EOF", "MAX_FRAME_BYTES", "PROTOCOL_ID", "TRANSITIONS", "LedgerSyncService", "Role",
-           "SyncSession", "decode_sync", "encode_sync", "plan_pulls"]
+__all__ = ["PROTOCOL_ID", "LedgerSyncService", "SyncBackend"]
