@@ -484,7 +484,10 @@ async def connect(host: BasicHost, multiaddr_text: str | Multiaddr) -> str:
     swarm.unblock_peer(peer_id)
     # The operator's address is authoritative: libp2p 0.8.1 dials at most one address
     # per transport class, the first the peerstore holds, so a stale TCP address of a
-    # peer that restarted on a new port would otherwise be dialled instead of this one.
+    # peer that restarted on a new port would otherwise be dialled instead of this one
+    # (and it drops loopback addresses whenever it holds another). Here, not in the
+    # swarm's dial_peer (patches.py): discovery and pubsub dial by peer id from the
+    # peerstore and keep upstream's choice.
     if not swarm.get_connections(peer_id):
         host.get_peerstore().clear_addrs(peer_id)
     with trio.move_on_after(CONNECT_TIMEOUT_SECONDS) as timeout:
